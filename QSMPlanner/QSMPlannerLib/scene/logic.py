@@ -491,6 +491,116 @@ class PlannerLogic:
                 out[s] = (tp[f"target_{s}"], ep[f"entry_{s}"])
         return out
 
+    # ---- risk along trajectories -----------------------------------------------------------------
+    def vessel_mask(self, qsm: Volume, exclude_segmentation_node=None, threshold_ppm: float = 0.3) -> np.ndarray:
+        """Vessels (bool, QSM grid): the planning module's ``vessel_mask`` if available, else χ above
+        ``threshold_ppm`` outside the segmented nuclei (veins are the most paramagnetic structures)."""
+        try:
+            from ..planning import vessel_mask
+            mask = vessel_mask(qsm)
+            return np.asarray(getattr(mask, "data", mask)).astype(bool)
+        except ImportError:
+            pass
+        mask = np.asarray(qsm.data) > threshold_ppm
+        if exclude_segmentation_node is not None:
+            for name in mrml.segment_names(exclude_segmentation_node):
+                mask &= ~mrml.segment_mask(exclude_segmentation_node, name, qsm)
+        return mask
+
+    def _vessel_distance_mm(self, qsm_node, segmentation_node=None):
+        """(distance map in mm on the QSM grid, world_from_ijk of that grid)."""
+        from scipy import ndimage
+        qsm = mrml.volume_from_node(qsm_node)
+        mask = self.vessel_mask(qsm, segmentation_node)
+        dist = ndimage.distance_transform_edt(~mask, sampling=qsm.voxel_mm) if mask.any() \
+            else np.full(qsm.shape3, np.inf)
+        return dist, mrml.world_from_node_matrix(qsm_node) @ qsm.ras_from_ijk
+
+    @staticmethod
+    def _sample(dist, world_from_ijk, points_ras):
+        ijk = np.rint((np.asarray(points_ras) - world_from_ijk[:3, 3]) @ np.linalg.inv(world_from_ijk[:3, :3]).T)
+        ijk = ijk.astype(int)
+        inside = np.all((ijk >= 0) & (ijk < np.array(dist.shape)), axis=1)
+        out = np.full(len(ijk), np.nan)
+        out[inside] = dist[ijk[inside, 0], ijk[inside, 1], ijk[inside, 2]]
+        return out
+
+    def distance_profile(self, side: str, qsm_node, segmentation_node=None, step_mm: float = 0.5):
+        """Distance (mm) from the trajectory to the nearest vessel, every ``step_mm`` from entry to target:
+        a table node ``Profile_<S>`` (depth_mm = distance above target, vessel_distance_mm) and a plot
+        chart ``Profile_<S> chart``. Returns (table node, chart node)."""
+        s = SIDES[side]
+        traj = self.trajectories().get(s)
+        if traj is None:
+            raise InputError(f"no trajectory for the {side} side", "Trajectory")
+        target, entry = traj
+        dist, world_from_ijk = self._vessel_distance_mm(qsm_node, segmentation_node)
+        length = float(np.linalg.norm(entry - target))
+        depth = np.arange(0.0, length + 1e-9, step_mm)
+        pts = target + np.outer(depth / length, entry - target)
+        d = self._sample(dist, world_from_ijk, pts)
+        rows = [{"depth_mm": float(a), "vessel_distance_mm": float(b)} for a, b in zip(depth, d)]
+        table = mrml.add_table(self.scene, rows, f"Profile_{s}")
+        chart = None
+        if hasattr(mrml.slicer, "vtkMRMLPlotSeriesNode"):
+            series = mrml._new_node(self.scene, "vtkMRMLPlotSeriesNode", f"Profile_{s} series")
+            series.SetAndObserveTableNodeID(table.GetID())
+            series.SetXColumnName("depth_mm")
+            series.SetYColumnName("vessel_distance_mm")
+            series.SetPlotType(series.PlotTypeScatter)
+            chart = mrml._new_node(self.scene, "vtkMRMLPlotChartNode", f"Profile_{s} chart")
+            chart.AddAndObservePlotSeriesNodeID(series.GetID())
+            chart.SetTitle(f"Trajectory {s}: distance to nearest vessel")
+            chart.SetXAxisTitle("depth above target (mm)")
+            chart.SetYAxisTitle("distance to vessel (mm)")
+        return table, chart
+
+    def rank_entries(self, side: str, qsm_node, segmentation_node=None, target_ras=None, margin_mm: float = 2.0,
+                     n_best: int = 5, depth_mm: float = 70.0):
+        """Candidate entries around the standard approach (lateral 5..35 deg, elevation 45..75 deg, every
+        5 deg), ranked by the smallest distance from the path to a vessel (paths closer than
+        ``margin_mm`` are marked unsafe). Returns a table node ``Suggestions_<S>`` (rank, entry R/A/S,
+        min_vessel_distance_mm, safe)."""
+        s = SIDES[side]
+        target = np.asarray(target_ras if target_ras is not None else
+                            (self.trajectories().get(s, (None,))[0] if s in self.trajectories()
+                             else self.suggest_target(side, segmentation_node)), float)
+        dist, world_from_ijk = self._vessel_distance_mm(qsm_node, segmentation_node)
+        cands = []
+        for lat in range(5, 40, 5):
+            for ele in range(45, 80, 5):
+                entry = standard_entry(target, side, depth_mm, lat, ele)
+                pts = target + np.outer(np.linspace(0.0, 1.0, int(depth_mm * 2) + 1), entry - target)
+                d = self._sample(dist, world_from_ijk, pts[4:])  # from 2 mm above the target
+                finite = d[np.isfinite(d)]
+                dmin = float(finite.min()) if finite.size else float("nan")
+                cands.append((dmin, lat, ele, entry))
+        cands.sort(key=lambda c: -np.nan_to_num(c[0], nan=-1.0))
+        rows = []
+        for rank, (dmin, lat, ele, entry) in enumerate(cands[:n_best], start=1):
+            rows.append({"rank": rank, "R": entry[0], "A": entry[1], "S": entry[2],
+                         "lateral_deg": float(lat), "elevation_deg": float(ele),
+                         "min_vessel_distance_mm": dmin,
+                         "safe": "yes" if np.isfinite(dmin) and dmin >= margin_mm else "no"})
+        return mrml.add_table(self.scene, rows, f"Suggestions_{s}")
+
+    def probe_eye_slice(self, slice_node, side: str, depth_mm: float = 0.0):
+        """Point ``slice_node`` perpendicular to the trajectory, ``depth_mm`` above the target (probe's-eye
+        view): normal = entry - target, transverse = R projected off the normal."""
+        s = SIDES[side]
+        traj = self.trajectories().get(s)
+        if traj is None:
+            raise InputError(f"no trajectory for the {side} side", "Trajectory")
+        target, entry = traj
+        n = (entry - target) / np.linalg.norm(entry - target)
+        t = np.array([1.0, 0.0, 0.0]) - n[0] * n
+        if np.linalg.norm(t) < 1e-3:
+            t = np.array([0.0, 1.0, 0.0]) - n[1] * n
+        t /= np.linalg.norm(t)
+        p = target + depth_mm * n
+        slice_node.SetSliceToRASByNTP(*n, *t, *p, 0)
+        return slice_node
+
     # ---- frame -----------------------------------------------------------------------------------
     def frame_task(self, ct_node) -> StageTask:
         """Leksell frame registration on the CT (own geometry): stores ``LeksellXYZ_from_CT`` (4x4, CT RAS

@@ -1,0 +1,621 @@
+"""QSMPlanner — 3D Slicer module: QSM-based DBS planning, from multi-echo GRE to Leksell frame coordinates.
+
+Thin by design: the Module (metadata, sample data), a parameter node class, a Widget that binds the
+``Resources/UI/QSMPlanner.ui`` panel and runs stages in the background, a Logic that maps MRML nodes to
+``QSMPlannerLib.scene.logic.PlannerLogic`` (where the work lives, tested headless), and a self test.
+"""
+import importlib.util
+import logging
+import os
+import pathlib
+from typing import Annotated, Optional
+
+import qt
+import vtk
+
+import slicer
+from slicer.ScriptedLoadableModule import (
+    ScriptedLoadableModule,
+    ScriptedLoadableModuleLogic,
+    ScriptedLoadableModuleTest,
+    ScriptedLoadableModuleWidget,
+)
+from slicer.util import VTKObservationMixin
+from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper
+from slicer import (
+    vtkMRMLLabelMapVolumeNode,
+    vtkMRMLLinearTransformNode,
+    vtkMRMLMarkupsFiducialNode,
+    vtkMRMLMarkupsLineNode,
+    vtkMRMLScalarVolumeNode,
+    vtkMRMLSegmentationNode,
+    vtkMRMLTableNode,
+)
+
+MODULE_DIR = os.path.dirname(os.path.abspath(__file__))
+REQUIREMENTS = os.path.join(MODULE_DIR, "Resources", "requirements.txt")
+SAMPLE_CATEGORY = "QSMPlanner"
+SAMPLE_NAME = "QSMPlannerDigitalPatient"
+
+# Python import name of each distribution in Resources/requirements.txt (when they differ).
+IMPORT_NAMES = {"scikit-image": "skimage", "pynrrd": "nrrd", "SimpleITK": "SimpleITK"}
+
+
+#
+# QSMPlanner
+#
+class QSMPlanner(ScriptedLoadableModule):
+    def __init__(self, parent):
+        ScriptedLoadableModule.__init__(self, parent)
+        self.parent.title = "QSMPlanner"
+        self.parent.categories = ["Neurosurgery"]
+        self.parent.dependencies = []
+        self.parent.contributors = ["QSMPlanner contributors"]
+        self.parent.helpText = """
+Plans deep brain stimulation trajectories from quantitative susceptibility mapping (QSM).
+Work top to bottom: <b>Inputs</b> (multi-echo GRE magnitude and phase, planning T1, frame CT — or load the
+built-in digital patient) → <b>QSM</b> → <b>Registration</b> (GRE and CT to the T1) → <b>Segmentation</b>
+(STN, SN, RN; edit in Segment Editor) → <b>Landmarks</b> (AC, PC, mid-sagittal point) → <b>Trajectory</b>
+(target, ranked entries, distance-to-vessel profile, probe's-eye view, electrode) → <b>Frame and export</b>
+(Leksell frame registration with its FRE, mounting, coordinate table, report and scene).
+All coordinates in the scene are RAS mm of the planning T1; Leksell X, Y, Z appear only in the table.
+Research software, not cleared for clinical use: check every frame coordinate independently.
+"""
+        self.parent.acknowledgementText = """
+Uses the MNI ICBM152 2009 nonlinear symmetric template (Copyright (C) 1993-2009 Louis Collins, McConnell
+Brain Imaging Centre, Montreal Neurological Institute, McGill University; V.S. Fonov, A.C. Evans, R.C.
+McKinstry, C.R. Almli, D.L. Collins, NeuroImage 47:S102, 2009; V.S. Fonov et al., NeuroImage 54(1):313-327,
+2011) and the CIT168 subcortical atlas (W.M. Pauli, A.N. Nili, J.M. Tyszka, A high-resolution probabilistic
+in vivo atlas of human subcortical brain nuclei, Scientific Data 5:180063, 2018, CC BY 4.0).
+See Resources/Atlases/LICENSE.md.
+"""
+        # Sample data is registered once the application has started.
+        slicer.app.connect("startupCompleted()", registerSampleData)
+
+
+#
+# Sample data: the digital patient is generated, not downloaded.
+#
+def registerSampleData():
+    import SampleData
+    SampleData.SampleDataLogic.registerCustomSampleDataSource(
+        category=SAMPLE_CATEGORY,
+        sampleName=SAMPLE_NAME,
+        uris=["qsmplanner://digital-patient/seed-0"],
+        fileNames=["QSMPlannerDigitalPatient"],
+        nodeNames=["QSMPlannerDigitalPatient"],
+        thumbnailFileName=os.path.join(MODULE_DIR, "Resources", "Icons", "QSMPlanner.png"),
+        customDownloader=loadDigitalPatient,
+    )
+
+
+def loadDigitalPatient(source=None, small=True, seed=0):
+    """SampleData loader: generate the digital patient (seconds with ``small``) and add it as nodes."""
+    QSMPlannerLogic().ensureDependencies(ask=True)
+    planner = QSMPlannerLogic().planner()
+    with slicer.util.tryWithErrorDisplay("Could not create the digital patient.", waitCursor=True):
+        return planner.run(planner.digital_patient_task(seed=seed, small=small))
+
+
+#
+# Parameter node
+#
+@parameterNodeWrapper
+class QSMPlannerParameterNode:
+    """Everything the panel shows. Node references are MRML nodes; coordinates live in the nodes."""
+    # Inputs
+    magnitudeVolume: vtkMRMLScalarVolumeNode
+    phaseVolume: vtkMRMLScalarVolumeNode
+    echoTimesMs: str = ""
+    fieldStrengthT: Annotated[float, WithinRange(0.5, 11.7)] = 3.0
+    t1Volume: vtkMRMLScalarVolumeNode
+    ctVolume: vtkMRMLScalarVolumeNode
+    # QSM
+    backgroundRemoval: Annotated[str, Choice(["vsharp", "pdf", "lbv", "resharp"])] = "vsharp"
+    inversion: Annotated[str, Choice(["tv", "tkd"])] = "tv"
+    qsmVolume: vtkMRMLScalarVolumeNode
+    # Registration
+    greTransform: vtkMRMLLinearTransformNode
+    ctTransform: vtkMRMLLinearTransformNode
+    hardenTransforms: bool = False
+    # Segmentation
+    priorLabels: vtkMRMLLabelMapVolumeNode
+    segmentation: vtkMRMLSegmentationNode
+    # Landmarks
+    landmarks: vtkMRMLMarkupsFiducialNode
+    # Trajectory
+    side: Annotated[str, Choice(["left", "right"])] = "left"
+    marginMm: Annotated[float, WithinRange(0.0, 10.0)] = 2.0
+    targets: vtkMRMLMarkupsFiducialNode
+    entries: vtkMRMLMarkupsFiducialNode
+    trajectory: vtkMRMLMarkupsLineNode
+    suggestionsTable: vtkMRMLTableNode
+    # Frame and export
+    mounting: Annotated[str, Choice(["lateral-right", "lateral-left", "sagittal-anterior",
+                                     "sagittal-posterior"])] = "lateral-right"
+    coordinatesTable: vtkMRMLTableNode
+    outputDirectory: pathlib.Path
+
+
+#
+# Widget
+#
+class QSMPlannerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
+    """Binds the panel to the parameter node and runs stages without freezing the application."""
+
+    def __init__(self, parent=None) -> None:
+        ScriptedLoadableModuleWidget.__init__(self, parent)
+        VTKObservationMixin.__init__(self)
+        self.logic = None
+        self._parameterNode = None
+        self._parameterNodeGuiTag = None
+        self._task = None
+        self._timer = None
+
+    def setup(self) -> None:
+        ScriptedLoadableModuleWidget.setup(self)
+        uiWidget = slicer.util.loadUI(self.resourcePath("UI/QSMPlanner.ui"))
+        self.layout.addWidget(uiWidget)
+        self.ui = slicer.util.childWidgetVariables(uiWidget)
+        uiWidget.setMRMLScene(slicer.mrmlScene)
+        self.logic = QSMPlannerLogic()
+
+        self._timer = qt.QTimer()
+        self._timer.setInterval(200)
+        self._timer.timeout.connect(self.onPollTask)
+
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
+
+        self.ui.sampleDataButton.clicked.connect(self.onLoadSampleData)
+        self.ui.dicomButton.clicked.connect(self.onOpenDICOM)
+        self.ui.installDependenciesButton.clicked.connect(self.onInstallDependencies)
+        self.ui.runQSMButton.clicked.connect(self.onRunQSM)
+        self.ui.registerGREButton.clicked.connect(self.onRegisterGRE)
+        self.ui.registerCTButton.clicked.connect(self.onRegisterCT)
+        self.ui.qcOverlayButton.clicked.connect(self.onQCOverlay)
+        self.ui.runSegmentationButton.clicked.connect(self.onRunSegmentation)
+        self.ui.editSegmentationButton.clicked.connect(self.onEditSegmentation)
+        self.ui.placeLandmarksButton.clicked.connect(self.onPlaceLandmarks)
+        self.ui.suggestTargetButton.clicked.connect(self.onSuggestTarget)
+        self.ui.rankEntriesButton.clicked.connect(self.onRankEntries)
+        self.ui.useSuggestionButton.clicked.connect(self.onUseSuggestion)
+        self.ui.planTrajectoryButton.clicked.connect(self.onPlanTrajectory)
+        self.ui.profileButton.clicked.connect(self.onDistanceProfile)
+        self.ui.probeEyeButton.clicked.connect(self.onProbeEye)
+        self.ui.probeDepthSlider.valueChanged.connect(self.onProbeEye)
+        self.ui.frameButton.clicked.connect(self.onRegisterFrame)
+        self.ui.coordinatesButton.clicked.connect(self.onUpdateCoordinates)
+        self.ui.saveButton.clicked.connect(self.onSave)
+        self.ui.cancelButton.clicked.connect(self.onCancel)
+
+        self.initializeParameterNode()
+        self._setBusy(False)
+
+    def cleanup(self) -> None:
+        if self._timer is not None:
+            self._timer.stop()
+        if self._task is not None:
+            self._task.cancel()
+        self.removeObservers()
+
+    def enter(self) -> None:
+        self.initializeParameterNode()
+
+    def exit(self) -> None:
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self._parameterNodeGuiTag = None
+
+    def onSceneStartClose(self, caller, event) -> None:
+        self.setParameterNode(None)
+
+    def onSceneEndClose(self, caller, event) -> None:
+        if self.parent.isEntered:
+            self.initializeParameterNode()
+
+    def initializeParameterNode(self) -> None:
+        self.setParameterNode(self.logic.getParameterNode())
+
+    def setParameterNode(self, inputParameterNode: Optional[QSMPlannerParameterNode]) -> None:
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+        self._parameterNode = inputParameterNode
+        if self._parameterNode:
+            self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
+
+    # ---- running stages -------------------------------------------------------------------------
+    def _start(self, makeTask, onDone=None) -> None:
+        """Build a stage (on the main thread: reads nodes), run its computation in a worker thread, and
+        poll it with a timer; ``onDone(nodes)`` runs on the main thread when it finishes."""
+        if self._task is not None:
+            slicer.util.warningDisplay("A computation is already running; cancel it or wait.")
+            return
+        if not self.logic.ensureDependencies(ask=True):
+            return
+        try:
+            task = makeTask()
+        except Exception as exc:
+            slicer.util.errorDisplay(str(exc))
+            return
+        self._task, self._onDone = task, onDone
+        self.ui.statusLabel.text = f"{task.name}: starting"
+        self._setBusy(True)
+        task.start(background=True)
+        self._timer.start()
+
+    def onPollTask(self) -> None:
+        task = self._task
+        if task is None:
+            self._timer.stop()
+            return
+        self.ui.progressBar.value = int(round(100 * task.fraction))
+        self.ui.statusLabel.text = f"{task.name}: {task.message}"
+        if not task.done:
+            return
+        self._timer.stop()
+        self._task = None
+        self._setBusy(False)
+        if task.cancelled:
+            self.ui.statusLabel.text = f"{task.name}: cancelled"
+            return
+        try:
+            with slicer.util.WaitCursor():
+                nodes = task.finish()
+        except Exception as exc:
+            logging.error(task.error_trace or str(exc))
+            self.ui.statusLabel.text = f"{task.name}: failed"
+            slicer.util.errorDisplay(f"{task.name} failed: {exc}", detailedText=task.error_trace)
+            return
+        self.ui.statusLabel.text = f"{task.name}: done in {task.elapsed_s:.1f} s"
+        self.ui.progressBar.value = 100
+        if self._onDone is not None:
+            self._onDone(nodes)
+        for message in self.logic.planner().messages:
+            logging.info(message)
+        self.logic.planner().messages.clear()
+
+    def onCancel(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            self.ui.statusLabel.text = f"{self._task.name}: cancelling…"
+
+    def _setBusy(self, busy: bool) -> None:
+        self.ui.cancelButton.enabled = busy
+        self.ui.progressBar.visible = busy or self.ui.progressBar.value > 0
+        for button in (self.ui.sampleDataButton, self.ui.runQSMButton, self.ui.registerGREButton,
+                       self.ui.registerCTButton, self.ui.runSegmentationButton, self.ui.rankEntriesButton,
+                       self.ui.frameButton):
+            button.enabled = not busy
+
+    # ---- Inputs ---------------------------------------------------------------------------------
+    def onLoadSampleData(self) -> None:
+        planner = self.logic.planner()
+
+        def done(nodes):
+            p = self._parameterNode
+            p.magnitudeVolume = nodes["gre_magnitude"][0]
+            p.phaseVolume = nodes["gre_phase"][0]
+            p.t1Volume = nodes["T1"]
+            p.ctVolume = nodes.get("CT")
+            p.landmarks = nodes.get("AC-PC-MS")
+            slicer.util.setSliceViewerLayers(background=nodes["T1"], fit=True)
+        self._start(lambda: planner.digital_patient_task(seed=0, small=self.ui.smallSampleCheckBox.checked),
+                    done)
+
+    def onOpenDICOM(self) -> None:
+        slicer.util.selectModule("DICOM")
+
+    def onInstallDependencies(self) -> None:
+        self.logic.ensureDependencies(ask=True, force=True)
+
+    def _echoTimes(self):
+        text = self._parameterNode.echoTimesMs.strip()
+        if not text:
+            return None
+        return [float(v) for v in text.replace(";", ",").split(",") if v.strip()]
+
+    # ---- QSM ------------------------------------------------------------------------------------
+    def onRunQSM(self) -> None:
+        p = self._parameterNode
+        planner = self.logic.planner()
+
+        def done(node):
+            p.qsmVolume = node
+            slicer.util.setSliceViewerLayers(background=node, fit=True)
+        def makeTask():
+            # The field strength typed in the panel applies to volumes that do not carry their own.
+            tagged = p.magnitudeVolume is not None and p.magnitudeVolume.GetAttribute("QSMPlanner.B0_T")
+            return planner.qsm_task(p.magnitudeVolume, p.phaseVolume, self._echoTimes(),
+                                    None if tagged else p.fieldStrengthT, p.backgroundRemoval, p.inversion)
+        self._start(makeTask, done)
+
+    # ---- Registration ---------------------------------------------------------------------------
+    def onRegisterGRE(self) -> None:
+        p = self._parameterNode
+        planner = self.logic.planner()
+        moved = [n for n in planner.gre_nodes_for(p.magnitudeVolume) if n is not p.magnitudeVolume]
+        moved += [n for n in (p.qsmVolume, p.segmentation) if n is not None]
+
+        def done(node):
+            p.greTransform = node
+            self.onQCOverlay()
+        self._start(lambda: planner.registration_task(p.t1Volume, p.magnitudeVolume, "T1_from_GRE", moved,
+                                                      harden=p.hardenTransforms), done)
+
+    def onRegisterCT(self) -> None:
+        p = self._parameterNode
+        planner = self.logic.planner()
+
+        def done(node):
+            p.ctTransform = node
+        self._start(lambda: planner.registration_task(p.t1Volume, p.ctVolume, "T1_from_CT",
+                                                      harden=p.hardenTransforms), done)
+
+    def onQCOverlay(self) -> None:
+        p = self._parameterNode
+        moving = p.qsmVolume or p.magnitudeVolume
+        slicer.util.setSliceViewerLayers(background=p.t1Volume, foreground=moving, foregroundOpacity=0.5)
+
+    # ---- Segmentation ---------------------------------------------------------------------------
+    def onRunSegmentation(self) -> None:
+        p = self._parameterNode
+        planner = self.logic.planner()
+
+        def done(node):
+            p.segmentation = node
+        self._start(lambda: planner.segmentation_task(p.qsmVolume, p.t1Volume, p.priorLabels), done)
+
+    def onEditSegmentation(self) -> None:
+        p = self._parameterNode
+        slicer.util.selectModule("SegmentEditor")
+        editor = slicer.modules.segmenteditor.widgetRepresentation().self().editor
+        if p.segmentation is not None:
+            editor.setSegmentationNode(p.segmentation)
+        if p.qsmVolume is not None:
+            editor.setSourceVolumeNode(p.qsmVolume)
+
+    # ---- Landmarks ------------------------------------------------------------------------------
+    def onPlaceLandmarks(self) -> None:
+        """Place AC, PC, MS (in this order) in the slice views."""
+        p = self._parameterNode
+        if p.landmarks is None:
+            p.landmarks = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", "AC-PC-MS")
+            p.landmarks.CreateDefaultDisplayNodes()
+        node = p.landmarks
+        have = [node.GetNthControlPointLabel(i) for i in range(node.GetNumberOfControlPoints())]
+        missing = [k for k in ("AC", "PC", "MS") if k not in have]
+        if not missing:
+            slicer.util.infoDisplay("AC, PC and MS are placed; drag them to adjust.")
+            return
+        node.SetName("AC-PC-MS")
+        node.SetControlPointLabelFormat(missing[0])  # the next placed point is labelled AC, PC or MS
+        slicer.modules.markups.logic().SetActiveList(node)
+        slicer.modules.markups.logic().StartPlaceMode(False)
+        self.ui.statusLabel.text = f"Click to place {missing[0]}"
+
+    # ---- Trajectory -----------------------------------------------------------------------------
+    def onSuggestTarget(self) -> None:
+        p = self._parameterNode
+        with slicer.util.tryWithErrorDisplay("Could not suggest a target.", waitCursor=True):
+            nodes = self.logic.planner().plan_trajectory(p.side, segmentation_node=p.segmentation)
+            self._showTrajectory(nodes)
+
+    def onRankEntries(self) -> None:
+        p = self._parameterNode
+        planner = self.logic.planner()
+        # Ranking is quick enough on the main thread for one side (a distance map and 49 paths).
+        with slicer.util.tryWithErrorDisplay("Could not rank entries.", waitCursor=True):
+            table = planner.rank_entries(p.side, p.qsmVolume, p.segmentation, margin_mm=p.marginMm)
+            p.suggestionsTable = table
+            self.ui.suggestionsTableView.setMRMLTableNode(table)
+
+    def onUseSuggestion(self) -> None:
+        p = self._parameterNode
+        table = p.suggestionsTable
+        if table is None:
+            return
+        row = max(self.ui.suggestionsTableView.currentIndex().row(), 0)
+        from QSMPlannerLib.scene import mrml
+        rows = mrml.table_to_rows(table)
+        if not rows:
+            return
+        entry = [rows[row]["R"], rows[row]["A"], rows[row]["S"]]
+        target = self.logic.planner().trajectories().get({"left": "L", "right": "R"}[p.side], (None,))[0]
+        with slicer.util.tryWithErrorDisplay("Could not update the trajectory.", waitCursor=True):
+            self._showTrajectory(self.logic.planner().plan_trajectory(p.side, target_ras=target,
+                                                                      entry_ras=entry,
+                                                                      segmentation_node=p.segmentation))
+
+    def onPlanTrajectory(self) -> None:
+        """Rebuild line and electrode from the (possibly dragged) target and entry points."""
+        p = self._parameterNode
+        s = {"left": "L", "right": "R"}[p.side]
+        traj = self.logic.planner().trajectories().get(s)
+        if traj is None:
+            slicer.util.errorDisplay("Place or suggest a target first.")
+            return
+        with slicer.util.tryWithErrorDisplay("Could not update the trajectory.", waitCursor=True):
+            self._showTrajectory(self.logic.planner().plan_trajectory(p.side, target_ras=traj[0],
+                                                                      entry_ras=traj[1]))
+
+    def _showTrajectory(self, nodes) -> None:
+        p = self._parameterNode
+        p.targets, p.entries, p.trajectory = nodes["targets"], nodes["entries"], nodes["line"]
+
+    def onDistanceProfile(self) -> None:
+        p = self._parameterNode
+        with slicer.util.tryWithErrorDisplay("Could not compute the distance profile.", waitCursor=True):
+            table, chart = self.logic.planner().distance_profile(p.side, p.qsmVolume, p.segmentation)
+            if chart is not None:
+                slicer.modules.plots.logic().ShowChartInLayout(chart)
+
+    def onProbeEye(self, *args) -> None:
+        p = self._parameterNode
+        sliceNode = slicer.app.layoutManager().sliceWidget("Red").mrmlSliceNode()
+        with slicer.util.tryWithErrorDisplay("Could not set the probe's-eye view.", waitCursor=False):
+            self.logic.planner().probe_eye_slice(sliceNode, p.side, float(self.ui.probeDepthSlider.value))
+
+    # ---- Frame and export -----------------------------------------------------------------------
+    def onRegisterFrame(self) -> None:
+        p = self._parameterNode
+        planner = self.logic.planner()
+
+        def done(frame):
+            self.ui.freLabel.text = (f"FRE {frame.fre_mm:.2f} mm on {frame.n_points} fiducial points "
+                                     f"({frame.n_rejected} rejected)")
+            self.onUpdateCoordinates()
+        self._start(lambda: planner.frame_task(p.ctVolume), done)
+
+    def onUpdateCoordinates(self) -> None:
+        p = self._parameterNode
+        with slicer.util.tryWithErrorDisplay("Could not compute the coordinates.", waitCursor=True):
+            table = self.logic.planner().coordinates_table(p.ctVolume, p.mounting)
+            p.coordinatesTable = table
+            self.ui.coordinatesTableView.setMRMLTableNode(table)
+
+    def onSave(self) -> None:
+        p = self._parameterNode
+        if not p.outputDirectory or str(p.outputDirectory) in ("", "."):
+            slicer.util.errorDisplay("Choose an output folder first.")
+            return
+        with slicer.util.tryWithErrorDisplay("Could not save.", waitCursor=True):
+            paths = self.logic.saveResults(pathlib.Path(p.outputDirectory), p.ctVolume, p.mounting)
+            self.ui.statusLabel.text = "Saved: " + ", ".join(str(x.name) for x in paths)
+
+
+#
+# Logic
+#
+class QSMPlannerLogic(ScriptedLoadableModuleLogic):
+    """MRML nodes ↔ QSMPlannerLib: delegates to ``QSMPlannerLib.scene.logic.PlannerLogic``."""
+
+    def __init__(self) -> None:
+        ScriptedLoadableModuleLogic.__init__(self)
+        self._planner = None
+
+    def getParameterNode(self):
+        return QSMPlannerParameterNode(super().getParameterNode())
+
+    def planner(self):
+        """The PlannerLogic working on the application's scene (created on first use, after the
+        dependency check, because QSMPlannerLib imports scipy, SimpleITK, ...)."""
+        if self._planner is None or self._planner.scene is not slicer.mrmlScene:
+            from QSMPlannerLib.scene.logic import PlannerLogic
+            self._planner = PlannerLogic(slicer.mrmlScene)
+        return self._planner
+
+    @staticmethod
+    def missingRequirements() -> list:
+        """Distributions listed in Resources/requirements.txt that cannot be imported."""
+        missing = []
+        with open(REQUIREMENTS, encoding="utf-8") as f:
+            for line in f:
+                line = line.split("#")[0].strip()
+                if not line:
+                    continue
+                name = line
+                for sep in ("==", ">=", "<=", "~=", ">", "<", "["):
+                    name = name.split(sep)[0]
+                name = name.strip()
+                module = IMPORT_NAMES.get(name, name.replace("-", "_"))
+                if importlib.util.find_spec(module) is None:
+                    missing.append(line)
+        return missing
+
+    def ensureDependencies(self, ask: bool = True, force: bool = False) -> bool:
+        """Install missing Python packages with ``slicer.util.pip_install`` after the user agrees."""
+        missing = self.missingRequirements()
+        if not missing and not force:
+            return True
+        if not missing:
+            slicer.util.infoDisplay("All Python packages QSMPlanner needs are installed.")
+            return True
+        if ask and not slicer.util.confirmOkCancelDisplay(
+                "QSMPlanner needs these Python packages, which this Slicer does not have:\n\n  "
+                + "\n  ".join(missing) + "\n\nInstall them now (downloads from the Python Package Index)?",
+                "QSMPlanner: install Python packages"):
+            return False
+        with slicer.util.WaitCursor():
+            slicer.util.pip_install(" ".join(f'"{m}"' for m in missing))
+        return not self.missingRequirements()
+
+    def saveResults(self, outputDirectory: pathlib.Path, ctVolume=None, mounting="lateral-right") -> list:
+        """Coordinate table (.tsv), plan JSON, report (if available) and the scene (.mrb) into a folder."""
+        import json
+        from QSMPlannerLib.io.atomic import write_text
+        from QSMPlannerLib.scene import mrml
+        planner = self.planner()
+        outputDirectory.mkdir(parents=True, exist_ok=True)
+        table = planner.coordinates_table(ctVolume, mounting)
+        rows = mrml.table_to_rows(table)
+        paths = []
+        if rows:
+            columns = list(rows[0])
+            lines = ["\t".join(columns)] + ["\t".join(str(r.get(c, "")) for c in columns) for r in rows]
+            path = outputDirectory / "coordinates.tsv"
+            write_text(path, "\n".join(lines) + "\n")
+            paths.append(path)
+            path = outputDirectory / "plan.json"
+            write_text(path, json.dumps({"coordinate_systems": table.GetAttribute(
+                "QSMPlanner.CoordinateSystems"), "mounting": mounting, "points": rows}, indent=2))
+            paths.append(path)
+        paths.append(planner.save_scene(outputDirectory / "QSMPlanner.mrb"))
+        return paths
+
+
+#
+# Test (runs inside 3D Slicer: Reload and Test, or ctest)
+#
+class QSMPlannerTest(ScriptedLoadableModuleTest):
+    """The whole flow on the digital patient, with every stage QSMPlannerLib provides."""
+
+    def setUp(self):
+        slicer.mrmlScene.Clear()
+
+    def runTest(self):
+        self.setUp()
+        self.test_WholeFlowOnDigitalPatient()
+
+    def test_WholeFlowOnDigitalPatient(self):
+        import numpy as np
+        from QSMPlannerLib.scene import mrml
+
+        self.delayDisplay("Generating the digital patient")
+        logic = QSMPlannerLogic()
+        self.assertTrue(logic.ensureDependencies(ask=False) or not logic.missingRequirements())
+        planner = logic.planner()
+        nodes = planner.run(planner.digital_patient_task(seed=0, small=True))
+        patient = planner.patient
+        mag, pha, t1, ct = nodes["gre_magnitude"][0], nodes["gre_phase"][0], nodes["T1"], nodes.get("CT")
+        np.testing.assert_allclose(mrml.ras_from_ijk_of(mag), patient.gre.ras_from_ijk, atol=1e-6)
+
+        self.delayDisplay("QSM")
+        qsm = planner.run(planner.qsm_task(mag, pha, bfr="vsharp", inversion="tv"))
+        self.assertEqual(qsm.GetDisplayNode().GetColorNodeID(), "vtkMRMLColorTableNodeGrey")
+
+        self.delayDisplay("Registration")
+        moved = [n for n in planner.gre_nodes_for(mag) if n is not mag] + [qsm]
+        gre_t = planner.run(planner.registration_task(t1, mag, "T1_from_GRE", moved))
+        err = np.abs(mrml.transform_matrix(gre_t)[:3, 3] - patient.transforms["t1_from_gre"][:3, 3]).max()
+        self.assertLess(err, 2.0)
+        if ct is not None:
+            planner.run(planner.registration_task(t1, ct, "T1_from_CT"))
+
+        self.delayDisplay("Segmentation")
+        seg = planner.run(planner.segmentation_task(qsm, t1))
+        self.assertIn("STN_L", mrml.segment_names(seg))
+
+        self.delayDisplay("Trajectory")
+        for side in ("left", "right"):
+            out = planner.plan_trajectory(side, segmentation_node=seg)
+            truth = patient.stn_centroids["STN_L" if side == "left" else "STN_R"]
+            self.assertLess(np.linalg.norm(out["target_ras"] - truth), 4.0)
+
+        if ct is not None:
+            self.delayDisplay("Frame")
+            frame = planner.run(planner.frame_task(ct))
+            self.assertLess(frame.fre_mm, 1.0)
+        table = planner.coordinates_table(ct)
+        self.assertGreaterEqual(table.GetTable().GetNumberOfRows(), 7)
+        self.delayDisplay("Test passed")

@@ -122,9 +122,12 @@ def render_slice(scene, background_node, *, foreground_node=None, foreground_opa
         window.Finalize()
 
 
-def render_3d(scene, *, size=(640, 480), azimuth: float = 30.0, elevation: float = 20.0, zoom: float = 1.0,
-              focus_ras=None, background=(0.08, 0.09, 0.12)) -> np.ndarray:
-    """RGB (H, W, 3) uint8 of a 3-D view of every visible model, segmentation (closed surfaces) and markup."""
+def render_3d(scene, *, size=(640, 480), view_direction=(-0.35, 1.0, 0.45), distance_mm: float | None = None,
+              focus_ras=None, view_up=(0.0, 0.0, 1.0), background=(0.08, 0.09, 0.12)) -> np.ndarray:
+    """RGB (H, W, 3) uint8 of a 3-D view of every visible model, segmentation (closed surfaces) and markup.
+
+    The camera looks at ``focus_ras`` (default: centre of everything shown) from ``view_direction`` (RAS,
+    from the focus towards the eye) at ``distance_mm`` (default: fitted)."""
     app = _app_logic(scene)
     for seg in mrml.nodes_by_class(scene, "vtkMRMLSegmentationNode"):
         display = seg.GetDisplayNode()
@@ -140,15 +143,14 @@ def render_3d(scene, *, size=(640, 480), azimuth: float = 30.0, elevation: float
     group.SetMRMLDisplayableNode(view)
     renderer.ResetCamera()
     camera = renderer.GetActiveCamera()
-    if focus_ras is not None:
-        camera.SetFocalPoint(*[float(v) for v in focus_ras])
-    camera.Azimuth(azimuth)
-    camera.Elevation(elevation)
+    focus = np.asarray(focus_ras if focus_ras is not None else camera.GetFocalPoint(), float)
+    direction = np.asarray(view_direction, float)
+    direction /= np.linalg.norm(direction)
+    distance = float(distance_mm) if distance_mm is not None else camera.GetDistance()
+    camera.SetFocalPoint(*focus)
+    camera.SetPosition(*(focus + distance * direction))
+    camera.SetViewUp(*view_up)
     camera.OrthogonalizeViewUp()
-    renderer.ResetCamera()
-    if focus_ras is not None:
-        camera.SetFocalPoint(*[float(v) for v in focus_ras])
-    camera.Zoom(zoom)
     renderer.ResetCameraClippingRange()
     try:
         return _grab(window)

@@ -318,7 +318,7 @@ def test_offscreen_slice_and_3d_pictures_show_qsm_nuclei_and_trajectory(planned,
         n.GetDisplayNode().SetVisibility(True)
     assert render.picture_stats(grey)["coloured_fraction"] < stats["coloured_fraction"] / 5
     render.save_png(rgb, tmp_path / "slice.png")
-    three = render.render_3d(planned.scene, size=(320, 240), focus_ras=target)
+    three = render.render_3d(planned.scene, size=(320, 240), focus_ras=target, distance_mm=200.0)
     s3 = render.picture_stats(three)
     assert s3["non_background_fraction"] > 0.01 and s3["coloured_fraction"] > 0.005
     render.save_png(three, tmp_path / "3d.png")

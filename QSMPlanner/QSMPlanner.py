@@ -150,6 +150,7 @@ class QSMPlannerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._parameterNode = None
         self._parameterNodeGuiTag = None
         self._task = None
+        self._onDone = None
         self._timer = None
 
     def setup(self) -> None:

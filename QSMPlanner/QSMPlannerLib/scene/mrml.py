@@ -331,18 +331,22 @@ def segment_mask(node, segment_name: str, reference: Volume) -> np.ndarray:
     # Segments may share one labelmap layer, each with its own value in it.
     value = segment.GetLabelValue() if hasattr(segment, "GetLabelValue") else 1
     src = _array_from_image(oriented)
+    out = np.zeros(reference.shape3, bool)
+    if not src.size:
+        return out
     vm = vtk.vtkMatrix4x4()
     oriented.GetImageToWorldMatrix(vm)
-    src_ras_from_ijk = np_matrix(vm)
     extent = oriented.GetExtent()
-    # Voxel centres of the reference in the segment's IJK (its extent may not start at 0).
-    ijk = reference.voxel_ras_grid() @ np.linalg.inv(src_ras_from_ijk)[:3, :3].T \
-        + np.linalg.inv(src_ras_from_ijk)[:3, 3]
-    idx = np.rint(ijk).astype(int) - np.array([extent[0], extent[2], extent[4]])
-    inside = np.all((idx >= 0) & (idx < np.array(src.shape)), axis=-1)
-    out = np.zeros(reference.shape3, bool)
-    if src.size:
-        out[inside] = src[idx[inside, 0], idx[inside, 1], idx[inside, 2]] == value
+    # source array index (extent may not start at 0) from reference voxel index
+    src_from_ref = np.linalg.inv(np_matrix(vm)) @ reference.ras_from_ijk
+    src_from_ref[:3, 3] -= [extent[0], extent[2], extent[4]]
+    snapped = np.round(src_from_ref)
+    src_from_ref = np.where(np.abs(src_from_ref - snapped) < 1e-6, snapped, src_from_ref)
+    from scipy import ndimage
+    # one voxel of zero padding so that voxel centres on the border are not lost to rounding
+    binary = np.pad((src == value).astype(np.uint8), 1)
+    out = ndimage.affine_transform(binary, src_from_ref[:3, :3], offset=src_from_ref[:3, 3] + 1.0,
+                                   output_shape=reference.shape3, order=0, mode="constant", cval=0) > 0
     return out
 
 

@@ -601,6 +601,7 @@ def save_mrb(scene, path) -> Path:
             raise ProcessingError(f"could not write the Slicer bundle {path}")
         if not bundle.exists() or bundle.stat().st_size == 0:
             raise ProcessingError(f"the Slicer bundle {path} is empty")
+        os.chmod(bundle, 0o644)
         os.replace(bundle, path)
     finally:
         shutil.rmtree(work, ignore_errors=True)

@@ -179,4 +179,5 @@ def save_png(rgb: np.ndarray, path, max_kb: int | None = None):
         img.save(tmp, optimize=True)
         if max_kb is not None and os.path.getsize(tmp) > max_kb * 1024:
             img.quantize(colors=192, method=Image.Quantize.MEDIANCUT).save(tmp, optimize=True)
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600
     return path

@@ -340,8 +340,13 @@ class PlannerLogic:
             node = mrml.add_transform(self.scene, result.fixed_from_moving, transform_name)
             node.SetAttribute("QSMPlanner.MetricFinal", repr(float(result.metric_final)))
             for n in (moving_node, *moved_nodes):
-                if n is not None:
-                    mrml.set_parent_transform(n, node, harden=harden)
+                if n is None:
+                    continue
+                frame = n.GetAttribute(FRAME_ATTRIBUTE)
+                if harden and frame:  # the frame pose refers to the node's coordinates: follow them
+                    moved = np.array(json.loads(frame)) @ np.linalg.inv(result.fixed_from_moving)
+                    n.SetAttribute(FRAME_ATTRIBUTE, json.dumps(moved.tolist()))
+                mrml.set_parent_transform(n, node, harden=harden)
             return node
         return StageTask(f"registration {transform_name}", compute, apply)
 

@@ -372,3 +372,49 @@ def test_frame_stage_on_the_digital_patient(phantom_scene):
     c = mrml.volume_from_node(ct_node).center_ras
     np.testing.assert_allclose(xyz_from_ct[:3, :3] @ c + xyz_from_ct[:3, 3], true_xyz[:3, :3] @ c + true_xyz[:3, 3],
                                atol=1.0)
+
+
+# ---- each stage's result -> nodes mapping (the apply step), with the stage's result given --------
+def test_stage_results_become_nodes_observed_or_hardened(patient):
+    scene = mrml.new_scene()
+    logic = PlannerLogic(scene)
+    nodes = logic.load_patient_nodes(patient, show_truth=False, known_transforms=False)
+    mag, pha, t1, ct = nodes["gre_magnitude"][0], nodes["gre_phase"][0], nodes["T1"], nodes["CT"]
+    assert mag.GetParentTransformNode() is None
+
+    qsm_task = logic.qsm_task(mag, pha, bfr="pdf", inversion="tkd")
+    qsm = qsm_task.apply(SimpleNamespace(chi_ppm=patient.truth["chi_ppm"], messages=["ok"]))
+    assert qsm.GetName() == "QSM" and qsm.GetAttribute("QSMPlanner.Method") == "pdf+tkd"
+    assert logic.messages == ["QSM: ok"]
+
+    t = patient.transforms["t1_from_gre"]
+    moved = [n for n in logic.gre_nodes_for(mag) if n is not mag] + [qsm]
+    reg = logic.registration_task(t1, mag, "T1_from_GRE", moved)
+    tnode = reg.apply(SimpleNamespace(fixed_from_moving=t, metric_final=-0.5))
+    assert all(n.GetParentTransformNode() is tnode for n in [mag] + moved)      # observed
+    np.testing.assert_allclose(mrml.ras_from_ijk_of(qsm), patient.gre.ras_from_ijk, atol=1e-9)
+    np.testing.assert_allclose(mrml.volume_from_node(qsm, world=True).ras_from_ijk, t @ patient.gre.ras_from_ijk,
+                               atol=1e-6)
+    t_ct = patient.transforms["t1_from_ct"]
+    logic.set_frame(ct, patient.transforms["xyz_from_ct"])       # frame known in the CT's own RAS
+    reg_ct = logic.registration_task(t1, ct, "T1_from_CT", harden=True)
+    reg_ct.apply(SimpleNamespace(fixed_from_moving=t_ct, metric_final=-0.4))
+    assert ct.GetParentTransformNode() is None                                  # hardened
+    np.testing.assert_allclose(mrml.ras_from_ijk_of(ct), t_ct @ patient.ct.ras_from_ijk, atol=1e-6)
+    xyz_from_t1 = patient.transforms["xyz_from_ct"] @ np.linalg.inv(t_ct)
+    np.testing.assert_allclose(logic.xyz_from_world(ct), xyz_from_t1, atol=1e-9)  # the pose followed
+
+    prior = mrml.add_volume(scene, patient.truth["labels_gre"], "prior", kind="labelmap")
+    seg_task = logic.segmentation_task(qsm, prior_node=prior)
+    seg_result = SimpleNamespace(labelmap=_nuclei_labelmap(patient), names=NUCLEI, messages=[])
+    seg = seg_task.apply((None, seg_result))
+    assert mrml.segment_names(seg) == list(NUCLEI.values())
+    assert seg.GetParentTransformNode() is tnode and logic.segmentation_result is seg_result
+    with pytest.raises(InputError):
+        logic.segmentation_task(qsm)                                            # neither T1 nor prior
+
+    frame = logic.frame_task(ct).apply(SimpleNamespace(xyz_from_ras=xyz_from_t1, fre_mm=0.3))
+    assert frame.fre_mm == 0.3 and ct.GetAttribute("QSMPlanner.FRE_mm") == "0.3"
+    p = np.array([-12.0, -2.0, -4.0])
+    m = logic.xyz_from_world(ct)
+    np.testing.assert_allclose(m[:3, :3] @ p + m[:3, 3], xyz_from_t1[:3, :3] @ p + xyz_from_t1[:3, 3], atol=1e-9)

@@ -169,6 +169,16 @@ def standard_entry(target_ras, side: str, depth_mm: float = 70.0, lateral_deg: f
     return np.asarray(target_ras, float) + depth_mm * d / np.linalg.norm(d)
 
 
+def _ring_arc_values(ra) -> tuple[float, float]:
+    """(ring, arc) in degrees from stereotaxy.ring_arc's result (dict, object or pair)."""
+    for ring_key, arc_key in (("ring_deg", "arc_deg"), ("ring", "arc")):
+        if isinstance(ra, dict) and ring_key in ra:
+            return float(ra[ring_key]), float(ra[arc_key])
+        if hasattr(ra, ring_key):
+            return float(getattr(ra, ring_key)), float(getattr(ra, arc_key))
+    return float(ra[0]), float(ra[1])
+
+
 # --------------------------------------------------------------------------------------------------
 # the logic
 # --------------------------------------------------------------------------------------------------
@@ -673,10 +683,8 @@ class PlannerLogic:
                 x = xyz_from_world[:3, :3] @ p + xyz_from_world[:3, 3]
                 row.update({"X": x[0], "Y": x[1], "Z": x[2]})
                 if label in ring_arcs:
-                    ra = ring_arcs[label]
-                    ring = ra.get("ring_deg") if isinstance(ra, dict) else ra[0]
-                    arc = ra.get("arc_deg") if isinstance(ra, dict) else ra[1]
-                    row.update({"ring_deg": float(ring), "arc_deg": float(arc), "mounting": mounting})
+                    ring, arc = _ring_arc_values(ring_arcs[label])
+                    row.update({"ring_deg": ring, "arc_deg": arc, "mounting": mounting})
             rows.append(row)
         node = mrml.add_table(self.scene, rows, name)
         node.SetAttribute("QSMPlanner.CoordinateSystems",

@@ -587,16 +587,17 @@ class PlannerLogic:
                 entry = standard_entry(target, side, depth_mm, lat, ele)
                 pts = target + np.outer(np.linspace(0.0, 1.0, int(depth_mm * 2) + 1), entry - target)
                 d = self._sample(dist, world_from_ijk, pts[4:])  # from 2 mm above the target
-                finite = d[np.isfinite(d)]
-                dmin = float(finite.min()) if finite.size else float("nan")
+                d = d[~np.isnan(d)]                               # outside the QSM: unknown
+                dmin = float(d.min()) if d.size else float("nan")  # inf: no vessel found at all
                 cands.append((dmin, lat, ele, entry))
-        cands.sort(key=lambda c: -np.nan_to_num(c[0], nan=-1.0))
+        # farthest from vessels first; ties (e.g. no vessel near any path) closest to the textbook angles
+        cands.sort(key=lambda c: (-np.nan_to_num(c[0], nan=-1.0, posinf=1e9), abs(c[1] - 20) + abs(c[2] - 60)))
         rows = []
         for rank, (dmin, lat, ele, entry) in enumerate(cands[:n_best], start=1):
             rows.append({"rank": rank, "R": entry[0], "A": entry[1], "S": entry[2],
                          "lateral_deg": float(lat), "elevation_deg": float(ele),
                          "min_vessel_distance_mm": dmin,
-                         "safe": "yes" if np.isfinite(dmin) and dmin >= margin_mm else "no"})
+                         "safe": "yes" if not np.isnan(dmin) and dmin >= margin_mm else "no"})
         return mrml.add_table(self.scene, rows, f"Suggestions_{s}")
 
     def probe_eye_slice(self, slice_node, side: str, depth_mm: float = 0.0):

@@ -474,6 +474,7 @@ def add_model(scene, polydata, name: str = "Model", *, color=(0.8, 0.8, 0.8), op
     display = node.GetDisplayNode()
     display.SetColor(*color)
     display.SetOpacity(float(opacity))
+    display.SetScalarVisibility(False)  # plain colour, whatever arrays the polydata carries
     if hasattr(display, "SetVisibility2D"):
         display.SetVisibility2D(bool(slice_intersection))
     if parent_transform is not None:

@@ -170,6 +170,7 @@ class QSMPlannerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
         self.ui.sampleDataButton.clicked.connect(self.onLoadSampleData)
         self.ui.dicomButton.clicked.connect(self.onOpenDICOM)
+        self.ui.loadGREButton.clicked.connect(self.onLoadGRE)
         self.ui.installDependenciesButton.clicked.connect(self.onInstallDependencies)
         self.ui.runQSMButton.clicked.connect(self.onRunQSM)
         self.ui.registerGREButton.clicked.connect(self.onRegisterGRE)
@@ -284,7 +285,7 @@ class QSMPlannerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def _setBusy(self, busy: bool) -> None:
         self.ui.cancelButton.enabled = busy
         self.ui.progressBar.visible = busy or self.ui.progressBar.value > 0
-        for button in (self.ui.sampleDataButton, self.ui.runQSMButton, self.ui.registerGREButton,
+        for button in (self.ui.sampleDataButton, self.ui.loadGREButton, self.ui.runQSMButton, self.ui.registerGREButton,
                        self.ui.registerCTButton, self.ui.runSegmentationButton, self.ui.rankEntriesButton,
                        self.ui.frameButton):
             button.enabled = not busy
@@ -303,6 +304,19 @@ class QSMPlannerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             slicer.util.setSliceViewerLayers(background=nodes["T1"], fit=True)
         self._start(lambda: planner.digital_patient_task(seed=0, small=self.ui.smallSampleCheckBox.checked),
                     done)
+
+    def onLoadGRE(self) -> None:
+        """Read a multi-echo GRE (BIDS folder, anat folder or DICOM series folder) into echo volumes."""
+        directory = qt.QFileDialog.getExistingDirectory(None, "Multi-echo GRE: BIDS, anat or DICOM folder")
+        if not directory:
+            return
+        p = self._parameterNode
+        planner = self.logic.planner()
+
+        def done(nodes):
+            p.magnitudeVolume, p.phaseVolume = nodes["magnitude"][0], nodes["phase"][0]
+            slicer.util.setSliceViewerLayers(background=nodes["magnitude"][0], fit=True)
+        self._start(lambda: planner.gre_files_task(directory, te_ms=self._echoTimes()), done)
 
     def onOpenDICOM(self) -> None:
         slicer.util.selectModule("DICOM")

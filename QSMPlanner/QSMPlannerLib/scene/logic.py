@@ -275,6 +275,30 @@ class PlannerLogic:
             b0_dir_ijk=b0_dir, phase_scaling="radians (from Slicer volumes)",
             source=magnitude_node.GetName())
 
+    def gre_files_task(self, directory=None, mag=None, phase=None, te_ms=None, b0_tesla=None,
+                       series: str = GRE_SERIES) -> StageTask:
+        """Read a multi-echo GRE with ``io.load_gre`` — a BIDS (or anat) ``directory``, a DICOM series
+        directory holding magnitude and phase, or ``mag``/``phase`` file lists with ``te_ms`` — and add it
+        as echo nodes (``add_gre_nodes``)."""
+        def compute(progress):
+            from ..io import load_gre
+            te = None if te_ms is None else [float(t) / 1000.0 for t in te_ms]
+            progress.update(0.0, "reading the GRE")
+            if directory is not None and mag is None:
+                try:
+                    return load_gre(bids=directory, b0=b0_tesla)
+                except InputError:
+                    return load_gre(mag=[directory], phase=[directory], te=te, b0=b0_tesla)
+            return load_gre(mag=list(mag), phase=list(phase), te=te, b0=b0_tesla)
+
+        def apply(gre):
+            for w in getattr(gre, "warnings", []) or []:
+                self._log(f"GRE: {w}")
+            if getattr(gre, "phase_scaling", ""):
+                self._log(f"GRE phase scaling: {gre.phase_scaling}")
+            return self.add_gre_nodes(gre, series=series)
+        return StageTask("read GRE", compute, apply)
+
     def load_patient_nodes(self, patient, show_truth: bool = True, known_transforms: bool = False) -> dict:
         """Add a ``phantom.DigitalPatient`` as nodes: GRE echoes, T1, CT, AC/PC/MS, and (``show_truth``)
         its true labels as a segmentation. ``known_transforms`` also places GRE and CT under their true

@@ -60,6 +60,8 @@ class FakeTimer:
 def _fake_modules(ui_names):
     qt = types.ModuleType("qt")
     qt.QTimer = FakeTimer
+    qt.QFileDialog = SimpleNamespace(getExistingDirectory=lambda *a: qt.chosen_directory)
+    qt.chosen_directory = ""
 
     sl = types.ModuleType("slicer.ScriptedLoadableModule")
 
@@ -199,7 +201,7 @@ def env(monkeypatch, tmp_path):
     widget = module.QSMPlannerWidget()
     widget.setup()
     return SimpleNamespace(module=module, widget=widget, ui=widget.ui, p=widget._parameterNode, scene=scene,
-                           calls=calls, red=red, tmp=tmp_path)
+                           calls=calls, red=red, tmp=tmp_path, qt=qt)
 
 
 def _click(button):
@@ -338,3 +340,30 @@ def test_run_buttons_start_tasks_from_the_selected_nodes(env):
     assert [t.name for t in started] == ["QSM", "registration T1_from_GRE", "registration T1_from_CT"]
     # nothing ran yet: no transform node, the moving volumes are untouched
     assert planner.node("T1_from_GRE") is None and p.magnitudeVolume.GetParentTransformNode() is None
+
+
+def test_read_gre_folder_button(env):
+    """A BIDS folder written by io becomes echo nodes with the acquisition's geometry; without the io
+    reader the failure is reported and the panel stays usable."""
+    w, ui = env.widget, env.ui
+    env.qt.chosen_directory = ""
+    _click(ui.loadGREButton)                                  # dialog cancelled: nothing happens
+    assert w._task is None
+    patient = synthetic_patient()
+    io = pytest.importorskip("QSMPlannerLib.io")
+    bids = env.tmp / "bids"
+    env.qt.chosen_directory = str(bids)
+    if hasattr(io, "write_gre_bids") and hasattr(io, "load_gre"):
+        io.write_gre_bids(patient.gre, bids, "syn")
+    _click(ui.loadGREButton)
+    w._task.wait(30)
+    w._timer.timeout.emit()
+    if not (hasattr(io, "write_gre_bids") and hasattr(io, "load_gre")):
+        assert any("read GRE failed" in e for e in env.calls["errors"])
+        return
+    assert not env.calls["errors"], env.calls["errors"]
+    mag = env.p.magnitudeVolume
+    np.testing.assert_allclose(mrml.ras_from_ijk_of(mag), patient.gre.ras_from_ijk, atol=1e-4)
+    gre = w.logic.planner().gre_from_nodes(mag, env.p.phaseVolume)
+    np.testing.assert_allclose(gre.te_s, patient.gre.te_s, rtol=1e-6)
+    np.testing.assert_allclose(gre.phase_rad, patient.gre.phase_rad, atol=2e-3)

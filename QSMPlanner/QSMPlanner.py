@@ -91,8 +91,10 @@ def registerSampleData():
 
 def loadDigitalPatient(source=None, small=True, seed=0):
     """SampleData loader: generate the digital patient (seconds with ``small``) and add it as nodes."""
-    QSMPlannerLogic().ensureDependencies(ask=True)
-    planner = QSMPlannerLogic().planner()
+    logic = QSMPlannerLogic()
+    if not logic.ensureDependencies(ask=True):
+        return []
+    planner = logic.planner()
     with slicer.util.tryWithErrorDisplay("Could not create the digital patient.", waitCursor=True):
         return planner.run(planner.digital_patient_task(seed=seed, small=small))
 

@@ -651,16 +651,29 @@ def build_scene(results: dict, path_mrb=None, scene=None):
       "tables":        {name: [row dict, ...]}
       "parents":       {node name: transform name}  (observed, not hardened)
       "harden":        [node name, ...]  (harden these after parenting)
+    Shortcuts: "qsm", "t1", "ct" (Volume -> volumes "QSM", "T1", "CT"), "segmentation" (-> "Nuclei"),
+    "landmarks" ({AC, PC, MS} -> points "AC-PC-MS").
     """
     if scene is None:
         scene = new_scene()
+    results = dict(results)
+    volumes = dict(results.get("volumes") or {})
+    for key, name in (("qsm", "QSM"), ("t1", "T1"), ("ct", "CT")):
+        if isinstance(results.get(key), Volume):
+            volumes.setdefault(name, results[key])
+    results["volumes"] = volumes
+    if results.get("segmentation") is not None:
+        results["segmentations"] = {"Nuclei": results["segmentation"], **(results.get("segmentations") or {})}
+    if results.get("landmarks"):
+        results["points"] = {"AC-PC-MS": results["landmarks"], **(results.get("points") or {})}
     made = {}
     for name, m in (results.get("transforms") or {}).items():
         made[name] = add_transform(scene, m, name)
     for name, vol in (results.get("volumes") or {}).items():
         lname = name.lower()
         kind = "qsm" if ("qsm" in lname or "chi" in lname) else "scalar"
-        made[name] = add_volume(scene, vol, name, kind=kind)
+        window = (-100.0, 1500.0) if name == "CT" else None
+        made[name] = add_volume(scene, vol, name, kind=kind, window=window)
     for name, vol in (results.get("labelmaps") or {}).items():
         made[name] = add_volume(scene, vol, name, kind="labelmap")
     for name, value in (results.get("segmentations") or {}).items():

@@ -174,3 +174,14 @@ def test_bad_bundle_paths_are_input_errors(tmp_path):
         mrml.save_mrb(scene, tmp_path / "scene.zip")
     with pytest.raises(InputError):
         mrml.load_mrb(tmp_path / "missing.mrb")
+
+
+def test_build_scene_shortcuts(results):
+    qsm = results["volumes"]["QSM"]
+    labelmap, names = results["segmentations"]["Nuclei"]
+    scene = mrml.build_scene({"qsm": qsm, "t1": qsm.with_data(qsm.data * 0 + 1.0), "segmentation": (labelmap, names),
+                              "landmarks": results["points"]["Landmarks"]})
+    assert mrml.node_by_name(scene, "QSM").GetDisplayNode().GetWindowLevelMax() == pytest.approx(0.25)
+    assert mrml.node_by_name(scene, "T1") is not None
+    assert mrml.segment_names(mrml.node_by_name(scene, "Nuclei")) == [names[v] for v in sorted(names)]
+    assert list(mrml.fiducials_to_dict(mrml.node_by_name(scene, "AC-PC-MS"))) == ["AC", "PC", "MS"]

@@ -1,0 +1,6 @@
+"""Registration: rigid GRE/CT -> T1, T1 -> MNI atlas normalisation, ITK transform files, resampling.
+
+All matrices are RAS->RAS 4x4 named ``a_from_b``; ITK (LPS, resampling direction) only inside.
+"""
+from .transform_io import read_transform, write_transform  # noqa: F401
+from .resample import resample  # noqa: F401

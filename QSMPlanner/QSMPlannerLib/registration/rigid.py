@@ -175,7 +175,8 @@ def register_rigid(fixed: Volume, moving: Volume, fixed_mask: Volume | None = No
     except RuntimeError as e:
         raise ProcessingError(f"rigid registration failed: {str(e).splitlines()[-1]}") from None
     prog.update(0.8, "refinement")
-    r2 = _method(f_mask, m_mask, fraction=0.5)
+    r2 = _method(f_mask, m_mask, fraction=1.0)
+    r2.SetMetricSamplingStrategy(r2.NONE)
     r2.SetOptimizerAsRegularStepGradientDescent(learningRate=0.5, minStep=1e-4, numberOfIterations=300,
                                                 relaxationFactor=0.5, gradientMagnitudeTolerance=1e-8)
     r2.SetOptimizerScalesFromPhysicalShift()

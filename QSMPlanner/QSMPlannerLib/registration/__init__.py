@@ -5,3 +5,4 @@ All matrices are RAS->RAS 4x4 named ``a_from_b``; ITK (LPS, resampling direction
 from .transform_io import read_transform, write_transform  # noqa: F401
 from .resample import resample  # noqa: F401
 from .rigid import RigidResult, register_rigid  # noqa: F401
+from .atlas import AtlasNormalization, normalize_to_mni  # noqa: F401

@@ -1,0 +1,143 @@
+"""T1 -> MNI ICBM152 normalisation (affine MI + symmetric-forces demons) and CIT168 label warping.
+
+ITK convention inside: the composite transform maps patient T1 LPS points -> MNI LPS points (the
+resampling direction for pulling atlas images into the patient space). Public API is RAS mm.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .. import ATLAS_DIR
+from ..io.volumes import read_volume
+from ..progress import as_progress
+from ..volume import LPS_FROM_RAS, Volume
+from .resample import resample
+from .transform_io import write_transform
+
+TEMPLATE = "mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz"
+LABELS = "CIT168_subcortex.nii.gz"
+SEED = 20240607
+
+
+def brain_mask(t1: Volume) -> Volume:
+    """Simple brain mask: Otsu foreground, erosion to cut skull, largest component, dilation back."""
+    import SimpleITK as sitk
+    img = t1.to_sitk(np.float32)
+    fg = sitk.OtsuThreshold(img, 0, 1)
+    r = [max(1, int(round(4.0 / s))) for s in img.GetSpacing()]
+    er = sitk.BinaryErode(fg, r)
+    cc = sitk.RelabelComponent(sitk.ConnectedComponent(er), sortByObjectSize=True) == 1
+    m = sitk.BinaryFillhole(sitk.BinaryDilate(cc, r))
+    return Volume.from_sitk(m).with_data(Volume.from_sitk(m).data.astype(np.uint8), name="brain_mask")
+
+
+@dataclass
+class AtlasNormalization:
+    transform: object  # sitk composite: T1 LPS -> MNI LPS
+    t1: Volume
+
+    def t1_to_mni(self, points):
+        pts = np.atleast_2d(np.asarray(points, float))
+        out = [LPS_FROM_RAS[:3, :3] @ np.array(self.transform.TransformPoint(
+            tuple(float(v) for v in LPS_FROM_RAS[:3, :3] @ p))) for p in pts]
+        return np.array(out).reshape(np.shape(points))
+
+    def mni_to_t1(self, points):
+        """Inverse by fixed-point iteration on the forward transform (RAS mm)."""
+        target = np.atleast_2d(np.asarray(points, float))
+        a = self._affine_ras()
+        x = (target - a[:3, 3]) @ np.linalg.inv(a[:3, :3]).T
+        for _ in range(30):
+            err = self.t1_to_mni(x).reshape(target.shape) - target
+            x = x - err @ np.linalg.inv(a[:3, :3]).T
+            if np.abs(err).max() < 1e-3:
+                break
+        return x.reshape(np.shape(points))
+
+    def _affine_ras(self):
+        p0 = self.t1_to_mni(np.zeros(3))
+        cols = [self.t1_to_mni(e) - p0 for e in np.eye(3) * 10.0]
+        m = np.eye(4)
+        m[:3, :3] = np.column_stack(cols) / 10.0
+        m[:3, 3] = p0
+        return m
+
+    def warp_labels(self, reference: Volume) -> Volume:
+        """CIT168 labels resampled (nearest label) onto ``reference``'s grid (patient T1 space)."""
+        labels = read_volume(ATLAS_DIR / LABELS)
+        labels = labels.with_data(np.rint(labels.data).astype(np.int16), name="CIT168")
+        return resample(labels, reference, interpolation="nearest", transform=self.transform)
+
+    def write(self, path):
+        return write_transform(path, self.transform)
+
+
+def _prep(img, mask):
+    import SimpleITK as sitk
+    a = sitk.GetArrayFromImage(img).astype(np.float32)
+    m = sitk.GetArrayFromImage(mask) > 0
+    lo, hi = np.percentile(a[m], [1, 99])
+    a = np.clip((a - lo) / max(hi - lo, 1e-6), 0, 1) * m
+    out = sitk.GetImageFromArray(a.astype(np.float32))
+    out.CopyInformation(img)
+    return out
+
+
+def normalize_to_mni(t1: Volume, t1_mask: Volume | None = None, progress=None,
+                     voxel_mm: float = 2.0) -> AtlasNormalization:
+    """Register the MNI template to the patient T1 (affine then demons). Returns the mapping."""
+    import SimpleITK as sitk
+    prog = as_progress(progress)
+    prog.update(0.0, "brain mask")
+    mask = t1_mask if t1_mask is not None else brain_mask(t1)
+    # working grid: T1 bounding box at voxel_mm
+    fixed_full = t1.to_sitk(np.float32)
+    mask_s = t1.with_data((np.asarray(mask.data) > 0).astype(np.uint8)).to_sitk()
+    sp = np.array(fixed_full.GetSpacing())
+    size = [int(np.ceil(n * s / voxel_mm)) for n, s in zip(fixed_full.GetSize(), sp)]
+    ref = sitk.Image(size, sitk.sitkFloat32)
+    ref.SetSpacing([voxel_mm] * 3)
+    ref.SetDirection(fixed_full.GetDirection())
+    ref.SetOrigin(fixed_full.GetOrigin())
+    fixed = sitk.Resample(sitk.SmoothingRecursiveGaussian(fixed_full, voxel_mm / 2), ref)
+    fmask = sitk.Resample(mask_s, ref, sitk.Transform(), sitk.sitkNearestNeighbor)
+    fixed = _prep(fixed, fmask)
+    tmpl = read_volume(ATLAS_DIR / TEMPLATE).to_sitk(np.float32)
+    tmask = sitk.Cast(tmpl > 0, sitk.sitkUInt8)  # converted template is skull-stripped
+    moving = _prep(tmpl, tmask)
+    prog.update(0.1, "affine")
+    init = sitk.CenteredTransformInitializer(fixed, moving, sitk.AffineTransform(3),
+                                             sitk.CenteredTransformInitializerFilter.MOMENTS)
+    r = sitk.ImageRegistrationMethod()
+    r.SetMetricAsMattesMutualInformation(32)
+    r.SetMetricSamplingStrategy(r.RANDOM)
+    r.SetMetricSamplingPercentage(0.2, SEED)
+    r.SetMetricFixedMask(fmask)
+    r.SetInterpolator(sitk.sitkLinear)
+    r.SetOptimizerAsRegularStepGradientDescent(1.0, 1e-4, 200, relaxationFactor=0.6)
+    r.SetOptimizerScalesFromPhysicalShift()
+    r.SetShrinkFactorsPerLevel([4, 2, 1])
+    r.SetSmoothingSigmasPerLevel([2, 1, 0])
+    affine = sitk.AffineTransform(init)
+    r.SetInitialTransform(affine, inPlace=True)
+    r.Execute(fixed, moving)
+    prog.update(0.5, "nonlinear")
+    warped = sitk.Resample(moving, fixed, affine, sitk.sitkLinear, 0.0)
+    demons = sitk.FastSymmetricForcesDemonsRegistrationFilter()
+    demons.SetNumberOfIterations(60)
+    demons.SetStandardDeviations(1.5)
+    demons.SetSmoothUpdateField(True)
+    demons.SetUpdateFieldStandardDeviations(1.0)
+    # coarse-to-fine: half resolution first
+    half = sitk.Shrink(fixed, [2, 2, 2])
+    disp = demons.Execute(half, sitk.Resample(warped, half))
+    disp = sitk.Resample(disp, fixed, sitk.Transform(), sitk.sitkLinear, 0.0, disp.GetPixelID())
+    disp = demons.Execute(fixed, warped, disp)
+    field = sitk.DisplacementFieldTransform(sitk.Cast(disp, sitk.sitkVectorFloat64))
+    comp = sitk.CompositeTransform(3)
+    comp.AddTransform(affine)
+    comp.AddTransform(field)  # applied first: T1 -> (T1 + d) -> affine -> MNI
+    prog.update(1.0, "done")
+    return AtlasNormalization(comp, t1)

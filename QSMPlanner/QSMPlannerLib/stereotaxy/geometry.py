@@ -1,0 +1,102 @@
+"""Leksell model G geometry: frame coordinates and the N-localizer box.
+
+Leksell XYZ (mm): +X to the patient's LEFT, +Y ANTERIOR, +Z INFERIOR, frame centre (100, 100, 100).
+"Frame RAS" is an RAS space aligned with the frame whose origin is the frame centre:
+R = 100 - X, A = Y - 100, S = 100 - Z.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+FRAME_CENTER_XYZ = np.array([100.0, 100.0, 100.0])
+
+# frame-aligned RAS (origin at the frame centre) from Leksell XYZ; a proper rotation (det +1)
+FRAMERAS_FROM_XYZ = np.array([[-1.0, 0.0, 0.0, 100.0],
+                              [0.0, 1.0, 0.0, -100.0],
+                              [0.0, 0.0, -1.0, 100.0],
+                              [0.0, 0.0, 0.0, 1.0]])
+XYZ_FROM_FRAMERAS = np.linalg.inv(FRAMERAS_FROM_XYZ)
+
+
+@dataclass(frozen=True)
+class LocalizerPlate:
+    """One N of the localizer box, in Leksell XYZ mm.
+
+    ``first`` and ``second`` are the vertical rods (start, end), ``diagonal`` runs from the bottom of
+    ``first`` (Z 40) to the top of ``second`` (Z 160). On an axial slice the diagonal's fraction of
+    the way from ``first`` to ``second`` is (Z - 40) / 120 (Brown's formula).
+    """
+    name: str
+    first: tuple
+    diagonal: tuple
+    second: tuple
+
+    def rods(self):
+        """[(start_xyz, end_xyz)] for first, diagonal, second (numpy arrays)."""
+        return [(np.asarray(a, float), np.asarray(b, float))
+                for a, b in (self.first, self.diagonal, self.second)]
+
+    @property
+    def normal_xyz(self) -> np.ndarray:
+        """Unit normal of the plate plane (XYZ)."""
+        a, b = np.asarray(self.first[0], float), np.asarray(self.second[0], float)
+        d = np.asarray(self.first[1], float) - a
+        n = np.cross(b - a, d)
+        return n / np.linalg.norm(n)
+
+
+def _plate_lateral(name, x):
+    return LocalizerPlate(name,
+                          first=((x, 40.0, 40.0), (x, 40.0, 160.0)),
+                          diagonal=((x, 40.0, 40.0), (x, 160.0, 160.0)),
+                          second=((x, 160.0, 40.0), (x, 160.0, 160.0)))
+
+
+def _plate_ap(name, y):
+    return LocalizerPlate(name,
+                          first=((40.0, y, 40.0), (40.0, y, 160.0)),
+                          diagonal=((40.0, y, 40.0), (160.0, y, 160.0)),
+                          second=((160.0, y, 40.0), (160.0, y, 160.0)))
+
+
+PLATES = {
+    "right": _plate_lateral("right", 5.0),
+    "left": _plate_lateral("left", 195.0),
+    "anterior": _plate_ap("anterior", 215.0),
+}
+POSTERIOR_PLATE = _plate_ap("posterior", -15.0)  # some MR boxes
+ROD_Z_RANGE = (40.0, 160.0)
+ROD_SPACING_MM = 120.0
+
+
+def apply(m: np.ndarray, points) -> np.ndarray:
+    """Apply a 4x4 affine to points (..., 3)."""
+    p = np.asarray(points, float)
+    return p @ np.asarray(m, float)[:3, :3].T + np.asarray(m, float)[:3, 3]
+
+
+def ras_to_xyz(ras, xyz_from_ras=None) -> np.ndarray:
+    """Image RAS mm -> Leksell XYZ mm. ``xyz_from_ras`` is the frame registration (4x4); without it
+    the image RAS space is taken to be frame RAS (origin at the frame centre)."""
+    m = XYZ_FROM_FRAMERAS if xyz_from_ras is None else np.asarray(xyz_from_ras, float)
+    return apply(m, ras)
+
+
+def xyz_to_ras(xyz, xyz_from_ras=None) -> np.ndarray:
+    """Leksell XYZ mm -> image RAS mm (inverse of ``ras_to_xyz``)."""
+    m = FRAMERAS_FROM_XYZ if xyz_from_ras is None else np.linalg.inv(np.asarray(xyz_from_ras, float))
+    return apply(m, xyz)
+
+
+def ras_to_lps(ras) -> np.ndarray:
+    """RAS -> LPS (DICOM patient coordinates): (L, P, S) = (-R, -A, S)."""
+    p = np.array(ras, float)
+    p[..., :2] *= -1.0
+    return p
+
+
+def xyz_from_ras_for_pose(image_from_frameras: np.ndarray) -> np.ndarray:
+    """XYZ-from-image-RAS for a frame whose frame-RAS space sits at ``image_from_frameras`` (4x4)."""
+    return XYZ_FROM_FRAMERAS @ np.linalg.inv(np.asarray(image_from_frameras, float))

@@ -1,0 +1,91 @@
+"""Named points as 3D Slicer markups point lists (``.mrk.json``).
+
+Points are always passed in and returned in RAS mm (the project's world). The file may store them
+in RAS or LPS (``coordinateSystem``); Slicer converts LPS files to RAS on loading, and so does
+``read_points``. Control point labels are the point names.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import InputError
+from .atomic import write_text
+
+SCHEMA = ("https://raw.githubusercontent.com/slicer/slicer/master/Modules/Loadable/Markups/"
+          "Resources/Schema/markups-schema-v1.0.3.json#")
+_LPS_FLIP = np.array([-1.0, -1.0, 1.0])
+
+
+def _as_point(name, value, path) -> np.ndarray:
+    p = np.asarray(value, dtype=float).reshape(-1)
+    if p.shape != (3,) or not np.isfinite(p).all():
+        raise InputError(f"point {name!r} is not three finite numbers: {value!r}", path)
+    return p
+
+
+def write_points(path, points: dict, coordinate_system: str = "RAS", name: str = "",
+                 descriptions: dict | None = None) -> Path:
+    """Write ``{"AC": ras_xyz, ...}`` (RAS mm) as a Slicer point list; returns the path.
+
+    ``coordinate_system`` ("RAS" or "LPS") is how the positions are stored in the file.
+    ``name`` is the node name Slicer shows (default: the file name without ``.mrk.json``).
+    """
+    path = Path(path)
+    system = coordinate_system.upper()
+    if system not in ("RAS", "LPS"):
+        raise ValueError(f"coordinate_system must be 'RAS' or 'LPS', not {coordinate_system!r}")
+    descriptions = descriptions or {}
+    control_points = []
+    for n, (label, value) in enumerate(points.items(), start=1):
+        ras = _as_point(label, value, path)
+        pos = ras * _LPS_FLIP if system == "LPS" else ras
+        control_points.append({
+            "id": str(n), "label": str(label), "description": str(descriptions.get(label, "")),
+            "associatedNodeID": "", "position": [float(v) for v in pos],
+            "orientation": [-1.0, -0.0, -0.0, -0.0, -1.0, -0.0, 0.0, 0.0, 1.0],
+            "selected": True, "locked": False, "visibility": True, "positionStatus": "defined",
+        })
+    doc = {"@schema": SCHEMA, "markups": [{
+        "type": "Fiducial", "coordinateSystem": system, "coordinateUnits": "mm",
+        "locked": False, "fixedNumberOfControlPoints": False, "labelFormat": "%N-%d",
+        "lastUsedControlPointNumber": len(control_points),
+        "name": name or path.name.replace(".mrk.json", "").replace(".json", ""),
+        "controlPoints": control_points, "measurements": [],
+    }]}
+    write_text(path, json.dumps(doc, indent=2) + "\n")
+    return path
+
+
+def read_points(path) -> dict:
+    """Read a Slicer markups file (``.mrk.json``; the first markup in it) as ``{label: RAS xyz}``.
+
+    LPS files are converted to RAS. Raises ``InputError`` naming the file if it is not a markups
+    file, has no control points, or repeats a label.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InputError("markups file not found", path)
+    try:
+        doc = json.loads(path.read_text())
+        markup = doc["markups"][0]
+    except (ValueError, KeyError, IndexError, TypeError) as exc:
+        raise InputError(f"not a Slicer markups JSON file ({exc.__class__.__name__}: {exc})",
+                         path) from exc
+    system = str(markup.get("coordinateSystem", "LPS") or "LPS").upper()
+    if system not in ("RAS", "LPS"):
+        raise InputError(f"unknown markups coordinateSystem {system!r}", path)
+    out = {}
+    for i, cp in enumerate(markup.get("controlPoints") or []):
+        if cp.get("positionStatus", "defined") not in ("defined", "preview") or "position" not in cp:
+            continue
+        label = str(cp.get("label") or f"P-{i + 1}")
+        if label in out:
+            raise InputError(f"control point label {label!r} appears twice", path)
+        p = _as_point(label, cp["position"], path)
+        out[label] = p * _LPS_FLIP if system == "LPS" else p
+    if not out:
+        raise InputError("the markups file holds no control points", path)
+    return out

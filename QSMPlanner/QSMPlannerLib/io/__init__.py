@@ -6,9 +6,10 @@ from . import bids, markups
 from .atomic import atomic_dir, atomic_path, write_text
 from .bids import find_ct, find_t1, write_gre_bids
 from .gre import MultiEchoGRE, b0_dir_from_geometry
+from .loaders import add_gre_arguments, gre_from_args, load_gre
 from .markups import read_points, write_points
 from .volumes import read_volume, write_volume
 
 __all__ = ["atomic_dir", "atomic_path", "write_text", "read_volume", "write_volume", "bids", "markups",
            "find_t1", "find_ct", "write_gre_bids", "MultiEchoGRE", "b0_dir_from_geometry",
-           "read_points", "write_points"]
+           "read_points", "write_points", "load_gre", "add_gre_arguments", "gre_from_args"]

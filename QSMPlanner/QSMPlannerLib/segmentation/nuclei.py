@@ -1,0 +1,513 @@
+"""STN / SN / RN segmentation on QSM: atlas prior localized on the susceptibility map, then refined.
+
+Everything happens on the QSM grid (the space of ``qsm``; RAS mm; χ in ppm):
+
+1. Prior: CIT168 labels already warped onto the QSM grid (STN 16/116, SN 7+9/107+109, RN 8/108).
+2. Localization: per side, the prior's STN+SN+RN complex is moved (translation + isotropic scale) to
+   best explain the QSM as piecewise constant (Chan-Vese energy over a window); then each nucleus
+   alone (smaller moves). A surgeon's seed (or box) pins a structure instead.
+3. Refinement: region competition of 7 classes (background + 6 nuclei) by iterated conditional modes:
+   Gaussian intensity term with each class's own mean (re-estimated), a distance-to-localized-prior
+   term, and a Potts smoothness term. STN and SN meet along the darker border between them because
+   border voxels go to the background class or to the class whose mean is nearer.
+4. Guard rails per structure (volume range, χ range, contrast-to-noise, compactness, connectivity,
+   left/right volume symmetry): when one trips, that structure keeps its prior and a message says so.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+from scipy import ndimage as ndi
+
+from ..errors import InputError, ProcessingError
+from ..progress import as_progress
+from ..volume import Volume
+from . import structures as S
+
+BACKGROUND = 0
+
+
+@dataclass
+class NucleiSegmentation:
+    """Result of ``segment_nuclei``.
+
+    labelmap: uint8 Volume on the QSM grid, values 1..6 = STN_L, STN_R, SN_L, SN_R, RN_L, RN_R.
+    names: {value: name}. source: {name: "refined" | "prior" | "localized prior" | "empty"}.
+    qsm: the χ map (ppm) the statistics are taken from. prior: the prior on the QSM grid (values 1..6).
+    """
+    labelmap: Volume
+    names: dict
+    messages: list = field(default_factory=list)
+    source: dict = field(default_factory=dict)
+    qsm: Volume | None = None
+    prior: Volume | None = None
+    timings: dict = field(default_factory=dict)
+
+    def mask(self, name: str) -> np.ndarray:
+        return np.asarray(self.labelmap.data) == S.VALUES[name]
+
+    def centroid_ras(self, name: str) -> np.ndarray | None:
+        m = self.mask(name)
+        if not m.any():
+            return None
+        return self.labelmap.ijk_to_ras(np.argwhere(m).mean(axis=0))
+
+    def stats(self, landmarks: dict | None = None, world_from_qsm=None) -> list[dict]:
+        """One row per structure: volume (mm³), χ mean/median/peak (ppm; peak = 95th percentile),
+        centroid in RAS mm and, with ``landmarks`` {"AC","PC","MS"}, in AC-PC coordinates (mm; origin
+        mid-commissural point, x right, y anterior, z superior). ``world_from_qsm`` (4x4 RAS) maps the
+        QSM space to the space of the landmarks and of the reported centroids (default: QSM space)."""
+        world = np.eye(4) if world_from_qsm is None else np.asarray(world_from_qsm, float)
+        voxel_mm3 = float(abs(np.linalg.det(self.labelmap.ras_from_ijk[:3, :3])))
+        chi = None if self.qsm is None else np.asarray(self.qsm.data, float)
+        rows = []
+        for value, name in sorted(self.names.items()):
+            m = np.asarray(self.labelmap.data) == value
+            n = int(m.sum())
+            row = {"structure": name, "label": int(value), "source": self.source.get(name, ""),
+                   "voxels": n, "volume_mm3": round(n * voxel_mm3, 2)}
+            if chi is not None:
+                vals = chi[m]
+                row["mean_chi_ppm"] = round(float(vals.mean()), 5) if n else float("nan")
+                row["median_chi_ppm"] = round(float(np.median(vals)), 5) if n else float("nan")
+                row["peak_chi_ppm"] = round(float(np.percentile(vals, 95)), 5) if n else float("nan")
+            c = self.centroid_ras(name)
+            c = None if c is None else world[:3, :3] @ c + world[:3, 3]
+            for axis, v in zip("ras", c if c is not None else [np.nan] * 3):
+                row[f"centroid_{axis}"] = round(float(v), 3)
+            if landmarks:
+                acpc = (acpc_coordinates(c, landmarks["AC"], landmarks["PC"], landmarks["MS"])
+                        if c is not None else [np.nan] * 3)
+                for axis, v in zip("xyz", acpc):
+                    row[f"acpc_{axis}"] = round(float(v), 3)
+            rows.append(row)
+        return rows
+
+
+def acpc_coordinates(point_ras, ac, pc, ms) -> np.ndarray:
+    """AC-PC coordinates (mm) of a RAS point: origin at the mid-commissural point, y from PC to AC
+    (anterior), z towards the mid-sagittal point MS orthogonal to y (superior), x = y × z (right)."""
+    ac, pc, ms, p = (np.asarray(v, float) for v in (ac, pc, ms, point_ras))
+    origin = (ac + pc) / 2.0
+    y = ac - pc
+    y /= np.linalg.norm(y)
+    z = ms - origin
+    z = z - (z @ y) * y
+    if np.linalg.norm(z) < 1e-6:
+        raise InputError("MS lies on the AC-PC line", "landmarks")
+    z /= np.linalg.norm(z)
+    x = np.cross(y, z)
+    d = p - origin
+    return np.array([d @ x, d @ y, d @ z])
+
+
+# --------------------------------------------------------------------------------------------------
+def prior_to_structures(prior_labels: np.ndarray) -> np.ndarray:
+    """CIT168 label array -> array with values 1..6 (0 elsewhere)."""
+    out = np.zeros(prior_labels.shape, np.uint8)
+    lab = np.rint(np.asarray(prior_labels)).astype(np.int32)
+    for name, values in S.CIT168_VALUES.items():
+        out[np.isin(lab, values)] = S.VALUES[name]
+    return out
+
+
+def _ellipsoid(shape, center_ijk, semi_axes_vox) -> np.ndarray:
+    idx = np.indices(shape, dtype=np.float32)
+    r2 = sum(((idx[a] - center_ijk[a]) / max(semi_axes_vox[a], 0.5)) ** 2 for a in range(3))
+    return r2 <= 1.0
+
+
+def _transform_mask(mask: np.ndarray, center, scale: float, shift) -> np.ndarray:
+    """Scale a binary mask about ``center`` (voxels) and shift it (voxels), nearest neighbour."""
+    if scale == 1.0:
+        out = mask
+    else:
+        c = np.asarray(center, float)
+        inv = 1.0 / scale
+        out = ndi.affine_transform(mask.astype(np.uint8), np.eye(3) * inv,
+                                   offset=c - inv * c, order=0, mode="constant") > 0
+    return _shift(out, shift)
+
+
+def _shift(a: np.ndarray, shift) -> np.ndarray:
+    """Integer shift without wrap-around."""
+    shift = [int(s) for s in shift]
+    if not any(shift):
+        return a
+    out = np.zeros_like(a)
+    src, dst = [], []
+    for s, n in zip(shift, a.shape):
+        if s >= 0:
+            src.append(slice(0, max(n - s, 0)))
+            dst.append(slice(s, n))
+        else:
+            src.append(slice(-s, n))
+            dst.append(slice(0, max(n + s, 0)))
+    out[tuple(dst)] = a[tuple(src)]
+    return out
+
+
+def _chan_vese_score(chi_w: np.ndarray, labels_w: np.ndarray, n_classes: int) -> float:
+    """Σ_c S_c² / n_c over the window: larger = smaller piecewise-constant residual."""
+    n = np.bincount(labels_w, minlength=n_classes).astype(float)
+    s = np.bincount(labels_w, weights=chi_w, minlength=n_classes)
+    ok = n > 0
+    return float((s[ok] ** 2 / n[ok]).sum())
+
+
+def _compose(base: np.ndarray, masks: dict) -> np.ndarray:
+    out = base.copy()
+    for value, m in masks.items():
+        out[m] = value
+    return out
+
+
+def _search(chi, window, masks: dict, fixed: np.ndarray, values: list, center, scales, radius: int,
+            step: int, constraint=None):
+    """Best (scale, shift) moving ``masks[values]`` together over ``fixed`` labels (Chan-Vese score)."""
+    w_idx = np.nonzero(window.ravel())[0]
+    chi_w = chi.ravel()[w_idx]
+    best = (-np.inf, 1.0, (0, 0, 0))
+    scaled = {s: {v: _transform_mask(masks[v], center, s, (0, 0, 0)) for v in values} for s in scales}
+    for s in scales:
+        offsets = range(-radius, radius + 1, step)
+        for dx in offsets:
+            for dy in offsets:
+                for dz in offsets:
+                    shift = (dx, dy, dz)
+                    moved = {v: _shift(scaled[s][v], shift) for v in values}
+                    if constraint is not None and not constraint(moved):
+                        continue
+                    lab = _compose(fixed, moved).ravel()[w_idx]
+                    score = _chan_vese_score(chi_w, lab, 7)
+                    if score > best[0]:
+                        best = (score, s, shift)
+    return best
+
+
+def _localize(chi, masks: dict, pinned: dict, voxel_mm, progress) -> dict:
+    """Move the prior masks onto the QSM. ``pinned`` {value: mask of allowed voxels} restrict a
+    structure to stay around the surgeon's seed/box. Returns {value: localized mask}."""
+    out = dict(masks)
+    vox = float(np.mean(voxel_mm))
+    r_side = max(1, int(round(4.0 / vox)))
+    r_one = max(1, int(round(2.0 / vox)))
+    sides = [[v for v in (1, 3, 5) if v in out], [v for v in (2, 4, 6) if v in out]]
+    for i, vals in enumerate(sides):
+        progress.update(0.1 + 0.4 * i, "localizing the prior")
+        free = [v for v in vals if v not in pinned]
+        if not free:
+            continue
+        union = np.any([out[v] for v in free], axis=0)
+        if not union.any():
+            continue
+        center = np.argwhere(union).mean(axis=0)
+        window = ndi.binary_dilation(union, iterations=r_side + max(1, int(round(3.0 / vox))))
+        fixed = _compose(np.zeros(chi.shape, np.uint8), {v: out[v] for v in out if v not in free})
+        # coarse then fine translation, a few isotropic scales
+        _, s, sh = _search(chi, window, out, fixed, free, center, (0.85, 1.0, 1.15, 1.3), r_side, 2)
+        base = {v: _transform_mask(out[v], center, s, sh) for v in free}
+        _, s2, sh2 = _search(chi, window, base, fixed, free, center + np.array(sh), (1.0,), 1, 1)
+        for v in free:
+            out[v] = _shift(base[v], sh2)
+    # one structure at a time, twice (pinned ones are searched inside their pin)
+    for it in range(2):
+        for v in sorted(out):
+            if not out[v].any():
+                continue
+            progress.update(0.8 + 0.1 * it, "localizing each nucleus")
+            center = np.argwhere(out[v]).mean(axis=0)
+            window = ndi.binary_dilation(out[v], iterations=r_one + max(1, int(round(3.0 / vox))))
+            fixed = _compose(np.zeros(chi.shape, np.uint8), {u: out[u] for u in out if u != v})
+            fixed[out[v]] = 0
+            constraint = None
+            if v in pinned:
+                pin = pinned[v]
+                constraint = (lambda moved, pin=pin, v=v:
+                              moved[v].any() and pin[moved[v]].mean() > 0.5)
+            _, s, sh = _search(chi, window, out, fixed, [v], center, (0.9, 1.0, 1.1), r_one, 1,
+                               constraint)
+            out[v] = _transform_mask(out[v], center, s, sh)
+    return out
+
+
+def _icm(chi, loc: dict, sigma: float, voxel_mm, allowed: dict, forced: dict, n_iter: int = 6,
+         beta: float = 0.6, alpha_per_mm: float = 1.5, tol_mm: float = 1.0):
+    """Region competition (background + nuclei) by iterated conditional modes. Returns labels, means."""
+    values = sorted(loc)
+    classes = [BACKGROUND] + values
+    # distance (mm) outside each localized prior
+    dist = {v: ndi.distance_transform_edt(~loc[v], sampling=voxel_mm) if loc[v].any()
+            else np.full(chi.shape, np.inf) for v in values}
+    prior_cost = {v: alpha_per_mm * np.maximum(dist[v] - tol_mm, 0.0) for v in values}
+    labels = _compose(np.zeros(chi.shape, np.uint8), loc)
+    any_struct = labels > 0
+    ring = ndi.binary_dilation(any_struct, iterations=3) & ~any_struct
+    means = {BACKGROUND: float(np.median(chi[ring])) if ring.any() else 0.0}
+    for v in values:
+        means[v] = float(np.median(chi[loc[v]])) if loc[v].any() else 0.0
+    inv2s2 = 1.0 / (2.0 * sigma ** 2)
+    kernel = ndi.generate_binary_structure(3, 1).astype(np.float32)
+    kernel[1, 1, 1] = 0
+    for it in range(n_iter):
+        costs = []
+        for c in classes:
+            cost = (chi - means[c]) ** 2 * inv2s2
+            same = ndi.convolve((labels == c).astype(np.float32), kernel, mode="constant")
+            cost = cost - beta * same
+            if c != BACKGROUND:
+                cost = cost + prior_cost[c]
+                cost[~allowed[c]] = np.inf
+            costs.append(cost)
+        new = np.asarray(classes, np.uint8)[np.argmin(np.stack(costs), axis=0)]
+        for v, m in forced.items():
+            new[m] = v
+        changed = int((new != labels).sum())
+        labels = new
+        for c in classes:
+            sel = labels == c
+            if c == BACKGROUND:
+                sel &= ndi.binary_dilation(labels > 0, iterations=3)
+            if sel.sum() >= 5:
+                means[c] = float(np.mean(chi[sel]))
+        if changed == 0:
+            break
+    return labels, means
+
+
+def _largest_component(mask: np.ndarray, keep: np.ndarray | None = None) -> tuple[np.ndarray, float]:
+    """Largest 6-connected component (or the one holding ``keep`` voxels); fraction kept."""
+    lab, n = ndi.label(mask)
+    if n == 0:
+        return mask, 1.0
+    sizes = np.bincount(lab.ravel())[1:]
+    if keep is not None and (keep & mask).any():
+        best = int(np.bincount(lab[keep & mask]).argmax()) if (lab[keep & mask] > 0).any() else 0
+        best = best if best > 0 else int(sizes.argmax()) + 1
+    else:
+        best = int(sizes.argmax()) + 1
+    out = lab == best
+    return out, float(sizes[best - 1] / sizes.sum())
+
+
+def _compactness(mask: np.ndarray, voxel_mm) -> float:
+    """Sphericity from voxel faces (1 for a ball in the limit; voxelised balls score ~0.6-0.7)."""
+    v = mask.sum() * float(np.prod(voxel_mm))
+    if v == 0:
+        return 0.0
+    area = 0.0
+    vx, vy, vz = voxel_mm
+    face = {0: vy * vz, 1: vx * vz, 2: vx * vy}
+    m = np.pad(mask, 1).astype(np.int8)
+    for ax in range(3):
+        area += np.abs(np.diff(m, axis=ax)).sum() * face[ax]
+    return float(np.pi ** (1 / 3) * (6 * v) ** (2 / 3) / area)
+
+
+def _noise_sigma(chi: np.ndarray, region: np.ndarray) -> float:
+    """Noise level: robust std of the Laplacian-like residual (chi - 6-neighbour mean) in region."""
+    k = ndi.generate_binary_structure(3, 1).astype(float)
+    k[1, 1, 1] = 0
+    k /= k.sum()
+    resid = chi - ndi.convolve(chi, k, mode="nearest")
+    r = resid[region]
+    if r.size < 20:
+        return float(np.std(chi[region])) if r.size else 0.01
+    mad = np.median(np.abs(r - np.median(r)))
+    return float(1.4826 * mad / np.sqrt(1.0 + 1.0 / 6.0))
+
+
+def _parse_seeds(seeds, vol: Volume, origin) -> dict:
+    """{name: point (3,) RAS | box (2,3) RAS corners} -> {value: ("point", ijk) | ("box", lo, hi)}
+    in crop voxel indices."""
+    out = {}
+    for name, val in (seeds or {}).items():
+        if name not in S.VALUES:
+            raise InputError(f"unknown seed name {name!r} (expected one of {', '.join(S.NAMES.values())})",
+                             "seeds")
+        a = np.asarray(val, float)
+        if a.shape == (3,):
+            out[S.VALUES[name]] = ("point", vol.ras_to_ijk(a) - origin)
+        elif a.shape == (2, 3):
+            ijk = vol.ras_to_ijk(a) - origin
+            out[S.VALUES[name]] = ("box", ijk.min(axis=0), ijk.max(axis=0))
+        else:
+            raise InputError(f"seed {name}: expected a point (x,y,z) or a box (2 corners)", "seeds")
+        if not np.isfinite(a).all():
+            raise InputError(f"seed {name} is not finite", "seeds")
+    return out
+
+
+def segment_nuclei(qsm: Volume, prior_labels: Volume, seeds: dict | None = None,
+                   progress=None) -> NucleiSegmentation:
+    """Segment STN, SN and RN (both sides) on ``qsm`` (χ in ppm, paramagnetic positive).
+
+    prior_labels: CIT168 labels on the same grid (e.g. ``AtlasNormalization.warp_labels``).
+    seeds: optional {"STN_L": (r, a, s), ...} RAS points (QSM space) inside the structure, or boxes
+    [[r0, a0, s0], [r1, a1, s1]] enclosing it; a seeded structure is placed there instead of where the
+    prior says. The result lives on the QSM grid (see ``NucleiSegmentation``).
+    """
+    prog = as_progress(progress)
+    t0 = time.perf_counter()
+    chi_full = np.asarray(qsm.data)
+    if chi_full.ndim != 3:
+        raise InputError(f"the QSM must be 3-D, got shape {chi_full.shape}", qsm.name or None)
+    if not qsm.same_geometry(prior_labels):
+        raise InputError("the prior labels are not on the QSM grid", prior_labels.name or None)
+    voxel_mm = qsm.voxel_mm
+    prior_full = prior_to_structures(prior_labels.data)
+    messages: list[str] = []
+    names = dict(S.NAMES)
+    prog.update(0.0, "prior")
+
+    # crop around the prior nuclei and the seeds
+    pts = [np.argwhere(prior_full > 0)]
+    for val in (seeds or {}).values():
+        a = np.atleast_2d(np.asarray(val, float))
+        if a.shape[-1] == 3 and np.isfinite(a).all():
+            pts.append(np.rint(qsm.ras_to_ijk(a)).astype(int))
+    pts = np.concatenate([p.reshape(-1, 3) for p in pts])
+    labelmap = np.zeros(qsm.shape3, np.uint8)
+    if len(pts) == 0:
+        messages.append("the prior holds none of STN/SN/RN and no seed was given: nothing segmented")
+        return NucleiSegmentation(qsm.with_data(labelmap, name="nuclei"), names, messages,
+                                  {n: "empty" for n in names.values()}, qsm,
+                                  qsm.with_data(prior_full, name="prior"))
+    margin = np.ceil(14.0 / voxel_mm).astype(int)
+    lo = np.maximum(pts.min(axis=0) - margin, 0)
+    hi = np.minimum(pts.max(axis=0) + margin + 1, qsm.shape3)
+    crop = tuple(slice(a, b) for a, b in zip(lo, hi))
+    chi_raw = np.nan_to_num(chi_full[crop].astype(np.float64))
+    chi = ndi.gaussian_filter(chi_raw, sigma=0.6 / 1.0)  # light smoothing against noise (voxels)
+    prior = prior_full[crop]
+    seed_info = _parse_seeds(seeds, qsm, lo)
+
+    masks = {v: prior == v for v in S.NAMES}
+    pinned, forced = {}, {}
+    shape = chi.shape
+    for v, info in seed_info.items():
+        name = S.NAMES[v]
+        semi = np.asarray(S.TEMPLATE_SEMI_AXES_MM[S.kind(name)]) / voxel_mm
+        if info[0] == "point":
+            p = info[1]
+            center, pin_semi = p, semi + 3.0 / voxel_mm
+        else:
+            center, pin_semi = (info[1] + info[2]) / 2.0, (info[2] - info[1]) / 2.0 + 0.5
+        # place the prior (or a template ellipsoid) at the seed
+        if masks[v].any():
+            c0 = np.argwhere(masks[v]).mean(axis=0)
+            masks[v] = _shift(masks[v], np.rint(center - c0))
+        if not masks[v].any():
+            masks[v] = _ellipsoid(shape, center, semi)
+        if info[0] == "box":
+            box = np.zeros(shape, bool)
+            b0 = np.clip(np.floor(info[1]).astype(int), 0, np.array(shape) - 1)
+            b1 = np.clip(np.ceil(info[2]).astype(int) + 1, 1, shape)
+            box[tuple(slice(a, b) for a, b in zip(b0, b1))] = True
+            pinned[v] = box
+        else:
+            pinned[v] = _ellipsoid(shape, center, pin_semi)
+            f = np.zeros(shape, bool)
+            pi = np.clip(np.rint(center).astype(int), 0, np.array(shape) - 1)
+            f[tuple(pi)] = True
+            forced[v] = f
+    for v in S.NAMES:
+        if not masks[v].any():
+            messages.append(f"{S.NAMES[v]}: absent from the prior and not seeded: left empty")
+
+    prog.update(0.05, "localizing the prior")
+    loc = _localize(chi, masks, pinned, voxel_mm, prog.sub(0.05, 0.6))
+    t_loc = time.perf_counter()
+
+    # noise and allowed regions
+    union = np.any([m for m in loc.values()], axis=0)
+    near = ndi.binary_dilation(union, iterations=max(1, int(round(6.0 / voxel_mm.mean()))))
+    sigma_noise = max(_noise_sigma(chi_raw, near), 1e-4)
+    sigma_model = max(np.std(chi[near & ~union]) if (near & ~union).any() else sigma_noise, 0.01)
+    reach = max(1, int(round(4.0 / voxel_mm.mean())))
+    allowed = {}
+    for v, m in loc.items():
+        k = S.kind(S.NAMES[v])
+        lo_chi, hi_chi = S.CHI_RANGE_PPM[k]
+        a = ndi.binary_dilation(m, iterations=reach) if m.any() else np.zeros(shape, bool)
+        a &= chi <= hi_chi
+        if v in pinned:
+            a &= pinned[v] | m
+        allowed[v] = a
+    prog.update(0.65, "region competition")
+    labels, means = _icm(chi, loc, sigma_model, voxel_mm, allowed, forced)
+    prog.update(0.85, "checks")
+
+    # per-structure clean-up and guard rails
+    out = np.zeros(shape, np.uint8)
+    source = {}
+    vol_mm3 = float(np.prod(voxel_mm))
+    ring_all = ndi.binary_dilation(labels > 0, iterations=3) & (labels == 0) & ~union
+    bg_level = float(np.median(chi[ring_all])) if ring_all.any() else means[BACKGROUND]
+    results = {}
+    for v in sorted(loc):
+        name = S.NAMES[v]
+        k = S.kind(name)
+        m = labels == v
+        if not m.any():
+            results[v] = (m, [f"no voxel won the competition"])
+            continue
+        m, frac = _largest_component(m, forced.get(v))
+        m = ndi.binary_fill_holes(m)
+        problems = []
+        volume = m.sum() * vol_mm3
+        vr = S.VOLUME_RANGE_MM3[k]
+        if not vr[0] <= volume <= vr[1]:
+            problems.append(f"volume {volume:.0f} mm³ outside {vr[0]:.0f}-{vr[1]:.0f}")
+        mean_chi = float(chi_raw[m].mean())
+        cr = S.CHI_RANGE_PPM[k]
+        if not cr[0] <= mean_chi <= cr[1]:
+            problems.append(f"mean χ {mean_chi:.3f} ppm outside {cr[0]}-{cr[1]}")
+        cnr = (float(chi[m].mean()) - bg_level) / sigma_noise
+        if cnr < S.MIN_CNR:
+            problems.append(f"contrast-to-noise {cnr:.1f} < {S.MIN_CNR}")
+        if frac < 0.6:
+            problems.append(f"fragmented (largest piece {100 * frac:.0f}%)")
+        comp = _compactness(m, voxel_mm)
+        if comp < S.MIN_COMPACTNESS:
+            problems.append(f"compactness {comp:.2f} < {S.MIN_COMPACTNESS}")
+        results[v] = (m, problems)
+    # left/right symmetry of volumes (only when both sides passed)
+    for kname in ("STN", "SN", "RN"):
+        vl, vr_ = S.VALUES[f"{kname}_L"], S.VALUES[f"{kname}_R"]
+        if vl in results and vr_ in results and not results[vl][1] and not results[vr_][1]:
+            a, b = results[vl][0].sum(), results[vr_][0].sum()
+            ratio = max(a, b) / max(min(a, b), 1)
+            if ratio > S.MAX_LR_VOLUME_RATIO:
+                # blame the side further from its prior volume
+                dev = {u: abs(np.log(max(results[u][0].sum(), 1) / max(loc[u].sum(), 1)))
+                       for u in (vl, vr_)}
+                worst = max(dev, key=dev.get)
+                results[worst][1].append(f"left/right volume ratio {ratio:.1f} > {S.MAX_LR_VOLUME_RATIO}")
+    for v in sorted(loc):
+        name = S.NAMES[v]
+        m, problems = results.get(v, (np.zeros(shape, bool), []))
+        if not loc[v].any() and not m.any():
+            source[name] = "empty"
+            continue
+        if problems:
+            keep = masks[v] if masks[v].any() else loc[v]
+            what = "seeded template" if v in seed_info else "prior"
+            messages.append(f"{name}: {'; '.join(problems)}: kept the {what}")
+            m = keep
+            source[name] = what
+        else:
+            source[name] = "refined" + (" (seeded)" if v in seed_info else "")
+        out[m & (out == 0)] = v
+    labelmap[crop] = out
+    prior_vol = qsm.with_data(prior_full, name="prior")
+    prog.update(1.0, "done")
+    t1 = time.perf_counter()
+    timings = {"localize_s": round(t_loc - t0, 3), "total_s": round(t1 - t0, 3)}
+    messages.append(f"noise σ ≈ {sigma_noise:.4f} ppm; background χ ≈ {bg_level:.4f} ppm")
+    if not (labelmap > 0).any():
+        raise ProcessingError("segmentation produced no nucleus")
+    return NucleiSegmentation(qsm.with_data(labelmap, name="nuclei"), names, messages, source, qsm,
+                              prior_vol, timings)

@@ -1,0 +1,75 @@
+"""Brain mask from the (multi-echo RSS) magnitude, BET-like, plus phase-quality masking."""
+from __future__ import annotations
+
+import numpy as np
+from scipy import ndimage
+
+
+def _ball(radius_mm: float, voxel_mm) -> np.ndarray:
+    vox = np.asarray(voxel_mm, float)
+    r = [max(1, int(np.floor(radius_mm / v))) for v in vox]
+    g = [np.arange(-n, n + 1) * v for n, v in zip(r, vox)]
+    x, y, z = np.meshgrid(*g, indexing="ij")
+    return (x * x + y * y + z * z) <= radius_mm ** 2 + 1e-6
+
+
+def _largest_component(m: np.ndarray) -> np.ndarray:
+    lab, n = ndimage.label(m)
+    if n <= 1:
+        return m.astype(bool)
+    sizes = np.bincount(lab.ravel())
+    sizes[0] = 0
+    return lab == int(np.argmax(sizes))
+
+
+def _otsu(values: np.ndarray, bins: int = 256) -> float:
+    hist, edges = np.histogram(values, bins=bins)
+    centers = (edges[:-1] + edges[1:]) / 2
+    w0 = np.cumsum(hist)
+    w1 = w0[-1] - w0
+    m0 = np.cumsum(hist * centers)
+    mu0 = m0 / np.maximum(w0, 1)
+    mu1 = (m0[-1] - m0) / np.maximum(w1, 1)
+    between = w0 * w1 * (mu0 - mu1) ** 2
+    return float(centers[int(np.argmax(between))])
+
+
+def brain_mask(magnitude: np.ndarray, voxel_mm=(1, 1, 1), opening_mm: float = 4.0,
+               threshold_fraction: float = 1.0) -> np.ndarray:
+    """Brain mask (bool, voxel grid of ``magnitude``) from a 3-D magnitude image.
+
+    Head = magnitude above an Otsu threshold of the (99.5th-percentile-clipped) image, scaled by
+    ``threshold_fraction``; the scalp is cut off by a morphological opening of ``opening_mm`` (the dark
+    skull breaks the bridges), keeping the largest component, closing it back and filling holes
+    (dark veins/sinuses inside stay in). No erosion beyond the opening is applied.
+    """
+    mag = np.asarray(magnitude, np.float32)
+    if mag.ndim != 3:
+        raise ValueError(f"brain_mask expects a 3-D magnitude, got shape {mag.shape}")
+    hi = np.percentile(mag, 99.5)
+    if not np.isfinite(hi) or hi <= 0:
+        return np.zeros(mag.shape, bool)
+    clipped = np.minimum(mag, hi)
+    thr = _otsu(clipped[clipped > 0.02 * hi]) * threshold_fraction
+    above = clipped > thr
+    head = ndimage.binary_fill_holes(above)
+    ball = _ball(opening_mm, voxel_mm)
+    core = ndimage.binary_erosion(head, ball)
+    core = _largest_component(core)
+    if not core.any():
+        core = _largest_component(head)
+    m = ndimage.binary_dilation(core, ball) & above
+    m = _largest_component(m)
+    m = ndimage.binary_fill_holes(m)
+    for axis in range(3):  # fill holes opening to no side slice-wise (e.g. ventricles touching edges)
+        m = np.stack([ndimage.binary_fill_holes(s) for s in np.moveaxis(m, axis, 0)], axis=0)
+        m = np.moveaxis(m, 0, axis)
+    return m
+
+
+def quality_mask(mask: np.ndarray, residual_rad: np.ndarray, max_residual_rad: float = 1.0) -> np.ndarray:
+    """Phase-quality masking: drop voxels of ``mask`` whose echo-fit residual (rad, RMS) exceeds
+    ``max_residual_rad`` at the mask border (holes inside are filled back), keep the largest piece."""
+    good = np.asarray(mask, bool) & (np.asarray(residual_rad) <= max_residual_rad)
+    good = _largest_component(good)
+    return ndimage.binary_fill_holes(good) & np.asarray(mask, bool)

@@ -1,0 +1,223 @@
+"""``reconstruct_qsm``: raw multi-echo GRE -> chi (ppm) on the GRE grid, consensus pipeline.
+
+Stages: checks -> brain mask (magnitude, then phase quality) -> MCPC-3D-S offset removal + exact
+unwrapping + magnitude/TE-weighted echo fit (total field, Hz and ppm) -> background field removal
+(V-SHARP / RESHARP / PDF) -> dipole inversion (TV-ADMM / TKD) with B0 in the voxel frame ->
+referencing to the whole-brain mean.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import InputError, ProcessingError
+from ..progress import as_progress
+from ..volume import Volume
+
+BFR_METHODS = ("vsharp", "pdf", "lbv", "resharp")
+INVERSION_METHODS = ("tkd", "tv")
+UNWRAP_METHODS = ("romeo", "laplacian")
+
+
+@dataclass
+class QSMResult:
+    chi_ppm: Volume                 # susceptibility (ppm), referenced to the whole-brain mean, GRE grid
+    mask: Volume                    # mask chi is defined on (uint8)
+    total_field_ppm: Volume         # echo-combined total field (ppm of B0)
+    local_field_ppm: Volume         # after background removal (ppm)
+    timings: dict = field(default_factory=dict)   # stage -> seconds
+    messages: list = field(default_factory=list)  # human-readable notes and warnings
+    total_field_hz: Volume | None = None
+    noise_hz: Volume | None = None  # expected field noise (Hz, 1 sd) from the magnitude
+    brain_mask: Volume | None = None  # mask before background removal (magnitude + phase quality)
+
+
+def check_gre(gre) -> None:
+    """Reject inputs the pipeline cannot interpret (``InputError``, CLI exit 2)."""
+    mag, ph = np.asarray(gre.magnitude), np.asarray(gre.phase_rad)
+    src = getattr(gre, "source", None) or None
+    if mag.ndim != 4 or ph.ndim != 4:
+        raise InputError(f"magnitude and phase must be 4-D (I,J,K,echoes), got {mag.shape} and "
+                         f"{ph.shape}", src)
+    if mag.shape != ph.shape:
+        raise InputError(f"magnitude {mag.shape} and phase {ph.shape} have different shapes "
+                         f"(echoes of different geometry?)", src)
+    te = np.asarray(gre.te_s, float).ravel()
+    if te.size != mag.shape[3]:
+        raise InputError(f"{te.size} echo times for {mag.shape[3]} echoes", src)
+    if not np.all(np.isfinite(te)) or np.any(te <= 0):
+        raise InputError(f"echo times must be positive seconds, got {te.tolist()}", src)
+    if np.any(np.diff(te) <= 0):
+        raise InputError(f"echo times must be strictly increasing, got {te.tolist()}", src)
+    if te.max() > 1.0:
+        raise InputError(f"echo times look like milliseconds ({te.tolist()}); give seconds", src)
+    if not np.isfinite(gre.b0_tesla) or not 0.1 <= float(gre.b0_tesla) <= 20:
+        raise InputError(f"field strength {gre.b0_tesla} T is not plausible", src)
+    b = np.asarray(gre.b0_dir_ijk, float).ravel()
+    if b.size != 3 or not np.all(np.isfinite(b)) or np.linalg.norm(b) < 1e-6:
+        raise InputError(f"B0 direction must be a non-zero 3-vector, got {b.tolist()}", src)
+    finite = np.isfinite(ph)
+    if not finite.any():
+        raise InputError("phase has no finite value", src)
+    lo, hi = float(np.min(ph[finite])), float(np.max(ph[finite]))
+    if lo < -np.pi - 1e-3 or hi > np.pi + 1e-3:
+        raise InputError(f"phase range [{lo:.4g}, {hi:.4g}] is not radians in [-pi, pi): cannot "
+                         "interpret it", src)
+    if hi - lo < 0.5:
+        raise InputError(f"phase range [{lo:.4g}, {hi:.4g}] spans far less than 2*pi: unscaled or "
+                         "filtered phase cannot be interpreted", src)
+
+
+def _as_mask(mask, shape, ras_from_ijk) -> np.ndarray:
+    if isinstance(mask, Volume):
+        if mask.shape3 != tuple(shape) or not np.allclose(mask.ras_from_ijk, ras_from_ijk, atol=1e-3):
+            raise InputError(f"mask geometry {mask.shape3} does not match the GRE {tuple(shape)}",
+                             mask.name or None)
+        m = np.asarray(mask.data)
+    else:
+        m = np.asarray(mask)
+        if m.shape[:3] != tuple(shape):
+            raise InputError(f"mask shape {m.shape} does not match the GRE {tuple(shape)}")
+    m = np.nan_to_num(m.reshape(shape) if m.ndim > 3 else m) > 0
+    if not m.any():
+        raise InputError("the mask has no voxels", getattr(mask, "name", None) or None)
+    return m
+
+
+def reconstruct_qsm(gre, mask: Volume | None = None, bfr: str = "vsharp", inversion: str = "tv",
+                    progress=None, keep_dir=None, unwrap: str = "romeo", tv_lambda: float | None = None,
+                    reference: str = "mean") -> QSMResult:
+    """QSM from a ``MultiEchoGRE`` (phase in rad, TE in s, B0 direction in the voxel frame).
+
+    ``mask``: optional brain mask Volume on the GRE grid (else computed from the magnitude).
+    ``bfr``: "vsharp" | "resharp" | "pdf" | "lbv"; ``inversion``: "tv" (ADMM) | "tkd";
+    ``unwrap``: "romeo" (exact, quality-guided) | "laplacian" (per echo, then fit; not exact);
+    ``keep_dir``: write intermediates (NIfTI) there. ``reference``: "mean" (whole brain) | "csf".
+    Returns ``QSMResult`` (chi in ppm on the GRE grid, referenced as ``reference``).
+    """
+    from . import bgremove, inversion as inv_mod
+    from .dipole import hz_to_ppm
+    from .echo import combine_echoes
+    from .mask import brain_mask, quality_mask
+
+    if bfr not in BFR_METHODS:
+        raise InputError(f"unknown background removal {bfr!r} (choose from {', '.join(BFR_METHODS)})")
+    if inversion not in INVERSION_METHODS:
+        raise InputError(f"unknown inversion {inversion!r} (choose from {', '.join(INVERSION_METHODS)})")
+    if unwrap not in UNWRAP_METHODS:
+        raise InputError(f"unknown unwrapping {unwrap!r} (choose from {', '.join(UNWRAP_METHODS)})")
+    check_gre(gre)
+    prog = as_progress(progress)
+    timings, messages = {}, list(getattr(gre, "warnings", []) or [])
+    affine = np.asarray(gre.ras_from_ijk, float)
+    vox = np.linalg.norm(affine[:3, :3], axis=0)
+    b0_dir = np.asarray(gre.b0_dir_ijk, float)
+    b0_dir = b0_dir / np.linalg.norm(b0_dir)
+    te = np.asarray(gre.te_s, float)
+    mag = np.nan_to_num(np.asarray(gre.magnitude, np.float32))
+    ph = np.nan_to_num(np.asarray(gre.phase_rad, np.float32))
+    shape = mag.shape[:3]
+
+    def vol(a, name):
+        return Volume(np.asarray(a), affine.copy(), name)
+
+    def keep(a, name):
+        if keep_dir is not None:
+            from ..io.volumes import write_volume
+            Path(keep_dir).mkdir(parents=True, exist_ok=True)
+            write_volume(vol(a, name), Path(keep_dir) / f"{name}.nii.gz")
+
+    t = time.perf_counter()
+    prog.update(0.0, "brain mask")
+    if mask is not None:
+        m = _as_mask(mask, shape, affine)
+    else:
+        rss = np.sqrt((mag ** 2).sum(axis=3))
+        m = brain_mask(rss, vox)
+        if not m.any():
+            raise ProcessingError("no brain found in the magnitude (empty mask)")
+    timings["mask"] = time.perf_counter() - t
+    keep(m.astype(np.uint8), "mask_magnitude")
+
+    t = time.perf_counter()
+    prog.update(0.05, "echo combination")
+    if unwrap == "romeo":
+        fit = combine_echoes(mag, ph, te, m, vox)
+        field_hz, noise_hz = fit.field_hz, fit.noise_hz
+        if mask is None:
+            m2 = quality_mask(m, fit.residual_rad)
+            if m2.sum() > 0.5 * m.sum():
+                m = m2
+            else:
+                messages.append("phase-quality masking would remove half the brain: skipped")
+        keep(fit.residual_rad, "fit_residual_rad")
+    else:
+        from .unwrap import laplacian_unwrap
+        unwrapped = np.stack([laplacian_unwrap(ph[..., e], vox) for e in range(ph.shape[3])], axis=3)
+        w = mag ** 2
+        field_hz = ((w * te * unwrapped).sum(3) / np.maximum((w * te ** 2).sum(3), 1e-30)
+                    / (2 * np.pi)).astype(np.float32)
+        noise_hz = None
+        if ph.shape[3] > 1:  # the phase offset is not removed: weighted fit of slope and intercept
+            wsum = np.maximum(w.sum(3), 1e-30)
+            wt = (w * te).sum(3) / wsum
+            wp = (w * unwrapped).sum(3) / wsum
+            field_hz = ((w * (te - wt[..., None]) * (unwrapped - wp[..., None])).sum(3)
+                        / np.maximum((w * (te - wt[..., None]) ** 2).sum(3), 1e-30)
+                        / (2 * np.pi)).astype(np.float32)
+    timings["field"] = time.perf_counter() - t
+    total_ppm = hz_to_ppm(field_hz, gre.b0_tesla).astype(np.float32)
+    total_ppm = np.where(m, total_ppm - np.float32(np.median(total_ppm[m])), 0).astype(np.float32)
+    keep(field_hz * m, "total_field_hz")
+    keep(total_ppm, "total_field_ppm")
+    prog.check()
+
+    t = time.perf_counter()
+    prog.update(0.35, f"background removal ({bfr})")
+    if bfr == "vsharp":
+        local, m_local = bgremove.vsharp(total_ppm, m, vox)
+    elif bfr == "resharp":
+        local, m_local = bgremove.resharp(total_ppm, m, vox)
+    elif bfr == "pdf":
+        local, m_local = bgremove.pdf(total_ppm, m, vox, b0_dir)
+    else:
+        local, m_local = bgremove.lbv(total_ppm, m, vox)
+    if not m_local.any():
+        raise ProcessingError("background removal left no voxel (mask too small for the kernel)")
+    timings["bfr"] = time.perf_counter() - t
+    keep(local, "local_field_ppm")
+    prog.check()
+
+    t = time.perf_counter()
+    prog.update(0.6, f"dipole inversion ({inversion})")
+    if inversion == "tkd":
+        chi = inv_mod.tkd(local, m_local, vox, b0_dir)
+    else:
+        sub = prog.sub(0.6, 0.98)
+        chi = inv_mod.tv_admm(local, m_local, vox, b0_dir, lam=tv_lambda, progress=sub,
+                              magnitude=np.sqrt((mag ** 2).sum(axis=3)))
+    timings["inversion"] = time.perf_counter() - t
+
+    if reference == "csf":
+        from .reference import csf_mask
+        ref_mask = csf_mask(mag, m_local)
+        if ref_mask.sum() < 20:
+            messages.append("too few CSF voxels for a CSF reference: whole-brain mean used")
+            ref_mask = m_local
+    else:
+        ref_mask = m_local
+    ref_value = float(np.mean(chi[ref_mask]))
+    chi = np.where(m_local, chi - np.float32(ref_value), 0).astype(np.float32)
+    messages.append(f"chi referenced to the {'CSF' if ref_mask is not m_local else 'whole-brain'} "
+                    f"mean ({ref_value:+.4f} ppm removed)")
+    keep(chi, "chi_ppm")
+    timings["total"] = sum(timings.values())
+    prog.update(1.0, "done")
+    return QSMResult(vol(chi, "QSM"), vol(m_local.astype(np.uint8), "qsm_mask"),
+                     vol(total_ppm, "total_field_ppm"), vol(local, "local_field_ppm"), timings,
+                     messages, vol(np.where(m, field_hz, 0).astype(np.float32), "total_field_hz"),
+                     None if noise_hz is None else vol(noise_hz, "field_noise_hz"),
+                     vol(m.astype(np.uint8), "brain_mask"))

@@ -1,35 +1,289 @@
-"""DICOM series: planning volumes (T1/CT) and multi-echo GRE (Siemens, GE, Philips)."""
+"""DICOM series: planning volumes (T1, CT) and multi-echo GRE from Siemens, GE and Philips.
+
+DICOM geometry is LPS: ImagePositionPatient (IPP) is the centre of the first voxel of a slice,
+ImageOrientationPatient (IOP) holds the directions of increasing column index (i) and increasing row
+index (j), PixelSpacing is [row spacing (along j), column spacing (along i)]. Slices are ordered by
+their position along the slice normal. The result is converted to RAS (``ras_from_ijk``) here.
+
+Multi-echo GRE: every image is sorted into magnitude or phase (ComplexImageComponent, ImageType
+'M'/'P' (Siemens, Philips), GE private (0043,102F), Philips private (2005,1011)) and into an echo
+(EchoNumbers and EchoTime). Pixel values get the modality rescale (slope/intercept); the phase
+scaling is then detected like for NIfTI. B0 comes from MagneticFieldStrength; GE phase is negated.
+"""
 from __future__ import annotations
 
+from collections import defaultdict
 from pathlib import Path
 
+import numpy as np
+
 from ..errors import InputError
+from ..volume import LPS_FROM_RAS, Volume
+
+GE_IMAGE_TYPE_TAG = (0x0043, 0x102F)       # GE private: 0 magnitude, 1 phase, 2 real, 3 imaginary
+PHILIPS_IMAGE_TYPE_TAG = (0x2005, 0x1011)  # Philips private: 'M', 'P', 'R', 'I'
+_GE_PARTS = {0: "magnitude", 1: "phase", 2: "real", 3: "imaginary"}
+_LETTER_PARTS = {"M": "magnitude", "P": "phase", "R": "real", "I": "imaginary"}
 
 
 def _dicom_files(directory: Path) -> list[Path]:
+    """Files under ``directory`` that are DICOM (preamble 'DICM', or a .dcm/.ima name)."""
     out = []
     for p in sorted(Path(directory).rglob("*")):
-        if not p.is_file() or p.name.startswith("."):
+        if not p.is_file() or p.name.startswith(".") or p.name.upper() == "DICOMDIR":
             continue
         try:
             with open(p, "rb") as fh:
                 head = fh.read(132)
         except OSError:
             continue
-        if len(head) == 132 and head[128:132] == b"DICM":
-            out.append(p)
-        elif p.suffix.lower() in (".dcm", ".ima"):
+        if (len(head) == 132 and head[128:132] == b"DICM") or p.suffix.lower() in (".dcm", ".ima"):
             out.append(p)
     return out
 
 
 def has_dicom(directory) -> bool:
-    return bool(_dicom_files(Path(directory)))
+    directory = Path(directory)
+    return directory.is_dir() and bool(_dicom_files(directory))
+
+
+# single volumes (T1, CT) ----------------------------------------------------------------------
+def read_dicom_volume(directory) -> Volume:
+    """One DICOM series in ``directory`` (or its only sub-folder with DICOM) as a RAS ``Volume``,
+    read with SimpleITK's ImageSeriesReader (slices sorted by position, modality rescale applied)."""
+    import SimpleITK as sitk
+    directory = Path(directory)
+    files = _dicom_files(directory)
+    if not files:
+        raise InputError("no DICOM files in this directory", directory)
+    folders = sorted({f.parent for f in files})
+    series = []
+    for folder in folders:
+        for sid in sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder)) or ():
+            series.append((folder, sid))
+    if not series:
+        raise InputError("no readable DICOM image series in this directory", directory)
+    if len(series) > 1:
+        raise InputError(f"{len(series)} DICOM series found here; give the folder of one series "
+                         f"(series UIDs: {', '.join(s[1] for s in series[:5])})", directory)
+    folder, sid = series[0]
+    names = sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), sid)
+    reader = sitk.ImageSeriesReader()
+    reader.SetFileNames(names)
+    img = reader.Execute()
+    if img.GetDimension() != 3 or img.GetSize()[2] < 2:
+        raise InputError(f"the DICOM series is not a 3-D volume (size {img.GetSize()})", directory)
+    _check_single_position_per_slice(names, directory)
+    vol = Volume.from_sitk(img, directory.name)
+    vol.meta["dicom_files"] = len(names)
+    return vol
+
+
+def _check_single_position_per_slice(names, directory) -> None:
+    """A series whose slices repeat positions (e.g. several echoes) is not one volume."""
+    import pydicom
+    positions = []
+    for n in names:
+        ds = pydicom.dcmread(n, stop_before_pixels=True, specific_tags=["ImagePositionPatient"])
+        ipp = ds.get("ImagePositionPatient")
+        if ipp is not None:
+            positions.append(tuple(np.round(np.asarray(ipp, float), 3)))
+    if len(set(positions)) < len(positions):
+        raise InputError("the DICOM series repeats slice positions (several echoes or volumes in one "
+                         "series?); it is not a single 3-D volume", directory)
+
+
+# multi-echo GRE -------------------------------------------------------------------------------
+def _tokens(ds) -> list[str]:
+    it = ds.get("ImageType")
+    if it is None:
+        return []
+    values = [it] if isinstance(it, str) else list(it)
+    return [str(v).strip().upper() for v in values]
+
+
+def _private_int(ds, tag):
+    elem = ds.get(tag)
+    if elem is None:
+        return None
+    v = elem.value
+    if isinstance(v, (bytes, bytearray)):   # implicit VR: raw little-endian SS/SL
+        return int.from_bytes(v[:4] if len(v) >= 4 else v[:2], "little", signed=True) \
+            if len(v) in (2, 4) else None
+    if not isinstance(v, (int, float, str)):
+        v = v[0] if len(v) else None
+    try:
+        return int(v)
+    except (TypeError, ValueError):
+        return None
+
+
+def image_part(ds) -> str | None:
+    """'magnitude', 'phase', 'real', 'imaginary' or None (not stated) from the header."""
+    comp = str(ds.get("ComplexImageComponent", "") or "").upper()
+    if comp in ("MAGNITUDE", "PHASE", "REAL", "IMAGINARY"):
+        return comp.lower()
+    manufacturer = str(ds.get("Manufacturer", "") or "").upper()
+    if manufacturer.startswith("GE"):
+        v = _private_int(ds, GE_IMAGE_TYPE_TAG)
+        if v in _GE_PARTS:
+            return _GE_PARTS[v]
+    if "PHILIPS" in manufacturer:
+        elem = ds.get(PHILIPS_IMAGE_TYPE_TAG)
+        if elem is not None:
+            v = elem.value.decode(errors="ignore") if isinstance(elem.value, bytes) else str(elem.value)
+            if v.strip().upper()[:1] in _LETTER_PARTS:
+                return _LETTER_PARTS[v.strip().upper()[:1]]
+    for t in _tokens(ds)[2:] or _tokens(ds):
+        if t in ("P", "PHASE", "PHASE MAP", "PHASE_MAP") or t.startswith("P_"):
+            return "phase"
+        if t in ("M", "MAGNITUDE", "MAG") or t.startswith("M_"):
+            return "magnitude"
+        if t in ("R", "REAL") or t.startswith("R_"):
+            return "real"
+        if t in ("I", "IMAGINARY") or t.startswith("I_"):
+            return "imaginary"
+    return None
+
+
+def _field_strength_t(ds) -> float | None:
+    v = ds.get("MagneticFieldStrength")
+    if v in (None, ""):
+        return None
+    v = float(v)
+    return v / 10000.0 if v > 100 else v   # some old GE headers give gauss
+
+
+def _slice_stack(items, where) -> Volume:
+    """(dataset, file) slices of one echo and part -> ``Volume`` (rescaled values, RAS geometry)."""
+    iop = np.asarray(items[0][0].ImageOrientationPatient, float)
+    row_dir, col_dir = iop[:3], iop[3:]  # directions of increasing column (i) and row (j) index
+    for ds, f in items:
+        if not np.allclose(np.asarray(ds.ImageOrientationPatient, float), iop, atol=1e-4):
+            raise InputError("slices of one echo have different orientations", f)
+    normal = np.cross(row_dir, col_dir)
+    items = sorted(items, key=lambda it: float(np.dot(normal, np.asarray(it[0].ImagePositionPatient, float))))
+    ipp = np.array([np.asarray(ds.ImagePositionPatient, float) for ds, _ in items])
+    dist = ipp @ normal
+    if len(items) > 1 and np.min(np.diff(dist)) < 1e-3:
+        i = int(np.argmin(np.diff(dist)))
+        raise InputError("two images of one echo share a slice position (several acquisitions in one "
+                         "directory? give one series per directory)", items[i + 1][1])
+    rows, cols = int(items[0][0].Rows), int(items[0][0].Columns)
+    spacing = np.asarray(items[0][0].PixelSpacing, float)   # [row spacing, column spacing]
+    if len(items) > 1:
+        steps = np.diff(ipp, axis=0)
+        step = (ipp[-1] - ipp[0]) / (len(items) - 1)
+        if np.abs(steps - step).max() > max(1e-2, 1e-3 * np.linalg.norm(step)):
+            raise InputError("slices are not evenly spaced (missing slices?)", where)
+    else:
+        thick = float(items[0][0].get("SpacingBetweenSlices", 0) or items[0][0].get("SliceThickness", 1))
+        step = normal * thick
+    data = np.empty((cols, rows, len(items)), np.float64)
+    for k, (ds, f) in enumerate(items):
+        if (int(ds.Rows), int(ds.Columns)) != (rows, cols):
+            raise InputError(f"slice size {ds.Rows}x{ds.Columns} differs from {rows}x{cols}", f)
+        try:
+            px = ds.pixel_array.astype(np.float64)
+        except Exception as exc:  # compressed without a decoder, truncated file...
+            raise InputError(f"cannot decode the pixel data ({exc.__class__.__name__}: {exc})", f) from exc
+        slope = float(ds.get("RescaleSlope", 1.0) or 1.0)
+        intercept = float(ds.get("RescaleIntercept", 0.0) or 0.0)
+        data[:, :, k] = (px * slope + intercept).T   # pixel_array is [row j, column i]
+    lps = np.eye(4)
+    lps[:3, 0] = row_dir * spacing[1]
+    lps[:3, 1] = col_dir * spacing[0]
+    lps[:3, 2] = step
+    lps[:3, 3] = ipp[0]
+    return Volume(data, LPS_FROM_RAS @ lps, Path(items[0][1]).name)
+
+
+def read_dicom_gre(mag_dirs, phase_dirs) -> dict:
+    """Sort the DICOM images of the given directories into echoes of magnitude and phase.
+
+    Returns ``{"mag": [Volume], "phase": [Volume], "mag_files": [...], "phase_files": [...],
+    "te_s": [...]|None, "b0": float|None, "ge": bool, "warnings": [...]}``, echoes by increasing TE.
+    """
+    import pydicom
+    mag_dirs = [Path(d) for d in mag_dirs]
+    phase_dirs = [Path(d) for d in phase_dirs]
+    all_dirs = list(dict.fromkeys(mag_dirs + phase_dirs))
+    groups = defaultdict(list)   # (part, echo key) -> [(ds, file)]
+    te_of = {}
+    b0s, manufacturers, warnings = [], set(), []
+    skipped = defaultdict(int)
+    for d in all_dirs:
+        if not d.is_dir():
+            raise InputError("not a directory (a DICOM series directory was expected)", d)
+        files = _dicom_files(d)
+        if not files:
+            raise InputError("no DICOM files in this directory", d)
+        for f in files:
+            try:
+                ds = pydicom.dcmread(f)
+            except Exception as exc:
+                raise InputError(f"unreadable DICOM file ({exc.__class__.__name__}: {exc})", f) from exc
+            if "PixelData" not in ds or "ImagePositionPatient" not in ds or "ImageOrientationPatient" not in ds:
+                skipped["without image geometry"] += 1
+                continue
+            part = image_part(ds)
+            if part is None:   # not stated in the header: the directory decides
+                in_mag, in_phase = d in mag_dirs, d in phase_dirs
+                part = "phase" if in_phase and not in_mag else "magnitude"
+            if part in ("real", "imaginary"):
+                skipped[part] += 1
+                continue
+            te_ms = ds.get("EchoTime")
+            te_ms = None if te_ms in (None, "") else float(te_ms)
+            echo_no = ds.get("EchoNumbers")
+            echo_no = None if echo_no in (None, "") else int(echo_no if not hasattr(echo_no, "__len__")
+                                                                else echo_no[0])
+            key = (echo_no, None if te_ms is None else round(te_ms, 3))
+            groups[(part, key)].append((ds, f))
+            te_of[key] = te_ms
+            b = _field_strength_t(ds)
+            if b:
+                b0s.append(b)
+            manufacturers.add(str(ds.get("Manufacturer", "") or "").strip())
+    for what, n in skipped.items():
+        warnings.append(f"{n} DICOM images {what} ignored" if what.startswith("without")
+                        else f"{n} {what} images ignored")
+    where = all_dirs[0]
+    keys = {part: sorted((k for p, k in groups if p == part),
+                         key=lambda k: (np.inf if k[1] is None else k[1], k[0] or 0))
+            for part in ("magnitude", "phase")}
+    if not keys["phase"]:
+        raise InputError("no phase images found (ImageType / ComplexImageComponent / GE or Philips "
+                         "image type say none is phase)", phase_dirs[0] if phase_dirs else where)
+    if not keys["magnitude"]:
+        raise InputError("no magnitude images found", mag_dirs[0] if mag_dirs else where)
+    if keys["magnitude"] != keys["phase"]:
+        raise InputError(f"magnitude echoes {keys['magnitude']} and phase echoes {keys['phase']} "
+                         "(echo number, TE ms) do not match", where)
+    out = {"mag": [], "phase": [], "mag_files": [], "phase_files": [], "warnings": warnings}
+    for part, name in (("magnitude", "mag"), ("phase", "phase")):
+        for key in keys[part]:
+            items = groups[(part, key)]
+            out[name].append(_slice_stack(items, items[0][1]))
+            out[name + "_files"].append(items[0][1])
+    tes = [te_of[k] for k in keys["phase"]]
+    out["te_s"] = None if any(t is None for t in tes) else [t / 1000.0 for t in tes]
+    out["b0"] = float(np.median(b0s)) if b0s else None
+    out["ge"] = any(m.upper().startswith("GE") for m in manufacturers)
+    out["manufacturer"] = ", ".join(sorted(m for m in manufacturers if m))
+    return out
 
 
 def load_dicom_gre(mag_dirs, phase_dirs, te=None, b0=None, b0_dir=None):
-    raise InputError("DICOM multi-echo GRE reading is not available yet", mag_dirs[0])
-
-
-def read_dicom_volume(directory):
-    raise InputError("DICOM volume reading is not available yet", directory)
+    """``MultiEchoGRE`` from DICOM directories (see ``read_dicom_gre``); ``te`` (s), ``b0`` (T) and
+    ``b0_dir`` (voxel frame) override the headers."""
+    from .loaders import assemble_gre
+    found = read_dicom_gre(mag_dirs, phase_dirs)
+    dirs = list(dict.fromkeys(str(d) for d in list(mag_dirs) + list(phase_dirs)))
+    gre = assemble_gre(found["mag"], found["phase"], found["mag_files"], found["phase_files"],
+                       found["te_s"] if te is None else te, found["b0"] if b0 is None else b0, b0_dir,
+                       ge_phase=found["ge"], source=dirs[0] if len(dirs) == 1 else "; ".join(dirs),
+                       warnings=found["warnings"])
+    if found["manufacturer"]:
+        gre.phase_scaling += f"; DICOM from {found['manufacturer']}"
+    return gre

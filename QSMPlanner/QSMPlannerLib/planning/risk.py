@@ -30,7 +30,7 @@ def _mask_array(mask) -> np.ndarray:
 
 
 class RiskMap:
-    """Named distance maps in mm: 'vessels', 'ventricles', 'sulci' (and 'brain' = depth inside the brain).
+    """Named distance maps in mm: 'vessels', 'ventricles', 'sulci' (and 'brain': 1 inside, 0 outside).
 
     ``distance(name, points_ras)`` samples one layer (trilinear) at world RAS points (N, 3)."""
 
@@ -41,7 +41,7 @@ class RiskMap:
     def from_masks(cls, vessels=None, ventricles=None, sulci=None, brain=None,
                    world_from_volume: dict | None = None) -> "RiskMap":
         """Masks are Volumes (any grid). ``world_from_volume`` {layer name: 4x4} places a mask's RAS in the
-        world (default identity). ``brain`` is stored as depth inside the brain (0 outside)."""
+        world (default identity). ``brain`` is stored as an inside indicator (1 inside, 0 outside)."""
         rm = cls()
         w = world_from_volume or {}
         for name, m in (("vessels", vessels), ("ventricles", ventricles), ("sulci", sulci)):
@@ -70,10 +70,10 @@ class RiskMap:
         self._register(name, mask, dist, world_from_volume, int(m.sum()))
 
     def add_depth(self, name: str, mask: Volume, world_from_volume=None) -> None:
-        """Depth (mm) inside ``mask``: distance to its outside (0 outside)."""
+        """Inside indicator of ``mask`` (holes filled), 1 inside / 0 outside; sampled trilinearly, > 0.5
+        means inside (cheap: no distance transform)."""
         m = ndimage.binary_fill_holes(_mask_array(mask))
-        dist = ndimage.distance_transform_edt(m, sampling=np.asarray(mask.voxel_mm, float))
-        self._register(name, mask, dist, world_from_volume, int(m.sum()))
+        self._register(name, mask, m.astype(np.float32), world_from_volume, int(m.sum()))
 
     def __contains__(self, name) -> bool:
         return name in self.layers

@@ -134,7 +134,7 @@ def _entry_on_brain(risk: RiskMap, target, u, adm: Admissible, step_mm: float) -
         return np.full(n, adm.default_length_mm)
     s = np.arange(0.0, adm.max_length_mm + 1e-9, step_mm)
     pts = target[None, None, :] + s[None, :, None] * u[:, None, :]
-    inside = risk.distance("brain", pts, outside=0.0) > 0.25
+    inside = risk.distance("brain", pts, outside=0.0) > 0.5
     any_in = inside.any(axis=1)
     last = inside.shape[1] - 1 - np.argmax(inside[:, ::-1], axis=1)
     length = np.where(any_in, s[last], adm.default_length_mm)

@@ -108,3 +108,27 @@ def test_read_points_of_a_slicer_lps_file_and_bad_files(tmp_path):
     with pytest.raises(InputError, match="three finite"):
         io.write_points(tmp_path / "nan.mrk.json", {"AC": [0, np.nan, 0]})
     assert not (tmp_path / "nan.mrk.json").exists()
+
+
+def test_slicer_reads_our_markups_and_we_read_slicers(tmp_path):
+    """Slicer's own JSON storage node (slicer-core MRML) agrees on labels and RAS positions."""
+    slicer = pytest.importorskip("slicer")
+    pts = {"AC": [1.5, -2.0, 3.0], "PC": [0.5, -25.0, 2.0], "MS": [0.25, -12.0, 40.0]}
+    for system in ("RAS", "LPS"):
+        path = io.write_points(tmp_path / f"ours_{system}.mrk.json", pts, coordinate_system=system)
+        scene = slicer.vtkMRMLScene()
+        node = scene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode")
+        storage = slicer.vtkMRMLMarkupsJsonStorageNode()
+        scene.AddNode(storage)
+        storage.SetFileName(str(path))
+        assert storage.ReadData(node) == 1
+        got = {node.GetNthControlPointLabel(i): np.array(node.GetNthControlPointPositionVector(i))
+               for i in range(node.GetNumberOfControlPoints())}
+        assert list(got) == list(pts)
+        for k, v in pts.items():
+            assert np.allclose(got[k], v, atol=1e-9)
+    node.SetNthControlPointPosition(0, 10.0, 20.0, 30.0)   # Slicer writes (LPS by default) ...
+    storage.SetFileName(str(tmp_path / "slicer.mrk.json"))
+    assert storage.WriteData(node) == 1
+    back = io.read_points(tmp_path / "slicer.mrk.json")  # ... and we read RAS back
+    assert np.allclose(back["AC"], [10.0, 20.0, 30.0]) and np.allclose(back["PC"], pts["PC"])

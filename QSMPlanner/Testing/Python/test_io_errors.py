@@ -172,3 +172,36 @@ def test_inputs_never_modified(echoes):
         io.load_gre(mag=echoes["mag"], phase=echoes["phase"], te=TE[::-1], b0=3)
     after = {f: (hashlib.sha256(f.read_bytes()).hexdigest(), f.stat().st_mtime_ns) for f in files}
     assert before == after and sorted(p.name for p in echoes["dir"].iterdir()) == listing
+
+
+@pytest.mark.parametrize("case", ["te order", "shape", "unknown range", "nan", "not 3-D"])
+def test_command_line_exits_2_naming_the_file_and_writes_nothing(echoes, rng, capsys, case, real_phase_dir):
+    """Through a real subcommand that reads a GRE (``qsmplanner qsm``): exit 2, message, no output."""
+    from QSMPlannerLib import cli
+    if "qsm" not in cli.build_parser()._subparsers._group_actions[0].choices:
+        pytest.skip("no qsm subcommand in this build")
+    mags, phases, te, name = [str(p) for p in echoes["mag"]], [str(p) for p in echoes["phase"]], TE, None
+    if case == "te order":
+        te, name, problem = [0.004, 0.014, 0.009], echoes["dir"].name, "not strictly increasing"
+    elif case == "shape":
+        save(echoes["mag"][1], rng.uniform(50, 100, (9, 9, 8)).astype(np.float32), echoes["affine"])
+        name, problem = "mag2.nii", "shape (9, 9, 8) differs"
+    elif case == "unknown range":
+        for p in echoes["phase"]:
+            save(p, rng.gamma(2.0, 50.0, SHAPE).astype(np.float32) + 10, echoes["affine"])
+        name, problem = "phase1.nii", "unknown phase range"
+    elif case == "nan":
+        img = nib.load(str(real_phase_dir / "small_phase_with_nan.nii"))
+        mags = [str(save(echoes["dir"] / "m.nii", np.ones(img.shape, np.float32), img.affine))]
+        phases, te = [str(real_phase_dir / "small_phase_with_nan.nii")], [0.004, 0.008]
+        name, problem = "small_phase_with_nan.nii", "NaN or Inf"
+    else:
+        mags = [str(save(echoes["dir"] / "flat.nii", np.ones((10, 9), np.float32), echoes["affine"]))]
+        phases, te, name, problem = phases[:1], TE[:1], "flat.nii", "expected a 3-D or 4-D image"
+    out = echoes["dir"] / "out" / "qsm.nii.gz"
+    argv = ["qsm", "--mag", *mags, "--phase", *phases, "--te", *map(str, te), "--b0", "3", "--out", str(out)]
+    status = cli.main(argv)
+    err = capsys.readouterr().err
+    assert status == 2, err
+    assert name in err and problem in err, err
+    assert not out.exists() and not out.parent.exists()

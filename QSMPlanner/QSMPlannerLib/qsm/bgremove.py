@@ -55,14 +55,16 @@ def vsharp(field: np.ndarray, mask: np.ndarray, voxel_mm=(1, 1, 1), radii_mm=Non
     s_first = None
     for r in radii:
         s = smv_kernel_k(shape, vox, r)
-        if s_first is None:
-            s_first = s
         eroded = irfft3(fm * s, shape) > 0.999
         new = eroded & ~done
         if new.any():
+            if s_first is None:  # deconvolve with the largest kernel in use
+                s_first = s
             hp[new] = (f - irfft3(ff * s, shape))[new]
             done |= new
     del ff, fm
+    if s_first is None:
+        return np.zeros(mask.shape, np.float32), np.zeros(mask.shape, bool)
     one_minus = 1.0 - s_first
     inv = np.zeros_like(one_minus)
     ok = np.abs(one_minus) > threshold

@@ -34,7 +34,7 @@ def _smooth_complex(z: np.ndarray, weight: np.ndarray, sigma_vox) -> np.ndarray:
 
 
 def combine_echoes(magnitude: np.ndarray, phase_rad: np.ndarray, te_s, mask: np.ndarray,
-                   voxel_mm=(1, 1, 1), unwrapper=None, offset_sigma_mm: float = 7.0) -> EchoFit:
+                   voxel_mm=(1, 1, 1), unwrapper=None, offset_sigma_mm: float = 2.5) -> EchoFit:
     """Total field (Hz) from multi-echo magnitude/phase (I,J,K,E), echo-combined BEFORE background
     removal.
 

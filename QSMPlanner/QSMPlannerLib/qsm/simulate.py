@@ -38,8 +38,8 @@ def simulate_head(shape=(64, 64, 48), voxel_mm=(1.5, 1.5, 2.0), tilt_deg=0.0, te
     ext = (np.array(shape) - 1) * vox / 2
     r_brain = ((x / (0.72 * ext[0])) ** 2 + (y / (0.72 * ext[1])) ** 2 + (z / (0.72 * ext[2])) ** 2)
     brain = r_brain <= 1
-    skull = (r_brain > 1) & (r_brain <= 1.25)
-    scalp = (r_brain > 1.25) & (r_brain <= 1.45)
+    skull = (r_brain > 1.04) & (r_brain <= 1.25)
+    scalp = (r_brain > 1.25) & (r_brain <= 1.5)
     chi = np.zeros(shape, np.float32)
     chi[brain & (x > 0)] = -0.03
     sources = {}
@@ -63,7 +63,10 @@ def simulate_head(shape=(64, 64, 48), voxel_mm=(1.5, 1.5, 2.0), tilt_deg=0.0, te
     local = forward_field(chi, vox, b0_dir)
     total = local.copy()
     if background:
-        bg_chi = np.where(~(brain | skull | scalp), 9.0, np.where(skull, -2.0, 0.0)).astype(np.float32)
+        from scipy import ndimage
+        bg_chi = np.where(r_brain > 1.5, 9.0, np.where(skull, -2.0, 0.0)).astype(np.float32)
+        bg_chi = ndimage.gaussian_filter(bg_chi, 1.0)  # partial volume at the air boundary
+        bg_chi[brain] = 0.0
         total = total + forward_field(bg_chi, vox, b0_dir)
     te = np.asarray(te_s, float)
     r2s = np.where(brain, 20.0, np.where(scalp, 30.0, 0.0))

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .dipole import fast_shape, irfft3, kspace_grid, pad_slices, rfft3
+from .dipole import kspace_grid
 
 
 def laplacian_kernel(shape, voxel_mm) -> np.ndarray:
@@ -21,25 +21,36 @@ def laplacian_kernel(shape, voxel_mm) -> np.ndarray:
     return lap.astype(np.float32)
 
 
-def laplacian_unwrap(phase_rad: np.ndarray, voxel_mm=(1, 1, 1), pad: int = 8) -> np.ndarray:
-    """Laplacian-unwrapped phase (rad) of a 3-D wrapped phase; mean set to that of the input.
+def _dct_laplacian_eig(shape, voxel_mm) -> np.ndarray:
+    """Eigenvalues (1/mm^2, <= 0) of the 7-point Laplacian with mirror (Neumann) boundaries, DCT-II."""
+    vox = np.asarray(voxel_mm, float)
+    eig = np.zeros(shape, np.float64)
+    for a, (n, v) in enumerate(zip(shape, vox)):
+        e = (2 * np.cos(np.pi * np.arange(n) / n) - 2) / v ** 2
+        eig = eig + e.reshape([-1 if b == a else 1 for b in range(3)])
+    return eig.astype(np.float32)
 
-    phi_u = lap^-1[ cos(phi) lap(sin phi) - sin(phi) lap(cos phi) ]. Zero-padded by ``pad`` voxels
-    (mirror padding would be better at the edges; inside a brain mask away from the edges this holds).
+
+def laplacian_unwrap(phase_rad: np.ndarray, voxel_mm=(1, 1, 1)) -> np.ndarray:
+    """Laplacian-unwrapped phase (rad) of a 3-D wrapped phase (Schofield MA, Zhu Y, Opt Lett 2003).
+
+    phi_u = lap^-1[ cos(phi) lap(sin phi) - sin(phi) lap(cos phi) ], with mirror boundaries (DCT), so
+    no padding is needed. The constant is set so that phi_u matches the input modulo 2*pi on average.
+    Not exact: values differ from the true phase by a smooth error, so it is not used for echo fits.
     """
+    import scipy.fft as sfft
     phase = np.asarray(phase_rad, np.float32)
     if phase.ndim != 3:
         raise ValueError(f"laplacian_unwrap expects a 3-D phase, got shape {phase.shape}")
-    shape = fast_shape(phase.shape, (pad,) * 3)
-    sl = pad_slices(phase.shape, shape)
-    # reflected fill of the pad keeps the padded border from creating fake residues
-    p = np.pad(phase, [(s.start, n - s.stop) for s, n in zip(sl, shape)], mode="reflect")
-    lap = laplacian_kernel(shape, voxel_mm)
-    c, s = np.cos(p), np.sin(p)
-    lap_phi = c * irfft3(rfft3(s) * lap, shape) - s * irfft3(rfft3(c) * lap, shape)
-    inv = np.zeros_like(lap)
-    nz = lap != 0
-    inv[nz] = 1.0 / lap[nz]
-    out = irfft3(rfft3(lap_phi) * inv, shape)[sl].astype(np.float32)
-    # restore the constant lost with k = 0 (defined up to 2*pi*n anyway)
+    eig = _dct_laplacian_eig(phase.shape, voxel_mm)
+
+    def lap(x):
+        return sfft.idctn(sfft.dctn(x, type=2, workers=2) * eig, type=2, workers=2)
+
+    c, s = np.cos(phase), np.sin(phase)
+    rhs = c * lap(s) - s * lap(c)
+    inv = np.zeros_like(eig)
+    nz = eig != 0
+    inv[nz] = 1.0 / eig[nz]
+    out = sfft.idctn(sfft.dctn(rhs, type=2, workers=2) * inv, type=2, workers=2).astype(np.float32)
     return out + np.float32(np.angle(np.mean(np.exp(1j * (phase - out)))))

@@ -94,11 +94,10 @@ def _check_single_position_per_slice(names, directory) -> None:
 
 
 # multi-echo GRE -------------------------------------------------------------------------------
-def _tokens(ds) -> list[str]:
-    it = ds.get("ImageType")
-    if it is None:
+def _tokens(values) -> list[str]:
+    if values is None:
         return []
-    values = [it] if isinstance(it, str) else list(it)
+    values = [values] if isinstance(values, str) else list(values)
     return [str(v).strip().upper() for v in values]
 
 
@@ -108,8 +107,7 @@ def _private_int(ds, tag):
         return None
     v = elem.value
     if isinstance(v, (bytes, bytearray)):   # implicit VR: raw little-endian SS/SL
-        return int.from_bytes(v[:4] if len(v) >= 4 else v[:2], "little", signed=True) \
-            if len(v) in (2, 4) else None
+        return int.from_bytes(v, "little", signed=True) if len(v) in (2, 4) else None
     if not isinstance(v, (int, float, str)):
         v = v[0] if len(v) else None
     try:
@@ -118,23 +116,8 @@ def _private_int(ds, tag):
         return None
 
 
-def image_part(ds) -> str | None:
-    """'magnitude', 'phase', 'real', 'imaginary' or None (not stated) from the header."""
-    comp = str(ds.get("ComplexImageComponent", "") or "").upper()
-    if comp in ("MAGNITUDE", "PHASE", "REAL", "IMAGINARY"):
-        return comp.lower()
-    manufacturer = str(ds.get("Manufacturer", "") or "").upper()
-    if manufacturer.startswith("GE"):
-        v = _private_int(ds, GE_IMAGE_TYPE_TAG)
-        if v in _GE_PARTS:
-            return _GE_PARTS[v]
-    if "PHILIPS" in manufacturer:
-        elem = ds.get(PHILIPS_IMAGE_TYPE_TAG)
-        if elem is not None:
-            v = elem.value.decode(errors="ignore") if isinstance(elem.value, bytes) else str(elem.value)
-            if v.strip().upper()[:1] in _LETTER_PARTS:
-                return _LETTER_PARTS[v.strip().upper()[:1]]
-    for t in _tokens(ds)[2:] or _tokens(ds):
+def _part_from_tokens(tokens) -> str | None:
+    for t in tokens[2:] or tokens:
         if t in ("P", "PHASE", "PHASE MAP", "PHASE_MAP") or t.startswith("P_"):
             return "phase"
         if t in ("M", "MAGNITUDE", "MAG") or t.startswith("M_"):
@@ -146,6 +129,33 @@ def image_part(ds) -> str | None:
     return None
 
 
+def image_part(ds, frame_type=None) -> str | None:
+    """'magnitude', 'phase', 'real', 'imaginary' or None (not stated) from the header
+    (``frame_type``: the per-frame MR Image Frame Type item of an enhanced DICOM frame)."""
+    for src in (frame_type, ds):
+        if src is None:
+            continue
+        comp = str(src.get("ComplexImageComponent", "") or "").upper()
+        if comp in ("MAGNITUDE", "PHASE", "REAL", "IMAGINARY"):
+            return comp.lower()
+    manufacturer = str(ds.get("Manufacturer", "") or "").upper()
+    if manufacturer.startswith("GE"):
+        v = _private_int(ds, GE_IMAGE_TYPE_TAG)
+        if v in _GE_PARTS:
+            return _GE_PARTS[v]
+    if "PHILIPS" in manufacturer and frame_type is None:
+        elem = ds.get(PHILIPS_IMAGE_TYPE_TAG)
+        if elem is not None:
+            v = elem.value.decode(errors="ignore") if isinstance(elem.value, bytes) else str(elem.value)
+            if v.strip().upper()[:1] in _LETTER_PARTS:
+                return _LETTER_PARTS[v.strip().upper()[:1]]
+    if frame_type is not None:
+        part = _part_from_tokens(_tokens(frame_type.get("FrameType")))
+        if part:
+            return part
+    return _part_from_tokens(_tokens(ds.get("ImageType")))
+
+
 def _field_strength_t(ds) -> float | None:
     v = ds.get("MagneticFieldStrength")
     if v in (None, ""):
@@ -154,61 +164,132 @@ def _field_strength_t(ds) -> float | None:
     return v / 10000.0 if v > 100 else v   # some old GE headers give gauss
 
 
-def _slice_stack(items, where) -> Volume:
-    """(dataset, file) slices of one echo and part -> ``Volume`` (rescaled values, RAS geometry)."""
-    iop = np.asarray(items[0][0].ImageOrientationPatient, float)
+def _item(seq_owner, name):
+    """First item of sequence ``name`` in ``seq_owner`` (or None)."""
+    if seq_owner is None:
+        return None
+    seq = seq_owner.get(name)
+    return seq[0] if seq else None
+
+
+def _frames(ds, path):
+    """One record per 2-D image of a file: classic (one) or enhanced multi-frame (NumberOfFrames).
+
+    Record keys: iop, ipp, spacing [row, col], thickness, rows, cols, slope, intercept, te_ms,
+    echo_no, part, file, pixels() -> 2-D array [row, col].
+    """
+    rows, cols = int(ds.Rows), int(ds.Columns)
+    per_frame = ds.get("PerFrameFunctionalGroupsSequence")
+    if per_frame:
+        shared = _item(ds, "SharedFunctionalGroupsSequence")
+        cache = {}
+
+        def frame_pixels(n):
+            def get():
+                if "all" not in cache:
+                    cache["all"] = ds.pixel_array
+                arr = cache["all"]
+                return arr[n] if arr.ndim == 3 else arr
+            return get
+
+        out = []
+        for n, frame in enumerate(per_frame):
+            def find(seq_name, attr, default=None):
+                for group in (frame, shared):
+                    it = _item(group, seq_name)
+                    if it is not None and attr in it:
+                        return it.get(attr)
+                return default
+            ipp = find("PlanePositionSequence", "ImagePositionPatient")
+            iop = find("PlaneOrientationSequence", "ImageOrientationPatient")
+            spacing = find("PixelMeasuresSequence", "PixelSpacing")
+            if ipp is None or iop is None or spacing is None:
+                raise InputError(f"enhanced DICOM frame {n + 1} lacks position/orientation/spacing", path)
+            frame_type = _item(frame, "MRImageFrameTypeSequence") or _item(shared, "MRImageFrameTypeSequence")
+            te = find("MREchoSequence", "EffectiveEchoTime")
+            out.append(dict(
+                iop=np.asarray(iop, float), ipp=np.asarray(ipp, float), spacing=np.asarray(spacing, float),
+                thickness=float(find("PixelMeasuresSequence", "SliceThickness", 0) or 0),
+                rows=rows, cols=cols,
+                slope=float(find("PixelValueTransformationSequence", "RescaleSlope", None)
+                            or ds.get("RescaleSlope", 1.0) or 1.0),
+                intercept=float(find("PixelValueTransformationSequence", "RescaleIntercept", None)
+                                or ds.get("RescaleIntercept", 0.0) or 0.0),
+                te_ms=None if te in (None, "") else float(te), echo_no=None,
+                part=image_part(ds, frame_type), file=path, pixels=frame_pixels(n)))
+        return out
+    if "ImagePositionPatient" not in ds or "ImageOrientationPatient" not in ds:
+        return []
+    te = ds.get("EchoTime")
+    echo_no = ds.get("EchoNumbers")
+    if echo_no not in (None, "") and not isinstance(echo_no, (int, float, str)):
+        echo_no = echo_no[0] if len(echo_no) else None
+    return [dict(
+        iop=np.asarray(ds.ImageOrientationPatient, float), ipp=np.asarray(ds.ImagePositionPatient, float),
+        spacing=np.asarray(ds.PixelSpacing, float),
+        thickness=float(ds.get("SpacingBetweenSlices", 0) or ds.get("SliceThickness", 0) or 0),
+        rows=rows, cols=cols, slope=float(ds.get("RescaleSlope", 1.0) or 1.0),
+        intercept=float(ds.get("RescaleIntercept", 0.0) or 0.0),
+        te_ms=None if te in (None, "") else float(te),
+        echo_no=None if echo_no in (None, "") else int(echo_no),
+        part=image_part(ds), file=path, pixels=lambda: ds.pixel_array)]
+
+
+def _slice_stack(frames, where) -> Volume:
+    """Frames (records of ``_frames``) of one echo and part -> ``Volume`` (rescaled, RAS geometry)."""
+    iop = frames[0]["iop"]
     row_dir, col_dir = iop[:3], iop[3:]  # directions of increasing column (i) and row (j) index
-    for ds, f in items:
-        if not np.allclose(np.asarray(ds.ImageOrientationPatient, float), iop, atol=1e-4):
-            raise InputError("slices of one echo have different orientations", f)
+    for fr in frames:
+        if not np.allclose(fr["iop"], iop, atol=1e-4):
+            raise InputError("slices of one echo have different orientations", fr["file"])
     normal = np.cross(row_dir, col_dir)
-    items = sorted(items, key=lambda it: float(np.dot(normal, np.asarray(it[0].ImagePositionPatient, float))))
-    ipp = np.array([np.asarray(ds.ImagePositionPatient, float) for ds, _ in items])
+    frames = sorted(frames, key=lambda fr: float(np.dot(normal, fr["ipp"])))
+    ipp = np.array([fr["ipp"] for fr in frames])
     dist = ipp @ normal
-    if len(items) > 1 and np.min(np.diff(dist)) < 1e-3:
+    if len(frames) > 1 and np.min(np.diff(dist)) < 1e-3:
         i = int(np.argmin(np.diff(dist)))
         raise InputError("two images of one echo share a slice position (several acquisitions in one "
-                         "directory? give one series per directory)", items[i + 1][1])
-    rows, cols = int(items[0][0].Rows), int(items[0][0].Columns)
-    spacing = np.asarray(items[0][0].PixelSpacing, float)   # [row spacing, column spacing]
-    if len(items) > 1:
+                         "directory? give one series per directory)", frames[i + 1]["file"])
+    rows, cols, spacing = frames[0]["rows"], frames[0]["cols"], frames[0]["spacing"]
+    if len(frames) > 1:
         steps = np.diff(ipp, axis=0)
-        step = (ipp[-1] - ipp[0]) / (len(items) - 1)
+        step = (ipp[-1] - ipp[0]) / (len(frames) - 1)
         if np.abs(steps - step).max() > max(1e-2, 1e-3 * np.linalg.norm(step)):
             raise InputError("slices are not evenly spaced (missing slices?)", where)
     else:
-        thick = float(items[0][0].get("SpacingBetweenSlices", 0) or items[0][0].get("SliceThickness", 1))
-        step = normal * thick
-    data = np.empty((cols, rows, len(items)), np.float64)
-    for k, (ds, f) in enumerate(items):
-        if (int(ds.Rows), int(ds.Columns)) != (rows, cols):
-            raise InputError(f"slice size {ds.Rows}x{ds.Columns} differs from {rows}x{cols}", f)
+        step = normal * (frames[0]["thickness"] or 1.0)
+    data = np.empty((cols, rows, len(frames)), np.float64)
+    for k, fr in enumerate(frames):
+        if (fr["rows"], fr["cols"]) != (rows, cols) or not np.allclose(fr["spacing"], spacing, atol=1e-4):
+            raise InputError(f"slice size {fr['rows']}x{fr['cols']} or pixel spacing differs from the "
+                             "first slice of the echo", fr["file"])
         try:
-            px = ds.pixel_array.astype(np.float64)
+            px = np.asarray(fr["pixels"](), np.float64)
         except Exception as exc:  # compressed without a decoder, truncated file...
-            raise InputError(f"cannot decode the pixel data ({exc.__class__.__name__}: {exc})", f) from exc
-        slope = float(ds.get("RescaleSlope", 1.0) or 1.0)
-        intercept = float(ds.get("RescaleIntercept", 0.0) or 0.0)
-        data[:, :, k] = (px * slope + intercept).T   # pixel_array is [row j, column i]
+            raise InputError(f"cannot decode the pixel data ({exc.__class__.__name__}: {exc})",
+                             fr["file"]) from exc
+        data[:, :, k] = (px * fr["slope"] + fr["intercept"]).T   # pixels are [row j, column i]
     lps = np.eye(4)
     lps[:3, 0] = row_dir * spacing[1]
     lps[:3, 1] = col_dir * spacing[0]
     lps[:3, 2] = step
     lps[:3, 3] = ipp[0]
-    return Volume(data, LPS_FROM_RAS @ lps, Path(items[0][1]).name)
+    return Volume(data, LPS_FROM_RAS @ lps, Path(frames[0]["file"]).name)
 
 
 def read_dicom_gre(mag_dirs, phase_dirs) -> dict:
     """Sort the DICOM images of the given directories into echoes of magnitude and phase.
 
-    Returns ``{"mag": [Volume], "phase": [Volume], "mag_files": [...], "phase_files": [...],
-    "te_s": [...]|None, "b0": float|None, "ge": bool, "warnings": [...]}``, echoes by increasing TE.
+    Classic single-frame files and enhanced multi-frame files are both read. Returns
+    ``{"mag": [Volume], "phase": [Volume], "mag_files": [...], "phase_files": [...],
+    "te_s": [...]|None, "b0": float|None, "ge": bool, "manufacturer": str, "warnings": [...]}``,
+    echoes by increasing TE.
     """
     import pydicom
     mag_dirs = [Path(d) for d in mag_dirs]
     phase_dirs = [Path(d) for d in phase_dirs]
     all_dirs = list(dict.fromkeys(mag_dirs + phase_dirs))
-    groups = defaultdict(list)   # (part, echo key) -> [(ds, file)]
+    groups = defaultdict(list)   # (part, echo key) -> [frame records]
     te_of = {}
     b0s, manufacturers, warnings = [], set(), []
     skipped = defaultdict(int)
@@ -223,28 +304,25 @@ def read_dicom_gre(mag_dirs, phase_dirs) -> dict:
                 ds = pydicom.dcmread(f)
             except Exception as exc:
                 raise InputError(f"unreadable DICOM file ({exc.__class__.__name__}: {exc})", f) from exc
-            if "PixelData" not in ds or "ImagePositionPatient" not in ds or "ImageOrientationPatient" not in ds:
+            frames = _frames(ds, f) if "PixelData" in ds else []
+            if not frames:
                 skipped["without image geometry"] += 1
                 continue
-            part = image_part(ds)
-            if part is None:   # not stated in the header: the directory decides
-                in_mag, in_phase = d in mag_dirs, d in phase_dirs
-                part = "phase" if in_phase and not in_mag else "magnitude"
-            if part in ("real", "imaginary"):
-                skipped[part] += 1
-                continue
-            te_ms = ds.get("EchoTime")
-            te_ms = None if te_ms in (None, "") else float(te_ms)
-            echo_no = ds.get("EchoNumbers")
-            echo_no = None if echo_no in (None, "") else int(echo_no if not hasattr(echo_no, "__len__")
-                                                                else echo_no[0])
-            key = (echo_no, None if te_ms is None else round(te_ms, 3))
-            groups[(part, key)].append((ds, f))
-            te_of[key] = te_ms
             b = _field_strength_t(ds)
             if b:
                 b0s.append(b)
             manufacturers.add(str(ds.get("Manufacturer", "") or "").strip())
+            for fr in frames:
+                part = fr["part"]
+                if part is None:   # not stated in the header: the directory decides
+                    in_mag, in_phase = d in mag_dirs, d in phase_dirs
+                    part = "phase" if in_phase and not in_mag else "magnitude"
+                if part in ("real", "imaginary"):
+                    skipped[part] += 1
+                    continue
+                key = (fr["echo_no"], None if fr["te_ms"] is None else round(fr["te_ms"], 3))
+                groups[(part, key)].append(fr)
+                te_of[key] = fr["te_ms"]
     for what, n in skipped.items():
         warnings.append(f"{n} DICOM images {what} ignored" if what.startswith("without")
                         else f"{n} {what} images ignored")
@@ -263,9 +341,9 @@ def read_dicom_gre(mag_dirs, phase_dirs) -> dict:
     out = {"mag": [], "phase": [], "mag_files": [], "phase_files": [], "warnings": warnings}
     for part, name in (("magnitude", "mag"), ("phase", "phase")):
         for key in keys[part]:
-            items = groups[(part, key)]
-            out[name].append(_slice_stack(items, items[0][1]))
-            out[name + "_files"].append(items[0][1])
+            frames = groups[(part, key)]
+            out[name].append(_slice_stack(frames, frames[0]["file"]))
+            out[name + "_files"].append(frames[0]["file"])
     tes = [te_of[k] for k in keys["phase"]]
     out["te_s"] = None if any(t is None for t in tes) else [t / 1000.0 for t in tes]
     out["b0"] = float(np.median(b0s)) if b0s else None

@@ -208,3 +208,68 @@ def test_dicom_problems_name_the_file(tmp_path, rng):
     (tmp_path / "empty").mkdir()
     with pytest.raises(InputError, match="no DICOM files"):
         io.read_volume(tmp_path / "empty")
+
+
+def write_enhanced(path, frames, ras_from_ijk, shared_header, rng):
+    """Enhanced MR (multi-frame) file. ``frames``: list of (2-D stored [i, j], k, te_ms, frame_type, component)."""
+    from pydicom.sequence import Sequence
+    enhanced_mr = "1.2.840.10008.5.1.4.1.1.4.1"
+    lps = LPS_FROM_RAS @ ras_from_ijk
+    sp = np.linalg.norm(lps[:3, :3], axis=0)
+    iop = [float(v) for v in np.concatenate([lps[:3, 0] / sp[0], lps[:3, 1] / sp[1]])]
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = enhanced_mr, generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID = enhanced_mr, meta.MediaStorageSOPInstanceUID
+    ds.Modality, ds.SeriesInstanceUID, ds.StudyInstanceUID = "MR", generate_uid(), "1.2.3"
+    for key, value in shared_header.items():
+        setattr(ds, key, value)
+    pm = Dataset()
+    pm.PixelSpacing, pm.SliceThickness = [float(sp[1]), float(sp[0])], float(sp[2])
+    po = Dataset()
+    po.ImageOrientationPatient = iop
+    shared = Dataset()
+    shared.PixelMeasuresSequence, shared.PlaneOrientationSequence = Sequence([pm]), Sequence([po])
+    ds.SharedFunctionalGroupsSequence = Sequence([shared])
+    per_frame, pixels = [], []
+    for n in rng.permutation(len(frames)):
+        arr, k, te, frame_type, component = frames[n]
+        fg = Dataset()
+        pp = Dataset()
+        pp.ImagePositionPatient = [float(round(v, 6)) for v in lps[:3, 3] + k * lps[:3, 2]]
+        echo = Dataset()
+        echo.EffectiveEchoTime = te
+        ft = Dataset()
+        ft.FrameType, ft.ComplexImageComponent = frame_type, component
+        fg.PlanePositionSequence, fg.MREchoSequence = Sequence([pp]), Sequence([echo])
+        fg.MRImageFrameTypeSequence = Sequence([ft])
+        per_frame.append(fg)
+        pixels.append(np.ascontiguousarray(arr.T).astype("<u2"))
+    ds.PerFrameFunctionalGroupsSequence = Sequence(per_frame)
+    ds.NumberOfFrames = len(frames)
+    ds.Rows, ds.Columns = frames[0][0].shape[1], frames[0][0].shape[0]
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
+    ds.PixelData = np.stack(pixels).tobytes()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ds.save_as(path, enforce_file_format=True)
+
+
+def test_enhanced_multiframe_siemens_xa(tmp_path, rng):
+    """Siemens XA-style enhanced DICOM: one file per part, every echo and slice a frame."""
+    mag, phase = truth(rng)
+    stored_phase = np.mod(np.round((phase + np.pi) * 4096 / (2 * np.pi)), 4096)
+    for part, stored, ftype in (("MAGNITUDE", mag, "M"), ("PHASE", stored_phase, "P")):
+        frames = [(stored[:, :, k, e], k, te, ["ORIGINAL", "PRIMARY", ftype, "NONE"], part)
+                  for e, te in enumerate(TE_MS) for k in range(SHAPE[2])]
+        write_enhanced(tmp_path / "xa" / f"{part}.dcm", frames, RAS_FROM_IJK,
+                       {"Manufacturer": "Siemens Healthineers", "MagneticFieldStrength": 3.0,
+                        "ImageType": ["ORIGINAL", "PRIMARY", "M", "NONE"]}, rng)
+    gre = io.load_gre(bids=tmp_path / "xa")
+    assert gre.n_echoes == 3 and np.allclose(gre.te_s, np.array(TE_MS) / 1000)
+    assert np.allclose(gre.ras_from_ijk, RAS_FROM_IJK, atol=1e-4)
+    assert np.array_equal(gre.magnitude, mag.astype(np.float32))
+    assert "[0, 4095]" in gre.phase_scaling
+    assert phase_error(gre.phase_rad, phase) < np.pi / 4096 + 1e-5

@@ -111,3 +111,43 @@ def render_localizer_ct(ras_from_ijk, shape, xyz_from_ras, head_hu=None, noise_h
     meta = {"modality": "CT", "units": "HU", "localizer": "Leksell G N-localizer",
             "plates": list(plates), "xyz_from_ras": xyz_from_ras.tolist()}
     return Volume(data.astype(np.float32), ras_from_ijk.copy(), "ct", meta)
+
+
+def analytic_triplets(xyz_from_ras, slice_normal_ras=(0.0, 0.0, 1.0), offsets_mm=None,
+                      plates=("right", "left", "anterior"), noise_mm: float = 0.0, rng=None,
+                      margin_mm: float = 2.0):
+    """Exact rod/slice intersections (image RAS mm) for planes ``n . p = offset`` (``offsets_mm``,
+    default every 1 mm across the box) as ``registration.Triplet``s, with optional isotropic Gaussian
+    centroid noise (``noise_mm`` SD per coordinate). Rod order is randomised, as a detector sees it.
+    Hits closer than ``margin_mm`` to a rod end are skipped."""
+    from .registration import Triplet
+    rng = rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
+    ras_from_xyz = np.linalg.inv(np.asarray(xyz_from_ras, float))
+    n = np.asarray(slice_normal_ras, float)
+    n = n / np.linalg.norm(n)
+    if offsets_mm is None:
+        corners = apply(ras_from_xyz, np.array([[x, y, z] for x in (0, 200) for y in (-20, 220)
+                                                for z in (40, 160)], float))
+        proj = corners @ n
+        offsets_mm = np.arange(np.floor(proj.min()), np.ceil(proj.max()) + 1.0, 1.0)
+    out = []
+    for off in offsets_mm:
+        for name in plates:
+            hits = []
+            for a, b in PLATES[name].rods() if name in PLATES else []:
+                pa, pb = apply(ras_from_xyz, a), apply(ras_from_xyz, b)
+                den = (pb - pa) @ n
+                if abs(den) < 1e-9:
+                    break
+                t = (off - pa @ n) / den
+                length = np.linalg.norm(pb - pa)
+                if not (margin_mm / length < t < 1 - margin_mm / length):
+                    break
+                hits.append(pa + t * (pb - pa))
+            if len(hits) != 3:
+                continue
+            hits = [h + (rng.normal(0.0, noise_mm, 3) if noise_mm else 0.0) for h in hits]
+            first, diag, second = hits
+            tr = Triplet(first, diag, second, -1)
+            out.append(tr.flipped() if rng.random() < 0.5 else tr)
+    return out

@@ -1,0 +1,267 @@
+"""``make_patient``: a digital DBS patient with its ground truth, deterministic per seed.
+
+Spaces (all RAS mm): MNI (atlases), anat (the patient's own head; ``mni = S·anat + disp(anat)``),
+and one world per image: ``world = pose @ anat`` for the GRE, the T1 and the CT. The T1 world is the
+reference: landmarks, STN centroids and veins are given in T1 RAS; ``transforms["t1_from_gre"]``
+maps GRE-world points to T1-world points (``a_from_b`` maps points of b to a).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import scipy.fft as sfft
+
+from ..io.gre import MultiEchoGRE, b0_dir_from_geometry
+from ..progress import as_progress
+from ..volume import Volume, ras_from_ijk_matrix, rotation_matrix
+from . import anatomy
+from .deform import random_deformation, random_pose, rigid
+from .forward import dipole_field, gre_signal
+from .sampling import sample_map
+from .veins import make_veins
+
+# AC, PC (centres of the commissures) and a mid-sagittal point, MNI152 2009 mm
+LANDMARKS_MNI = {"AC": (0.0, 1.5, -4.5), "PC": (0.0, -24.5, -2.5), "MS": (0.0, -12.0, 40.0)}
+GRE_FOV_MM = np.array([256.0, 256.0, 128.0])
+T1_FOV_MM = np.array([200.0, 240.0, 228.0])
+T1_VOXEL_MM = np.array([1.0, 1.0, 1.2])
+CT_BOX_FRAMERAS = ((-107.0, 107.0), (-118.0, 123.0), (-68.0, 100.0))   # covers the localizer + head
+CT_VOXEL_MM = np.array([0.8, 0.8, 1.5])
+HEAD_BOX_ANAT = ((-96.0, 96.0), (-132.0, 116.0), (-146.0, 106.0))    # head and neck, for the field grid
+FIELD_PAD_MM = 24.0
+GRE_CENTRE_ANAT = np.array([0.0, -18.0, 16.0])
+T1_CENTRE_ANAT = np.array([0.0, -12.0, -4.0])
+
+
+@dataclass
+class DigitalPatient:
+    gre: MultiEchoGRE
+    t1: Volume
+    ct: Volume | None
+    truth: dict                      # Volumes on the GRE grid (+ "labels_t1" on the T1 grid)
+    labels_t1: Volume
+    landmarks: dict                  # {"AC", "PC", "MS"}: T1 RAS mm (centres of the commissures)
+    transforms: dict                 # 4x4 RAS: t1_from_gre, t1_from_ct, xyz_from_ct, t1_from_mni, ...
+    stn_centroids: dict              # {"STN_L", "STN_R"}: T1 RAS mm
+    label_names: dict                # {value: name}
+    seed: int
+    veins: list = field(default_factory=list)               # dicts, points in T1 RAS mm
+    standard_trajectories: dict = field(default_factory=dict)  # side -> {"target", "entry"} T1 RAS
+    params: dict = field(default_factory=dict)
+
+
+def _grid_matrix(voxel, direction, centre_world, shape):
+    m = ras_from_ijk_matrix(voxel, direction)
+    m[:3, 3] = np.asarray(centre_world) - m[:3, :3] @ ((np.asarray(shape, float) - 1.0) / 2.0)
+    return m
+
+
+def _apply(m, pts):
+    pts = np.atleast_2d(np.asarray(pts, float))
+    return pts @ m[:3, :3].T + m[:3, 3]
+
+
+class _Sampler:
+    """Samples model maps on a grid placed in a world where the head sits at ``world_from_anat``."""
+
+    def __init__(self, model: anatomy.PaintedModel, deformation):
+        self.model = model
+        self.deformation = deformation
+
+    def __call__(self, src, ras_from_ijk, shape, world_from_anat, nearest=False, fill=0.0):
+        anat_from_ijk = np.linalg.inv(world_from_anat) @ ras_from_ijk
+        model_from_ijk = self.model.grid.idx_from_mni @ self.deformation.mni_from_anat_affine @ anat_from_ijk
+        disp_from_ijk = self.deformation.dispidx_from_anat @ anat_from_ijk
+        return sample_map(src, shape, model_from_ijk, disp_from_ijk, self.deformation.disp,
+                          self.model.grid.spacing, nearest=nearest, fill=fill)
+
+
+def _smooth_polynomial(rng, shape, amplitude, order=2):
+    """A random smooth polynomial field over a grid (normalised coordinates in [-1, 1])."""
+    ax = [np.linspace(-1.0, 1.0, n, dtype=np.float32) for n in shape]
+    x, y, z = ax[0][:, None, None], ax[1][None, :, None], ax[2][None, None, :]
+    terms = [x, y, z]
+    if order >= 2:
+        terms += [x * x, y * y, z * z, x * y, y * z, x * z]
+    out = np.zeros(shape, np.float32)
+    for t in terms:
+        out = out + np.float32(rng.normal(0.0, amplitude / np.sqrt(len(terms)))) * t
+    return out
+
+
+def _fit_affine(src_pts, dst_pts) -> np.ndarray:
+    a = np.hstack([src_pts, np.ones((len(src_pts), 1))])
+    sol, *_ = np.linalg.lstsq(a, dst_pts, rcond=None)
+    m = np.eye(4)
+    m[:3, :] = sol.T
+    return m
+
+
+def make_patient(seed: int = 0, small: bool = False, tilt_deg: float = 0.0, voxel_mm=(1, 1, 1),
+                 field_t: float = 3.0, n_echoes: int = 5, snr: float = 100.0,
+                 veins_on_standard_trajectory: bool = False, progress=None) -> DigitalPatient:
+    """Build the digital patient of ``seed``.
+
+    ``small``: twice the voxel size (same field of view) and a 2 mm model: a few seconds, for tests.
+    ``tilt_deg``: the GRE slab is rotated about the R axis (oblique acquisition: B0 is not along k).
+    ``voxel_mm``: GRE voxel size (mm); the field of view stays 256×256×128 mm. ``field_t``: B0 (T);
+    ``n_echoes``: echoes (TE₁ 5 ms, ΔTE 6 ms at 3 T; 4/4 ms at 7 T); ``snr``: first-echo brain SNR.
+    """
+    progress = as_progress(progress)
+    if n_echoes < 1:
+        raise ValueError("n_echoes must be >= 1")
+    if snr <= 0:
+        raise ValueError("snr must be > 0")
+    rng = np.random.default_rng(int(seed))
+    voxel = np.asarray(voxel_mm, float).reshape(3) * (2.0 if small else 1.0)
+    h = 2.0 if small else 1.0
+    progress.update(0.0, "anatomy")
+    deformation = random_deformation(rng)
+    pose_gre = random_pose(rng, 6.0, 6.0)
+    pose_t1 = random_pose(rng, 6.0, 8.0)
+    anat_from_frameras = rigid(rng.normal(0.0, 2.5, 3), [rng.normal(0.0, 2.0), -12.0 + rng.normal(0.0, 3.0),
+                                                          rng.normal(0.0, 3.0)])
+    ct_from_frameras = rigid(rng.normal(0.0, 1.0, 3), rng.normal(0.0, 4.0, 3))
+    pose_ct = ct_from_frameras @ np.linalg.inv(anat_from_frameras)
+
+    veins, traj_mni = make_veins(rng, h, veins_on_standard_trajectory)
+    model = anatomy.paint(h, rng, veins, field_t=field_t, progress=progress.sub(0.02, 0.35))
+    sampler = _Sampler(model, deformation)
+
+    # ---- GRE grid and the larger field grid aligned with it ---------------------------------------
+    progress.update(0.35, "susceptibility and field")
+    direction_gre = rotation_matrix([tilt_deg, 0.0, 0.0])
+    shape_gre = tuple(int(max(8, round(f / v))) for f, v in zip(GRE_FOV_MM, voxel))
+    centre_gre = _apply(pose_gre, GRE_CENTRE_ANAT)[0]
+    gre_m = _grid_matrix(voxel, direction_gre, centre_gre, shape_gre)
+    b0_dir = b0_dir_from_geometry(gre_m)
+    corners = np.array([[HEAD_BOX_ANAT[0][a], HEAD_BOX_ANAT[1][b], HEAD_BOX_ANAT[2][c]]
+                        for a in (0, 1) for b in (0, 1) for c in (0, 1)])
+    ijk = _apply(np.linalg.inv(gre_m) @ pose_gre, corners)
+    pad = np.ceil(FIELD_PAD_MM / voxel)
+    lo = np.minimum(np.floor(ijk.min(0)) - pad, 0).astype(int)
+    hi = np.maximum(np.ceil(ijk.max(0)) + pad + 1, shape_gre).astype(int)
+    shape_field = tuple(int(sfft.next_fast_len(int(n), real=True)) for n in hi - lo)
+    field_m = gre_m.copy()
+    field_m[:3, 3] = gre_m[:3, :3] @ lo + gre_m[:3, 3]
+    crop = tuple(slice(-lo[d], -lo[d] + shape_gre[d]) for d in range(3))
+    chi_field = sampler(model.chi, field_m, shape_field, pose_gre, fill=anatomy.CHI_AIR)
+    chi_field -= np.float32(anatomy.CHI_AIR)          # χ relative to air: zero outside the head
+    total_raw = dipole_field(chi_field, voxel, b0_dir)[crop]
+    chi_gre = chi_field[crop] + np.float32(anatomy.CHI_AIR)
+    del chi_field
+    progress.update(0.55, "tissue maps")
+    brain_gre = sampler(model.brain, gre_m, shape_gre, pose_gre) > 0.5
+    labels_gre = sampler(model.labels, gre_m, shape_gre, pose_gre, nearest=True)
+    chi_brain = np.where(brain_gre, chi_gre, 0.0).astype(np.float32)
+    embed = np.zeros(shape_field, np.float32)
+    embed[crop] = chi_brain
+    local = dipole_field(embed, voxel, b0_dir)[crop]
+    del embed
+    # scanner shim: remove the best constant + linear field over the brain (a harmonic field)
+    idx = np.argwhere(brain_gre)
+    if len(idx) > 10:
+        sub = idx[:: max(1, len(idx) // 200000)]
+        a = np.hstack([np.ones((len(sub), 1)), sub.astype(float)])
+        coef, *_ = np.linalg.lstsq(a, total_raw[tuple(sub.T)], rcond=None)
+        ii = [np.arange(n, dtype=np.float32) for n in shape_gre]
+        shim = (np.float32(coef[0]) + np.float32(coef[1]) * ii[0][:, None, None]
+                + np.float32(coef[2]) * ii[1][None, :, None] + np.float32(coef[3]) * ii[2][None, None, :])
+    else:
+        coef, shim = np.zeros(4), np.float32(0.0)
+    total = (total_raw - shim).astype(np.float32)
+    del total_raw
+
+    # ---- multi-echo GRE -----------------------------------------------------------------------------
+    progress.update(0.65, "multi-echo GRE")
+    if field_t >= 5.0:
+        te = 0.004 + 0.004 * np.arange(n_echoes)
+    else:
+        te = 0.005 + 0.006 * np.arange(n_echoes)
+    pd = sampler(model.pd, gre_m, shape_gre, pose_gre)
+    r2s = sampler(model.r2s, gre_m, shape_gre, pose_gre)
+    coil = np.exp(_smooth_polynomial(rng, shape_gre, 0.25)).astype(np.float32)
+    m0 = (1000.0 * pd * coil).astype(np.float32)
+    phase0 = (np.float32(rng.uniform(-np.pi, np.pi)) + _smooth_polynomial(rng, shape_gre, 2.0)).astype(np.float32)
+    mag, pha, sigma = gre_signal(m0, r2s, total, phase0, te, field_t, voxel, snr, brain_gre, rng)
+    del pd, r2s, coil, m0
+    gre = MultiEchoGRE(magnitude=mag, phase_rad=pha, te_s=te, b0_tesla=float(field_t), ras_from_ijk=gre_m,
+                       b0_dir_ijk=b0_dir, phase_scaling="radians (digital patient)",
+                       source=f"digital patient seed {seed}")
+
+    # ---- planning T1 ------------------------------------------------------------------------------
+    progress.update(0.78, "planning T1")
+    t1_voxel = T1_VOXEL_MM * (2.0 if small else 1.0)
+    shape_t1 = tuple(int(round(f / v)) for f, v in zip(T1_FOV_MM, t1_voxel))
+    t1_m = _grid_matrix(t1_voxel, np.eye(3), _apply(pose_t1, T1_CENTRE_ANAT)[0], shape_t1)
+    t1w = sampler(model.t1w, t1_m, shape_t1, pose_t1)
+    bias = np.exp(_smooth_polynomial(rng, shape_t1, 0.15)).astype(np.float32)
+    t1w = 1000.0 * t1w * bias
+    s_t1 = np.float32(12.0)
+    t1w = np.hypot(t1w + rng.normal(0.0, s_t1, shape_t1).astype(np.float32),
+                   rng.normal(0.0, s_t1, shape_t1).astype(np.float32)).astype(np.float32)
+    t1 = Volume(t1w, t1_m, "T1", {"modality": "T1w"})
+    labels_t1 = Volume(sampler(model.labels, t1_m, shape_t1, pose_t1, nearest=True), t1_m, "labels_t1")
+
+    # ---- CT with the N-localizer ----------------------------------------------------------------------
+    progress.update(0.86, "CT and localizer")
+    ct_voxel = CT_VOXEL_MM * (2.0 if small else 1.0)
+    box = np.array(CT_BOX_FRAMERAS)
+    shape_ct = tuple(int(np.ceil((b[1] - b[0]) / v)) + 1 for b, v in zip(box, ct_voxel))
+    centre_ct = _apply(ct_from_frameras, box.mean(1))[0]
+    ct_m = _grid_matrix(ct_voxel, np.eye(3), centre_ct, shape_ct)
+    hu = sampler(model.hu, ct_m, shape_ct, pose_ct, fill=-1000.0)
+    from ..stereotaxy.geometry import xyz_from_ras_for_pose
+    from ..stereotaxy.synthetic import render_localizer_ct
+    xyz_from_ct = xyz_from_ras_for_pose(ct_from_frameras)
+    ct = render_localizer_ct(ct_m, shape_ct, xyz_from_ct, head_hu=hu, noise_hu=8.0, rng=rng)
+    ct.name = "CT"
+    del hu
+
+    # ---- truth: landmarks, transforms, centroids, veins ---------------------------------------------------
+    progress.update(0.95, "ground truth")
+
+    def mni_to_t1(pts):
+        return _apply(pose_t1, deformation.anat_from_mni(pts))
+
+    landmarks = {k: mni_to_t1(v)[0] for k, v in LANDMARKS_MNI.items()}
+    stn = {}
+    for name, v in (("STN_L", 16), ("STN_R", 116)):
+        pts = np.argwhere(labels_t1.data == v)
+        stn[name] = labels_t1.ijk_to_ras(pts.mean(0)) if len(pts) else np.full(3, np.nan)
+    # affine part of MNI -> T1: least squares over brain points
+    g = np.stack(np.meshgrid(*[np.linspace(-60, 60, 9), np.linspace(-90, 60, 11), np.linspace(-40, 70, 9)],
+                             indexing="ij"), -1).reshape(-1, 3)
+    t1_from_mni = _fit_affine(deformation.mni_from_anat(g), _apply(pose_t1, g))
+    transforms = {"t1_from_gre": pose_t1 @ np.linalg.inv(pose_gre),
+                  "t1_from_ct": pose_t1 @ np.linalg.inv(pose_ct),
+                  "xyz_from_ct": xyz_from_ct,
+                  "ct_from_frameras": ct_from_frameras,
+                  "t1_from_mni": t1_from_mni}
+    vein_dicts = [v.to_dict(mni_to_t1(v.points)) for v in veins]
+    trajectories = {side: {"target": mni_to_t1(t)[0], "entry": mni_to_t1(e)[0]}
+                    for side, (t, e) in traj_mni.items()}
+    truth = {
+        "chi_ppm": Volume(chi_brain, gre_m.copy(), "chi_ppm",
+                          {"units": "ppm", "reference": "CSF/water = 0; zero outside brain_mask"}),
+        "local_field_ppm": Volume(local, gre_m.copy(), "local_field_ppm",
+                                  {"units": "ppm of B0", "sources": "chi_ppm inside brain_mask"}),
+        "total_field_ppm": Volume(total, gre_m.copy(), "total_field_ppm",
+                                  {"units": "ppm of B0", "note": "all tissue, skull, air; after a linear shim"}),
+        "brain_mask": Volume(brain_gre.astype(np.uint8), gre_m.copy(), "brain_mask"),
+        "labels_gre": Volume(labels_gre, gre_m.copy(), "labels_gre"),
+        "labels_t1": labels_t1,
+    }
+    params = {"seed": int(seed), "small": bool(small), "tilt_deg": float(tilt_deg), "voxel_mm": voxel.tolist(),
+              "field_t": float(field_t), "n_echoes": int(n_echoes), "snr": float(snr),
+              "noise_sd": float(sigma), "te_s": te.tolist(), "b0_dir_ijk": np.asarray(b0_dir).tolist(),
+              "veins_on_standard_trajectory": bool(veins_on_standard_trajectory),
+              "shim_coefficients_ppm": np.asarray(coef, float).tolist(),
+              "landmark_definition": "centres of the anterior and posterior commissures",
+              "field_grid_shape": list(shape_field), "model_spacing_mm": h,
+              "cavities_mni": model.info.get("cavities")}
+    progress.update(1.0, "digital patient ready")
+    return DigitalPatient(gre=gre, t1=t1, ct=ct, truth=truth, labels_t1=labels_t1, landmarks=landmarks,
+                          transforms=transforms, stn_centroids=stn, label_names=anatomy.label_names(),
+                          seed=int(seed), veins=vein_dicts, standard_trajectories=trajectories, params=params)

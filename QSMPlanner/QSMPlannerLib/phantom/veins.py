@@ -1,0 +1,181 @@
+"""Veins and dural sinuses as paramagnetic tubes: centre lines in MNI mm, radii in mm.
+
+Sinuses (superior sagittal, straight, transverse) follow the inner surface of the intracranial volume;
+deep veins (internal cerebral, thalamostriate, basal veins of Rosenthal, vein of Galen) follow
+textbook MNI positions; cortical veins run over the convexity on the brain surface from the midline
+down the side, at random positions per patient. Optionally a cortical vein is placed on the standard
+straight frontal path to each STN (60° above the AC-PC plane, 20° lateral), where it must be avoided.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .anatomy import HEAD_CENTRE_MNI, ModelGrid, ray_surface, static_model
+
+
+@dataclass
+class Vein:
+    name: str
+    points: np.ndarray   # (N, 3) MNI mm
+    radii: np.ndarray    # (N,) mm
+    kind: str = "vein"   # "vein" or "sinus"
+
+    def to_dict(self, points=None) -> dict:
+        pts = self.points if points is None else points
+        return {"name": self.name, "kind": self.kind, "points": np.round(pts, 3).tolist(),
+                "radii_mm": np.round(self.radii, 3).tolist()}
+
+
+STANDARD_ELEVATION_DEG = 60.0   # above the AC-PC plane, sagittal projection
+STANDARD_LATERAL_DEG = 20.0     # from the mid-sagittal plane, coronal projection
+
+
+def standard_direction(side: int) -> np.ndarray:
+    """Unit vector from target towards entry of the usual straight frontal path (MNI axes);
+    side = -1 left, +1 right."""
+    e, l_ = np.deg2rad(STANDARD_ELEVATION_DEG), np.deg2rad(STANDARD_LATERAL_DEG)
+    u = np.array([side * np.tan(l_) * np.sin(e), np.cos(e), np.sin(e)])
+    return u / np.linalg.norm(u)
+
+
+def stn_centroids_mni(spacing: float = 1.0) -> dict:
+    st = static_model(spacing)
+    g = st["grid"]
+    out = {}
+    for name, v in (("STN_L", 16), ("STN_R", 116)):
+        idx = np.argwhere(st["cit"] == v).mean(0)
+        out[name] = g.origin + g.spacing * idx
+    return out
+
+
+def _surface_point(grid, soft, centre, direction, offset_mm):
+    d = np.asarray(direction, float)
+    d = d / np.linalg.norm(d)
+    r = ray_surface(grid, soft, centre, d)
+    return np.asarray(centre) + d * (r + offset_mm)
+
+
+def make_veins(rng: np.random.Generator, spacing: float, on_standard_trajectory: bool = False):
+    """The patient's veins (list of ``Vein``, MNI mm) and the standard trajectories
+    {"left"/"right": (target, entry) MNI mm} that were used."""
+    st = static_model(spacing)
+    grid: ModelGrid = st["grid"]
+    icv, brain = st["icv"], st["brain"]
+    c = HEAD_CENTRE_MNI
+    veins = []
+
+    # superior sagittal sinus: mid-sagittal, just inside the intracranial surface
+    theta = np.deg2rad(np.linspace(28.0, 188.0, 48))
+    radii = np.linspace(2.2, 4.5, theta.size)
+    pts = np.array([_surface_point(grid, icv, c, (0.0, np.cos(t), np.sin(t)), -r - 0.6)
+                    for t, r in zip(theta, radii)])
+    pts[:, 0] += rng.normal(0.0, 0.4)
+    veins.append(Vein("superior sagittal sinus", pts, radii, "sinus"))
+    torcular = pts[-1]
+    galen = np.array([0.0, -47.0, 4.0]) + rng.normal(0.0, 0.8, 3) * [0.2, 1, 1]
+    veins.append(Vein("vein of Galen", np.array([galen + [0, 2.0, 3.0], galen]), np.array([2.0, 2.2])))
+    n = 12
+    straight = galen + np.linspace(0.0, 1.0, n)[:, None] * (torcular - galen)
+    straight[:, 2] += 2.0 * np.sin(np.linspace(0.0, np.pi, n))
+    veins.append(Vein("straight sinus", straight, np.linspace(2.0, 3.0, n), "sinus"))
+    for side, tag in ((-1, "L"), (1, "R")):
+        a = np.deg2rad(np.linspace(4.0, 105.0, 20))
+        dz = torcular[2] - c[2]
+        tpts = np.array([_surface_point(grid, icv, [0.0, c[1], c[2] + dz],
+                                        (side * np.sin(t), -np.cos(t), -0.12 - 0.25 * t), -3.6)
+                         for t in a])
+        tpts = np.vstack([torcular, tpts])
+        veins.append(Vein(f"transverse sinus {tag}", tpts, np.linspace(3.8, 3.0, len(tpts)), "sinus"))
+
+    # deep veins (textbook MNI positions, jittered per patient)
+    jit = lambda s=0.8: rng.normal(0.0, s, 3)
+    for side, tag in ((-1, "L"), (1, "R")):
+        x = np.array([side, 1.0, 1.0])
+        icv_pts = np.array([[2.8, -3.0, 12.0], [2.8, -12.0, 14.0], [2.5, -22.0, 14.5], [2.0, -33.0, 12.0],
+                            [1.0, -42.0, 7.0], [0.0, -47.0, 4.0]]) * x + jit()
+        icv_pts[-1] = galen
+        veins.append(Vein(f"internal cerebral vein {tag}", icv_pts, np.full(len(icv_pts), 1.3)))
+        tsv = np.array([[20.0, -28.0, 21.0], [17.5, -18.0, 21.0], [14.0, -10.0, 18.5], [9.0, -5.0, 15.0],
+                        [2.8, -3.0, 12.0]]) * x + jit()
+        tsv[-1] = icv_pts[0]
+        veins.append(Vein(f"thalamostriate vein {tag}", tsv, np.full(len(tsv), 1.0)))
+        bvr = np.array([[14.0, 2.0, -14.0], [18.0, -12.0, -11.0], [19.0, -25.0, -5.0], [13.0, -37.0, 0.0],
+                        [5.0, -44.0, 3.0], [0.0, -47.0, 4.0]]) * x + jit()
+        bvr[-1] = galen
+        veins.append(Vein(f"basal vein {tag}", bvr, np.full(len(bvr), 1.1)))
+
+    # cortical veins on the convexity, draining into the sagittal sinus
+    for side, tag in ((-1, "L"), (1, "R")):
+        count = int(rng.integers(3, 6))
+        ys = np.sort(rng.uniform(-75.0, 45.0, count))
+        for i, y0 in enumerate(ys):
+            beta = np.deg2rad(rng.uniform(-25.0, 25.0))
+            th = np.deg2rad(np.linspace(6.0, rng.uniform(65.0, 95.0), 26))
+            wig = np.deg2rad(7.0) * np.sin(np.linspace(0, rng.uniform(2, 5), th.size) + rng.uniform(0, 6))
+            cc = np.array([0.0, y0, 12.0])
+            pts = []
+            for t, w in zip(th, wig):
+                b = beta + w
+                d = np.cos(t) * np.array([0, 0, 1.0]) + np.sin(t) * np.array([side * np.cos(b), np.sin(b), 0.0])
+                pts.append(_surface_point(grid, brain, cc, d, 0.2))
+            r = rng.uniform(0.9, 1.5)
+            veins.append(Vein(f"cortical vein {tag}{i + 1}", np.array(pts),
+                              np.linspace(r * 1.2, r * 0.8, len(pts))))
+
+    trajectories = {}
+    stn = stn_centroids_mni(spacing)
+    for side, tag, key in ((-1, "L", "left"), (1, "R", "right")):
+        target = stn[f"STN_{tag}"]
+        u = standard_direction(side)
+        entry = _surface_point(grid, brain, target, u, 0.0)
+        trajectories[key] = (target, entry)
+        if not on_standard_trajectory:
+            continue
+        # a medio-lateral tangent at the entry, the vein lying on the surface through the entry point
+        tang = np.cross(u, [0.0, 1.0, 0.0])
+        tang /= np.linalg.norm(tang)
+        p0 = entry - 0.4 * u
+        pts = []
+        for t in np.linspace(-24.0, 24.0, 17):
+            if abs(t) < 1e-9:
+                pts.append(p0)
+                continue
+            q = p0 + t * tang
+            pts.append(_surface_point(grid, brain, c, q - c, 0.2))
+        veins.append(Vein(f"cortical vein on standard trajectory {tag}", np.array(pts), np.full(len(pts), 1.6)))
+    return veins, trajectories
+
+
+def _segment_distance(p, a, b):
+    ab = b - a
+    L2 = float(ab @ ab)
+    t = np.clip(((p - a) @ ab) / L2, 0.0, 1.0) if L2 > 0 else np.zeros(len(p))
+    return np.linalg.norm(p - (a + t[:, None] * ab), axis=1), t
+
+
+def rasterise_veins(grid: ModelGrid, veins):
+    """(vein fraction, sinus fraction) on the model grid: partial volume from the distance to the
+    centre line relative to the (linearly varying) radius."""
+    out = {"vein": np.zeros(grid.shape, np.float32), "sinus": np.zeros(grid.shape, np.float32)}
+    h = grid.spacing
+    for v in veins:
+        target = out[v.kind]
+        for s in range(len(v.points) - 1):
+            a, b = v.points[s], v.points[s + 1]
+            ra, rb = float(v.radii[s]), float(v.radii[s + 1])
+            reach = max(ra, rb) + 1.5 * h
+            lo = np.floor((np.minimum(a, b) - reach - grid.origin) / h).astype(int)
+            hi = np.ceil((np.maximum(a, b) + reach - grid.origin) / h).astype(int) + 1
+            lo, hi = np.maximum(lo, 0), np.minimum(hi, grid.shape)
+            if np.any(hi <= lo):
+                continue
+            ax = [grid.origin[d] + h * np.arange(lo[d], hi[d]) for d in range(3)]
+            pts = np.stack(np.meshgrid(*ax, indexing="ij"), -1).reshape(-1, 3)
+            d, t = _segment_distance(pts, a, b)
+            r = ra + t * (rb - ra)
+            frac = np.clip(0.5 + (r - d) / h, 0.0, 1.0).reshape([hi[k] - lo[k] for k in range(3)])
+            sl = tuple(slice(lo[k], hi[k]) for k in range(3))
+            np.maximum(target[sl], frac.astype(np.float32), out=target[sl])
+    return out["vein"], out["sinus"]

@@ -68,6 +68,8 @@ def read_dicom_volume(directory) -> Volume:
                          f"(series UIDs: {', '.join(s[1] for s in series[:5])})", directory)
     folder, sid = series[0]
     names = sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), sid)
+    if len(names) == 1:   # one enhanced multi-frame file: stack its frames ourselves
+        return _read_multiframe_volume(Path(names[0]), directory)
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames(names)
     img = reader.Execute()
@@ -76,6 +78,22 @@ def read_dicom_volume(directory) -> Volume:
     _check_single_position_per_slice(names, directory)
     vol = Volume.from_sitk(img, directory.name)
     vol.meta["dicom_files"] = len(names)
+    return vol
+
+
+def _read_multiframe_volume(path: Path, directory) -> Volume:
+    import pydicom
+    ds = pydicom.dcmread(path)
+    frames = _frames(ds, path) if "PixelData" in ds else []
+    if len(frames) < 2:
+        raise InputError("the DICOM series is a single 2-D image, not a 3-D volume", directory)
+    tes = {fr["te_ms"] for fr in frames}
+    if len(tes) > 1:
+        raise InputError(f"the DICOM file holds {len(tes)} echo times: a multi-echo series, not one "
+                         "3-D volume", path)
+    vol = _slice_stack(frames, path)
+    vol.name = Path(directory).name
+    vol.meta["dicom_files"] = 1
     return vol
 
 

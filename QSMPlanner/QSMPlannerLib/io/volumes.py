@@ -21,10 +21,24 @@ def _is_nifti(path: Path) -> bool:
     return path.name.endswith(NIFTI_SUFFIXES)
 
 
+def _is_dicom_file(path: Path) -> bool:
+    if path.suffix.lower() in (".dcm", ".ima"):
+        return True
+    if _is_nifti(path) or path.name.lower().endswith(ITK_SUFFIXES):
+        return False
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(132)
+    except OSError:
+        return False
+    return len(head) == 132 and head[128:132] == b"DICM"
+
+
 def read_volume(path, *, allow_4d: bool = False, require_finite: bool = True) -> Volume:
     """Read a 3-D (or, if ``allow_4d``, 4-D) image as a ``Volume`` in RAS.
 
-    ``path`` may be a NIfTI, NRRD/MHA file, or a directory holding one DICOM series.
+    ``path`` may be a NIfTI, NRRD/MHA file, a directory holding one DICOM series, or one file of a
+    DICOM series (the series in its directory is read).
     Raises ``InputError`` naming the file for unreadable, non-3-D or non-finite data.
     """
     path = Path(path)
@@ -34,6 +48,9 @@ def read_volume(path, *, allow_4d: bool = False, require_finite: bool = True) ->
         if path.is_dir():
             from .dicom_series import read_dicom_volume
             vol = read_dicom_volume(path)
+        elif _is_dicom_file(path):   # one file of a series: read the series in its directory
+            from .dicom_series import read_dicom_volume
+            vol = read_dicom_volume(path.parent)
         elif _is_nifti(path):
             import nibabel as nib
             img = nib.load(str(path))

@@ -273,3 +273,18 @@ def test_enhanced_multiframe_siemens_xa(tmp_path, rng):
     assert np.array_equal(gre.magnitude, mag.astype(np.float32))
     assert "[0, 4095]" in gre.phase_scaling
     assert phase_error(gre.phase_rad, phase) < np.pi / 4096 + 1e-5
+
+
+def test_multiframe_t1_and_single_file_path(tmp_path, rng):
+    m = ras_from_ijk_matrix([0.9, 0.9, 1.1], rotation_matrix([4.0, -20.0, 9.0]), [10.0, 30.0, -60.0])
+    t1 = rng.integers(0, 3000, size=(13, 12, 7))
+    frames = [(t1[:, :, k], k, 2.3, ["ORIGINAL", "PRIMARY", "M", "NONE"], "MAGNITUDE") for k in range(7)]
+    write_enhanced(tmp_path / "t1" / "T1.dcm", frames, m, {"Manufacturer": "Siemens Healthineers"}, rng)
+    for where in (tmp_path / "t1", tmp_path / "t1" / "T1.dcm"):
+        vol = io.read_volume(where)
+        assert np.allclose(vol.ras_from_ijk, m, atol=1e-4) and np.array_equal(vol.data, t1)
+    # a classic series read through one of its files
+    write_slices(tmp_path / "ct", t1, m, {"RescaleSlope": 1, "RescaleIntercept": -1024}, rng, sop_class=CTImageStorage)
+    one = sorted((tmp_path / "ct").iterdir())[0]
+    vol = io.read_volume(one)
+    assert np.allclose(vol.ras_from_ijk, m, atol=1e-4) and np.array_equal(vol.data, t1 - 1024)

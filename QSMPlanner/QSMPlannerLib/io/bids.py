@@ -124,6 +124,10 @@ def write_gre_bids(gre, out_dir, subject) -> dict:
     label = subject_label(subject)
     anat = Path(out_dir) / f"sub-{label}" / "anat"
     te = np.asarray(gre.te_s, float).reshape(-1)
+    mag_shape, phase_shape = np.shape(gre.magnitude), np.shape(gre.phase_rad)
+    if len(mag_shape) != 4 or mag_shape != phase_shape or te.size != mag_shape[3]:
+        raise ValueError(f"write_gre_bids: magnitude {mag_shape}, phase {phase_shape} and {te.size} "
+                         "echo times do not describe one (I, J, K, E) acquisition")
     out = {"mag": [], "phase": [], "anat": anat}
     for e in range(gre.n_echoes):
         for part, arr in (("mag", gre.magnitude), ("phase", gre.phase_rad)):

@@ -108,7 +108,8 @@ def _b0_direction(b0_dir, sidecar_dir, ras_from_ijk, where) -> tuple[np.ndarray,
 
 
 def assemble_gre(mag_vols, phase_vols, mag_files, phase_files, te, b0, b0_dir=None, *,
-                 sidecar_b0_dir=None, ge_phase=False, source="", warnings=None) -> MultiEchoGRE:
+                 sidecar_b0_dir=None, ge_phase=False, phase_units=None, source="",
+                 warnings=None) -> MultiEchoGRE:
     """Check and combine per-echo magnitude/phase ``Volume``s into a ``MultiEchoGRE``."""
     warnings = list(warnings or [])
     if len(mag_vols) != len(phase_vols):
@@ -123,7 +124,8 @@ def assemble_gre(mag_vols, phase_vols, mag_files, phase_files, te, b0, b0_dir=No
     ref = mag_vols[0]
     scaling = detect_phase_scaling([v.data for v in phase_vols],
                                    phase_files[0] if len(set(map(str, phase_files))) == 1 else
-                                   ", ".join(sorted({Path(p).name for p in phase_files})))
+                                   ", ".join(sorted({Path(p).name for p in phase_files})),
+                                   units=phase_units)
     phase = np.stack([scaling.apply(v.data) for v in phase_vols], axis=3)
     how = scaling.describe()
     if ge_phase:
@@ -160,13 +162,15 @@ def _sidecar_values(phase_files: list[Path], mag_files: list[Path]):
     b0 = next((s["MagneticFieldStrength"] for s in sides if s.get("MagneticFieldStrength")), None)
     b0_dir = next((s["B0DirectionIJK"] for s in sides if s.get("B0DirectionIJK")), None)
     ge = any(str(s.get("Manufacturer", "")).upper().startswith("GE") for s in sides)
-    return te, b0, b0_dir, ge
+    units = {str(bids_mod.read_sidecar(f).get("Units", "")).strip().lower() for f in phase_files}
+    units = units.pop() if len(units) == 1 else None
+    return te, b0, b0_dir, ge, units or None
 
 
 def _load_nifti(mag_files, phase_files, te, b0, b0_dir, source) -> MultiEchoGRE:
     mag_vols, mfiles = _split_echoes(mag_files, "magnitude")
     pha_vols, pfiles = _split_echoes(phase_files, "phase")
-    side_te, side_b0, side_dir, ge = _sidecar_values(pfiles, mfiles)
+    side_te, side_b0, side_dir, ge, units = _sidecar_values(pfiles, mfiles)
     warnings = []
     if te is None:
         te = side_te
@@ -174,7 +178,7 @@ def _load_nifti(mag_files, phase_files, te, b0, b0_dir, source) -> MultiEchoGRE:
             not np.allclose(np.asarray(side_te, float), np.asarray(te, float), rtol=1e-3):
         warnings.append(f"echo times given ({list(te)}) override the sidecars ({side_te})")
     return assemble_gre(mag_vols, pha_vols, mfiles, pfiles, te, side_b0 if b0 is None else b0,
-                        b0_dir, sidecar_b0_dir=side_dir, ge_phase=ge, source=source,
+                        b0_dir, sidecar_b0_dir=side_dir, ge_phase=ge, phase_units=units, source=source,
                         warnings=warnings)
 
 

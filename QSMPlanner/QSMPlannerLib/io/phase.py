@@ -83,8 +83,11 @@ def _looks_wrapped(sample: np.ndarray, lo: float, hi: float) -> tuple[bool, str]
     return True, ""
 
 
-def detect_phase_scaling(arrays, path=None) -> PhaseScaling:
-    """Decide the scaling of the phase ``arrays`` (all echoes). ``InputError`` naming ``path`` if unknown."""
+def detect_phase_scaling(arrays, path=None, units=None) -> PhaseScaling:
+    """Decide the scaling of the phase ``arrays`` (all echoes). ``InputError`` naming ``path`` if unknown.
+
+    ``units`` from a sidecar ("rad"): trusted when the values lie within [-pi, pi] (or [0, 2pi]).
+    """
     sample = _sample(arrays)
     if sample.size == 0:
         raise InputError("the phase image is empty", path)
@@ -95,6 +98,11 @@ def detect_phase_scaling(arrays, path=None) -> PhaseScaling:
     if span <= 0:
         raise InputError(f"unknown phase range: the phase is constant ({lo:.6g})", path)
     tol = 1e-3
+    if units in ("rad", "radian", "radians"):
+        if lo >= -np.pi - tol and hi <= np.pi + tol:
+            return PhaseScaling("radians", 1.0, 0.0, 0.0, lo, hi)
+        if lo >= -tol and hi <= TWO_PI + tol:
+            return PhaseScaling("radians 0..2pi", 1.0, 0.0, 0.0, lo, hi)
     integral = bool(np.all(sample == np.round(sample)))
     if lo >= -np.pi - tol and hi <= np.pi + tol:
         if span >= np.pi:

@@ -200,3 +200,29 @@ def test_scaling_detection_kinds(rng, kind, make, expect):
     if expect == "rescaled":  # a constant offset is allowed: compare differences to a reference voxel
         back = back - back.flat[0] + phase.flat[0]
     assert phase_error(back, phase) < 2e-3
+
+
+def test_sidecar_units_rad_keeps_a_small_symmetric_phase(tmp_path, rng):
+    """A radian phase that spans only [-1, 1] evenly would look like an unknown range to rescale;
+    the sidecar's Units "rad" written by write_gre_bids keeps it as is."""
+    gre = synthetic_gre(rng)
+    gre.phase_rad = rng.uniform(-1.0, 1.0, gre.phase_rad.shape).astype(np.float32)
+    out = io.write_gre_bids(gre, tmp_path, "u")
+    back = io.load_gre(bids=tmp_path)
+    assert back.phase_scaling.startswith("radians")
+    assert phase_error(back.phase_rad, gre.phase_rad) < 1e-6
+    # without the sidecars the same files are (reasonably) taken as a rescaled range
+    side = [p.with_name(p.name.replace(".nii.gz", ".json")) for p in out["phase"]]
+    for p in side:
+        doc = json.loads(p.read_text())
+        del doc["Units"]
+        p.write_text(json.dumps(doc))
+    assert "rescaled" in io.load_gre(bids=tmp_path).phase_scaling
+
+
+def test_write_gre_bids_refuses_inconsistent_arrays(tmp_path, rng):
+    gre = synthetic_gre(rng)
+    gre.te_s = gre.te_s[:2]
+    with pytest.raises(ValueError, match="do not describe"):
+        io.write_gre_bids(gre, tmp_path, "bad")
+    assert not any(tmp_path.iterdir())

@@ -233,8 +233,11 @@ def _localize(chi, masks: dict, pinned: dict, voxel_mm, progress) -> dict:
     return out
 
 
+ICM = {"beta": 0.6, "alpha_per_mm": 1.5, "tol_mm": 0.5, "n_iter": 6, "pooled_sigma": (0.01, 0.05)}
+
+
 def _icm(chi, loc: dict, sigma: float, voxel_mm, allowed: dict, forced: dict, n_iter: int = 6,
-         beta: float = 0.6, alpha_per_mm: float = 1.5, tol_mm: float = 1.0):
+         beta: float = 0.6, alpha_per_mm: float = 1.5, tol_mm: float = 1.0, pooled_sigma=False):
     """Region competition (background + nuclei) by iterated conditional modes. Returns labels, means."""
     values = sorted(loc)
     classes = [BACKGROUND] + values
@@ -252,6 +255,13 @@ def _icm(chi, loc: dict, sigma: float, voxel_mm, allowed: dict, forced: dict, n_
     kernel = ndi.generate_binary_structure(3, 1).astype(np.float32)
     kernel[1, 1, 1] = 0
     for it in range(n_iter):
+        if pooled_sigma:
+            fitted = np.zeros_like(chi)
+            for c in classes:
+                fitted[labels == c] = means[c]
+            near = ndi.binary_dilation(labels > 0, iterations=3)
+            sigma = float(np.clip(np.std((chi - fitted)[near]), pooled_sigma[0], pooled_sigma[1]))
+            inv2s2 = 1.0 / (2.0 * sigma ** 2)
         costs = []
         for c in classes:
             cost = (chi - means[c]) ** 2 * inv2s2
@@ -437,7 +447,7 @@ def segment_nuclei(qsm: Volume, prior_labels: Volume, seeds: dict | None = None,
             a &= pinned[v] | m
         allowed[v] = a
     prog.update(0.65, "region competition")
-    labels, means = _icm(chi, loc, sigma_model, voxel_mm, allowed, forced)
+    labels, means = _icm(chi, loc, sigma_model, voxel_mm, allowed, forced, **ICM)
     prog.update(0.85, "checks")
 
     # per-structure clean-up and guard rails

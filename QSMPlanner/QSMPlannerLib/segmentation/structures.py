@@ -19,7 +19,7 @@ TYPES = {"STN": ("UBERON", "0001906", "Subthalamic nucleus"),
 SIDES = {"L": ("SCT", "7771000", "Left"), "R": ("SCT", "24028007", "Right")}
 
 # Guard rails (adult nuclei at 3 T / 1 mm; generous on purpose)
-VOLUME_RANGE_MM3 = {"STN": (60.0, 400.0), "SN": (150.0, 1600.0), "RN": (80.0, 700.0)}
+VOLUME_RANGE_MM3 = {"STN": (40.0, 500.0), "SN": (150.0, 2000.0), "RN": (80.0, 1000.0)}
 CHI_RANGE_PPM = {"STN": (0.02, 0.35), "SN": (0.03, 0.45), "RN": (0.03, 0.40)}
 MIN_CNR = 1.5            # (structure mean - local background) / noise sigma
 MAX_LR_VOLUME_RATIO = 2.0

@@ -105,3 +105,72 @@ def make_case(seed: int = 0, shape=(60, 52, 40), voxel_mm: float = 1.0,
             "chi_true": Volume(chi_true.astype(np.float32), ras_from_ijk, "chi_true"),
             "truth": Volume(truth, ras_from_ijk, "truth"),
             "prior": Volume(prior, ras_from_ijk, "prior")}
+
+
+# χ (ppm) of CIT168 labels for the atlas-shaped case (3 T literature ranges; others ~ grey matter)
+ATLAS_CHI = {16: 0.09, 7: 0.13, 9: 0.16, 8: 0.12, 6: 0.18, 5: 0.15, 1: 0.06, 2: 0.05, 3: 0.03,
+             4: 0.02, 12: 0.05, 13: 0.02, 14: 0.01, 15: 0.02}
+
+
+def make_atlas_case(seed: int = 0, box_ras=((-32.0, -42.0, -28.0), (32.0, 6.0, 6.0)),
+                    voxel_mm: float = 1.0, max_shift_mm: float = 2.5, max_rot_deg: float = 4.0,
+                    scale_range=(0.9, 1.1), warp_mm: float = 1.0, contrast: float = 1.0,
+                    noise_ppm: float = 0.01, asymmetric_mm: float = 0.0,
+                    grid_from_world=None) -> dict:
+    """Atlas-shaped case in MNI space: the CIT168 labels moved by a random affine plus a smooth warp
+    (the patient's truth), χ per label with partial volume, texture and noise; the prior is the
+    undeformed atlas. ``asymmetric_mm`` moves the right-side nuclei by that much more (anterior).
+    ``grid_from_world`` (4x4 RAS, optional) places the QSM grid in another space (e.g. a GRE space:
+    returned volumes carry ras_from_ijk in that space; truth/prior are the same arrays).
+    Returns {"qsm", "truth", "prior", "world_from_grid_space"}."""
+    from ..registration import resample
+    from ..volume import rotation_matrix as _rot
+    from .prior import atlas_labels
+    rng = np.random.default_rng(seed)
+    lo, hi = (np.asarray(b, float) for b in box_ras)
+    shape = tuple(int(v) for v in np.round((hi - lo) / voxel_mm) + 1)
+    ras_from_ijk = ras_from_ijk_matrix([voxel_mm] * 3, origin=lo)
+    grid = Volume(np.zeros(shape, np.uint8), ras_from_ijk)
+    fine = Volume(np.zeros(tuple(2 * s for s in shape), np.uint8),
+                  ras_from_ijk_matrix([voxel_mm / 2] * 3, origin=lo - voxel_mm / 4))
+    atlas = atlas_labels()
+    # patient_from_atlas: affine about the midbrain centre
+    c = np.array([0.0, -16.0, -9.0])
+    a = np.eye(4)
+    a[:3, :3] = _rot(rng.uniform(-max_rot_deg, max_rot_deg, 3)) * rng.uniform(*scale_range)
+    a[:3, 3] = c - a[:3, :3] @ c + rng.uniform(-max_shift_mm, max_shift_mm, 3)
+    atlas_warped = atlas
+    if warp_mm > 0 or asymmetric_mm:
+        # smooth displacement applied in atlas space (pulling): atlas(x + d(x))
+        import SimpleITK as sitk
+        disp = np.stack([ndi.gaussian_filter(rng.normal(0, 1, atlas.shape3), 6.0) for _ in range(3)], -1)
+        disp *= warp_mm / (np.abs(disp).max() + 1e-12)
+        if asymmetric_mm:
+            right = atlas.voxel_ras_grid()[..., 0] > 0
+            disp[..., 1] -= asymmetric_mm * ndi.gaussian_filter(right.astype(float), 2.0)
+        disp_lps = disp * np.array([-1.0, -1.0, 1.0])
+        field = atlas.with_data(disp_lps).to_sitk(np.float64)
+        tx = sitk.DisplacementFieldTransform(sitk.Cast(field, sitk.sitkVectorFloat64))
+        atlas_warped = resample(atlas, atlas, interpolation="nearest", transform=tx)
+    truth_fine = resample(atlas_warped, fine, reference_from_vol=a, interpolation="nearest")
+    truth = resample(atlas_warped, grid, reference_from_vol=a, interpolation="nearest")
+    prior = resample(atlas, grid, interpolation="nearest")
+    lab = np.asarray(truth_fine.data)
+    chi_f = np.full(lab.shape, BACKGROUND_CHI)
+    for v, x in ATLAS_CHI.items():
+        for vv in (v, v + 100):
+            chi_f[lab == vv] = BACKGROUND_CHI + (x - BACKGROUND_CHI) * contrast
+    chi = chi_f.reshape(shape[0], 2, shape[1], 2, shape[2], 2).mean(axis=(1, 3, 5))
+    nucleus = np.asarray(truth.data) > 0
+    texture = ndi.gaussian_filter(rng.normal(0, 1, shape), 1.5 / voxel_mm)
+    texture /= texture.std() + 1e-12
+    chi = chi + np.where(nucleus, 0.015 * contrast, 0.008) * texture
+    wm = ndi.gaussian_filter(rng.normal(0, 1, shape), 4.0 / voxel_mm)
+    chi += 0.01 * wm / (wm.std() + 1e-12)
+    chi = chi + rng.normal(0.0, noise_ppm, shape)
+    m = np.eye(4) if grid_from_world is None else np.asarray(grid_from_world, float)
+    placed = m @ ras_from_ijk
+    return {"qsm": Volume(chi.astype(np.float32), placed, "qsm"),
+            "truth": Volume(np.asarray(truth.data).astype(np.int16), placed, "truth"),
+            "prior": Volume(np.asarray(prior.data).astype(np.int16), placed, "prior"),
+            "patient_from_atlas": a}

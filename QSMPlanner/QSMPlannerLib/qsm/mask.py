@@ -38,8 +38,8 @@ def brain_mask(magnitude: np.ndarray, voxel_mm=(1, 1, 1), opening_mm: float = 4.
                threshold_fraction: float = 1.0) -> np.ndarray:
     """Brain mask (bool, voxel grid of ``magnitude``) from a 3-D magnitude image.
 
-    Head = magnitude above an Otsu threshold of the (99.5th-percentile-clipped) image, scaled by
-    ``threshold_fraction``; the scalp is cut off by a morphological opening of ``opening_mm`` (the dark
+    Head = magnitude above an Otsu threshold of the (99.5th-percentile-clipped) image, at most 0.2 x
+    the 95th percentile, times ``threshold_fraction``; the scalp is cut off by a morphological opening of ``opening_mm`` (the dark
     skull breaks the bridges), keeping the largest component, closing it back and filling holes
     (dark veins/sinuses inside stay in). No erosion beyond the opening is applied.
     """
@@ -50,7 +50,9 @@ def brain_mask(magnitude: np.ndarray, voxel_mm=(1, 1, 1), opening_mm: float = 4.
     if not np.isfinite(hi) or hi <= 0:
         return np.zeros(mag.shape, bool)
     clipped = np.minimum(mag, hi)
-    thr = _otsu(clipped[clipped > 0.02 * hi]) * threshold_fraction
+    # Otsu splits noise from tissue; when the field of view holds no background it would split
+    # tissue classes instead, so the threshold never exceeds a fifth of the bright tissue signal
+    thr = min(_otsu(clipped[clipped > 0.02 * hi]), 0.2 * np.percentile(mag, 95)) * threshold_fraction
     above = clipped > thr
     head = ndimage.binary_fill_holes(above)
     ball = _ball(opening_mm, voxel_mm)

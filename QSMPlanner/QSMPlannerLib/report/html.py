@@ -1,0 +1,226 @@
+"""The planning report: one self-contained HTML file (pictures inlined as base64 PNG, no external files).
+
+Every number names its coordinate system: RAS = world (planning T1) RAS mm; AC-PC = mm from the
+mid-commissural point (+x right, +y anterior, +z superior); Leksell X, Y, Z = frame mm with the ring/arc
+angles of the stated mounting.
+"""
+from __future__ import annotations
+
+import base64
+import html
+import io
+import time
+
+import numpy as np
+
+from ..io.atomic import atomic_path
+from ..volume import Volume
+from . import figures as F
+
+CSS = """
+body{font-family:system-ui,Segoe UI,Helvetica,Arial,sans-serif;margin:24px;color:#222;max-width:1200px}
+h1{font-size:22px}h2{font-size:18px;border-bottom:1px solid #ccc;padding-bottom:3px;margin-top:28px}
+h3{font-size:15px}table{border-collapse:collapse;margin:8px 0;font-size:12.5px}
+td,th{border:1px solid #bbb;padding:3px 7px;text-align:right}th{background:#eef}td.l,th.l{text-align:left}
+.safe{color:#070;font-weight:600}.unsafe{color:#b00;font-weight:600}.note{color:#555;font-size:12px}
+figure{margin:10px 0}figcaption{font-size:12px;color:#444}img{max-width:100%}
+"""
+
+
+def _esc(x) -> str:
+    return html.escape(str(x))
+
+
+def _num(x, nd=1) -> str:
+    if x is None:
+        return "–"
+    try:
+        x = float(x)
+    except (TypeError, ValueError):
+        return _esc(x)
+    if not np.isfinite(x) or abs(x) >= 900:
+        return "–"
+    return f"{x:.{nd}f}"
+
+
+def _img(png: bytes, caption: str) -> str:
+    b64 = base64.b64encode(png).decode("ascii")
+    return (f'<figure><img alt="{_esc(caption)}" src="data:image/png;base64,{b64}"/>'
+            f"<figcaption>{_esc(caption)}</figcaption></figure>")
+
+
+def rgb_png(rgb: np.ndarray) -> bytes:
+    """PNG bytes of an RGB uint8 array (e.g. a VTK offscreen rendering)."""
+    from PIL import Image
+    buf = io.BytesIO()
+    Image.fromarray(np.asarray(rgb, np.uint8)).save(buf, format="PNG", optimize=True)
+    return buf.getvalue()
+
+
+def _table(headers, rows, left_cols=1) -> str:
+    h = "".join(f'<th class="{"l" if i < left_cols else ""}">{_esc(c)}</th>' for i, c in enumerate(headers))
+    body = []
+    for r in rows:
+        body.append("<tr>" + "".join(f'<td class="{"l" if i < left_cols else ""}">{c}</td>'
+                                     for i, c in enumerate(r)) + "</tr>")
+    return f"<table><tr>{h}</tr>{''.join(body)}</table>"
+
+
+def coordinate_rows(plan: dict) -> tuple[list, list]:
+    """Headers and rows of the coordinate table (every column names its coordinate system)."""
+    headers = ["side", "point", "R (RAS mm)", "A (RAS mm)", "S (RAS mm)",
+               "lateral (AC-PC mm)", "AP (AC-PC mm)", "vertical (AC-PC mm)",
+               "X (Leksell mm)", "Y (Leksell mm)", "Z (Leksell mm)", "ring (deg)", "arc (deg)", "mounting"]
+    rows = []
+    for side, sp in (plan.get("sides") or {}).items():
+        frame = sp.get("frame") or {}
+        for point in ("target", "entry"):
+            p = sp.get(point) or {}
+            ras = p.get("RAS_mm") or [None] * 3
+            acpc = p.get("ACPC_mm") or [None] * 3
+            xyz = p.get("LeksellXYZ_mm") or [None] * 3
+            ring = frame.get("ring_deg") if point == "target" else None
+            arc = frame.get("arc_deg") if point == "target" else None
+            rows.append([_esc(side), point] + [_num(v, 2) for v in ras] + [_num(v, 2) for v in acpc]
+                        + [_num(v, 2) for v in xyz] + [_num(ring, 2), _num(arc, 2),
+                                                       _esc(frame.get("mounting", "–") if point == "target" else "")])
+    return headers, rows
+
+
+def _safety_section(side, sp) -> str:
+    out = [f"<h3>{_esc(side)} side</h3>"]
+    st = sp.get("statement")
+    if st:
+        cls = "safe" if (sp.get("safety") or {}).get("safe") else "unsafe"
+        out.append(f'<p class="{cls}">{_esc(st)}</p>')
+    rows = []
+    for c in ([sp.get("safety")] if sp.get("safety") else []) + list(sp.get("candidates") or []) + \
+            ([sp.get("standard")] if sp.get("standard") else []):
+        if not c:
+            continue
+        rows.append([_esc(c.get("label", "")), _num(c.get("elevation_deg")), _num(c.get("lateral_deg")),
+                     _num(c.get("length_mm")), _num(c.get("vessel_distance_mm")),
+                     _num(c.get("vessel_clearance_mm")), _num(c.get("ventricle_clearance_mm")),
+                     _num(c.get("sulcus_clearance_mm")),
+                     "yes" if c.get("crosses_ventricle") else "no", "yes" if c.get("crosses_sulcus") else "no",
+                     f'<span class="{"safe" if c.get("safe") else "unsafe"}">{"safe" if c.get("safe") else "NOT SAFE"}</span>',
+                     _num(c.get("risk"), 2)])
+    if rows:
+        out.append(_table(["trajectory", "elevation (deg, AC-PC)", "lateral (deg, AC-PC)", "length (mm)",
+                           "centre line to vessel (mm)", "vessel clearance (mm)", "ventricle clearance (mm)",
+                           "sulcus clearance (mm)", "crosses ventricle", "crosses sulcus", "status", "risk"], rows))
+    el = sp.get("electrode")
+    if el:
+        crow = [[_esc(c["contact"]), _esc(c["kind"]), _num(c["R"], 2), _num(c["A"], 2), _num(c["S"], 2),
+                 "–" if c.get("angle_deg") is None else _num(c["angle_deg"], 0),
+                 "yes" if c["in_stn"] else "no", _num(c.get("stn_fraction"), 2)] for c in el.get("contacts", [])]
+        out.append(f"<p>Electrode {_esc(el.get('model_name'))}, tip {_num(el.get('tip_depth_mm'))} mm beyond the "
+                   f"target; {el.get('contacts_in_stn')} contact(s) in the STN.</p>")
+        out.append(_table(["contact", "kind", "R (RAS mm)", "A (RAS mm)", "S (RAS mm)", "segment angle (deg)",
+                           "centre in STN", "fraction in STN"], crow))
+    return "\n".join(out)
+
+
+def write_report(path, plan: dict, *, qsm: Volume | None = None, world_from_qsm=None,
+                 labels: Volume | None = None, world_from_labels=None, vessels: Volume | None = None,
+                 world_from_vessels=None, searches: dict | None = None, chosen: dict | None = None,
+                 picture_3d=None, extra_figures: list | None = None, title: str = "QSMPlanner — DBS plan"):
+    """Write the self-contained HTML report to ``path`` (atomically). Returns the path.
+
+    ``plan``: the plan dict (as written to plan.json: ``sides`` {side: {target, entry (RAS_mm, ACPC_mm,
+    LeksellXYZ_mm), frame (mounting, ring_deg, arc_deg), statement, safety, candidates, standard,
+    electrode}}, ``frame_registration``, ``timings_s``, ``messages``). Pictures need ``qsm`` (χ ppm) with
+    ``world_from_qsm`` (RAS->RAS 4x4 into the world), optional ``labels`` (nuclei 1..6) and ``vessels``
+    (mask) each with its world matrix, ``searches``/``chosen`` {side: EntrySearch / TrajectoryScore}.
+    ``picture_3d``: RGB array (an offscreen VTK rendering) or PNG bytes; without it a matplotlib 3-D
+    sketch is drawn. ``extra_figures``: [(caption, png bytes)]."""
+    parts = [f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{_esc(title)}</title>"
+             f"<style>{CSS}</style></head><body><h1>{_esc(title)}</h1>"]
+    parts.append(f"<p class='note'>Generated {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} by QSMPlanner. "
+                 "World coordinates are RAS mm of the planning T1 (as in 3D Slicer). AC-PC coordinates are mm from "
+                 "the mid-commissural point (+x right, +y anterior, +z superior). Leksell X, Y, Z are frame mm "
+                 "(+X left, +Y anterior, +Z inferior, centre 100/100/100) with ring/arc for the stated mounting. "
+                 "For research use; verify every coordinate before surgery.</p>")
+    sides = plan.get("sides") or {}
+    # summary
+    parts.append("<h2>Safety summary</h2>")
+    for side, sp in sides.items():
+        parts.append(_safety_section(side, sp))
+    # coordinates
+    parts.append("<h2>Coordinates</h2>")
+    h, rows = coordinate_rows(plan)
+    parts.append(_table(h, rows, left_cols=2))
+    fr = plan.get("frame_registration")
+    if fr:
+        parts.append("<p>Frame registration: " + ", ".join(
+            f"{_esc(k)} = {_num(v, 3) if isinstance(v, (int, float)) else _esc(v)}" for k, v in fr.items()
+            if k in ("fre_mm", "n_points", "n_rejected", "plates_found", "predicted_tre_mm", "method")) + "</p>")
+    lm = plan.get("landmarks_RAS_mm")
+    if lm:
+        parts.append(_table(["landmark", "R (RAS mm)", "A (RAS mm)", "S (RAS mm)"],
+                            [[_esc(k)] + [_num(x, 2) for x in v] for k, v in lm.items()]))
+    # pictures
+    parts.append("<h2>Pictures</h2>")
+    searches = searches or {}
+    chosen = chosen or {}
+    figs = []
+    try:
+        if qsm is not None:
+            trajs = []
+            for side, c in chosen.items():
+                trajs.append((c.target_ras, c.entry_ras, "lime", "-"))
+                s = searches.get(side)
+                if s is not None and s.standard is not None:
+                    trajs.append((s.standard.target_ras, s.standard.entry_ras, "magenta", "--"))
+            for side, c in chosen.items():
+                figs.append((f"{side}: axial / coronal / sagittal QSM through the target (world RAS), STN (orange), "
+                             f"SN (blue), RN (red) contours, veins (red), suggested trajectory (green), "
+                             f"standard (magenta, dashed)",
+                             F.orthogonal_views(qsm, c.target_ras, trajs, world_from_qsm, labels, world_from_labels,
+                                                vessels, world_from_vessels, title=f"{side} target")))
+                figs.append((f"{side}: probe's-eye views at the target depth and above",
+                             F.probe_views(qsm, c.target_ras, c.entry_ras, world_from_qsm=world_from_qsm,
+                                           labels=labels, world_from_labels=world_from_labels, vessels=vessels,
+                                           world_from_vessels=world_from_vessels, title=f"{side}")))
+                figs.append((f"{side}: in-line planes containing the suggested path",
+                             F.inline_pictures(qsm, c.target_ras, c.entry_ras, world_from_qsm, labels,
+                                               world_from_labels, vessels, world_from_vessels, title=side)))
+        for side, c in chosen.items():
+            s = searches.get(side)
+            figs.append((f"{side}: distance profile along the suggested path (clearance = distance from the "
+                         f"instruments' surface)", F.profile_plot(c, s.standard if s else None, title=side)))
+            if s is not None:
+                figs.append((f"{side}: vessel clearance over the admissible entry region (outlined: safe)",
+                             F.search_map(s, c, title=side)))
+        if picture_3d is not None:
+            png = picture_3d if isinstance(picture_3d, (bytes, bytearray)) else rgb_png(picture_3d)
+            figs.append(("3-D view (offscreen VTK rendering): nuclei, electrodes, trajectories", png))
+        elif chosen:
+            pts = {}
+            if vessels is not None:
+                ijk = np.argwhere(np.asarray(vessels.data) > 0)
+                if len(ijk) > 6000:
+                    ijk = ijk[np.random.default_rng(0).choice(len(ijk), 6000, replace=False)]
+                m = (np.eye(4) if world_from_vessels is None else np.asarray(world_from_vessels)) @ vessels.ras_from_ijk
+                pts["vessels"] = ijk @ m[:3, :3].T + m[:3, 3]
+            if labels is not None:
+                ijk = np.argwhere(np.isin(np.asarray(labels.data), (1, 2)))
+                m = (np.eye(4) if world_from_labels is None else np.asarray(world_from_labels)) @ labels.ras_from_ijk
+                pts["STN"] = ijk @ m[:3, :3].T + m[:3, 3]
+            figs.append(("3-D sketch (world RAS mm): veins, STN, suggested trajectories",
+                         F.scene_3d(pts, [(c.target_ras, c.entry_ras, "green") for c in chosen.values()])))
+    except Exception as exc:  # a picture must never cost the report
+        parts.append(f"<p class='unsafe'>Some pictures could not be drawn: {_esc(type(exc).__name__)}: {_esc(exc)}</p>")
+    for caption, png in list(figs) + list(extra_figures or []):
+        parts.append(_img(png, caption))
+    # run information
+    tim = plan.get("timings_s")
+    if tim:
+        parts.append("<h2>Run</h2>" + _table(["stage", "time (s)"], [[_esc(k), _num(v, 1)] for k, v in tim.items()]))
+    msgs = plan.get("messages")
+    if msgs:
+        parts.append("<ul>" + "".join(f"<li>{_esc(m)}</li>" for m in msgs) + "</ul>")
+    parts.append("</body></html>")
+    with atomic_path(path) as tmp:
+        tmp.write_text("\n".join(parts), encoding="utf-8")
+    return path

@@ -1,0 +1,72 @@
+"""The HTML planning report: self-contained, pictures inlined, coordinate tables naming their systems,
+and the safety statement (standard trajectory flagged, suggestions safe) on a synthetic head."""
+import base64
+import re
+
+import numpy as np
+import pytest
+
+from QSMPlannerLib.planning import RiskMap, vessel_mask
+from QSMPlannerLib.planning.plan import plan_both_sides
+from QSMPlannerLib.planning.synthetic import synthetic_head
+from QSMPlannerLib.report import coordinate_rows, write_report
+
+
+@pytest.fixture(scope="module")
+def planned():
+    head = synthetic_head((120, 150, 120), 1.0)
+    vm = vessel_mask(head["chi"], head["brain"])
+    rm = RiskMap.from_masks(vessels=vm, ventricles=head["ventricles"], brain=head["brain"])
+    landmarks = {"AC": np.array([0.0, 12.0, 0.0]), "PC": np.array([0.0, -13.0, 0.0]),
+                 "MS": np.array([0.0, 0.0, 40.0])}
+    # frame: Leksell XYZ from RAS = the standard frame-centre matrix with a small shift
+    xyz_from_ras = np.array([[-1.0, 0, 0, 100.0], [0, 1, 0, 100.0], [0, 0, -1, 100.0], [0, 0, 0, 1]])
+    xyz_from_ras[:3, 3] += [1.5, -2.0, 3.0]
+    sides = plan_both_sides(head["labels"], rm, landmarks=landmarks, xyz_from_world=xyz_from_ras)
+    return head, vm, sides, landmarks, xyz_from_ras
+
+
+def test_plan_coordinates_are_consistent(planned):
+    head, vm, sides, lm, xyz_from_ras = planned
+    for side, sp in sides.items():
+        d = sp.plan
+        t = np.array(d["target"]["RAS_mm"])
+        np.testing.assert_allclose(d["target"]["LeksellXYZ_mm"], xyz_from_ras[:3, :3] @ t + xyz_from_ras[:3, 3])
+        # AC-PC: MCP at (0, -0.5, 0), axes = RAS here
+        np.testing.assert_allclose(d["target"]["ACPC_mm"], t - [0, -0.5, 0], atol=1e-9)
+        assert d["safety"]["safe"] and d["safety"]["vessel_clearance_mm"] >= 3.0
+        assert d["standard"]["safe"] is False
+        assert d["electrode"]["contacts_in_stn"] >= 1
+        if d.get("frame"):
+            assert d["frame"]["mounting"] == "lateral-right"
+
+
+def test_report_is_self_contained_with_pictures_and_tables(planned, tmp_path):
+    head, vm, sides, lm, xyz_from_ras = planned
+    plan = {"sides": {s: sp.plan for s, sp in sides.items()}, "landmarks_RAS_mm": {k: list(v) for k, v in lm.items()},
+            "timings_s": {"planning": 1.0}}
+    out = tmp_path / "report.html"
+    write_report(out, plan, qsm=head["chi"], labels=head["labels"], vessels=vm,
+                 searches={s: sp.search for s, sp in sides.items()},
+                 chosen={s: sp.chosen for s, sp in sides.items()})
+    text = out.read_text()
+    assert "src=\"http" not in text and "<link" not in text and "<script" not in text
+    imgs = re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', text)
+    assert len(imgs) >= 11   # per side: ortho, probe, in-line, profile, map; + 3-D
+    for b in imgs:
+        assert base64.b64decode(b)[:8] == b"\x89PNG\r\n\x1a\n"
+    for header in ("R (RAS mm)", "lateral (AC-PC mm)", "X (Leksell mm)", "ring (deg)", "mounting"):
+        assert header in text
+    assert "FLAGGED" in text and "every suggested trajectory shown does" in text
+    # the table carries the plan's numbers
+    h, rows = coordinate_rows(plan)
+    t = sides["left"].plan["target"]["LeksellXYZ_mm"]
+    assert f"{t[0]:.2f}" in text and rows[0][h.index("X (Leksell mm)")] == f"{t[0]:.2f}"
+
+
+def test_report_without_images(tmp_path):
+    plan = {"sides": {"left": {"target": {"RAS_mm": [-12.0, -3.0, -5.0]}, "entry": {"RAS_mm": [-30.0, 30.0, 50.0]},
+                               "statement": "x"}}}
+    out = write_report(tmp_path / "r.html", plan)
+    text = out.read_text()
+    assert "-12.00" in text and "data:image/png" not in text

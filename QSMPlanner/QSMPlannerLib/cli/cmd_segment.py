@@ -50,6 +50,11 @@ def run(args) -> int:
     seeds = None
     if args.seeds:
         pts = read_points(args.seeds)
+        from ..segmentation import NAMES
+        unknown = sorted(set(pts) - set(NAMES.values()))
+        if unknown:
+            raise InputError(f"unknown seed label(s) {', '.join(unknown)}; expected "
+                             f"{', '.join(NAMES.values())}", args.seeds)
         seeds = {k: qsm_from_t1[:3, :3] @ np.asarray(v) + qsm_from_t1[:3, 3] for k, v in pts.items()}
     landmarks = None
     if args.landmarks:

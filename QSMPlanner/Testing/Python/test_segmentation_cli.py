@@ -1,0 +1,107 @@
+"""qsmplanner segment end to end on an atlas-shaped synthetic QSM in its own (GRE) space."""
+import csv
+import json
+
+import numpy as np
+import pytest
+
+from QSMPlannerLib import ATLAS_DIR
+from QSMPlannerLib.cli import main
+from QSMPlannerLib.io.markups import write_points
+from QSMPlannerLib.io.volumes import write_volume
+from QSMPlannerLib.registration import write_transform
+from QSMPlannerLib.registration.atlas import TEMPLATE
+from QSMPlannerLib.segmentation import NAMES, read_seg_nrrd
+from QSMPlannerLib.segmentation.metrics import dice
+from QSMPlannerLib.segmentation.nuclei import prior_to_structures
+from QSMPlannerLib.segmentation.prior import prior_on_grid
+from QSMPlannerLib.segmentation.synthetic import make_atlas_case
+from QSMPlannerLib.volume import rotation_matrix
+
+
+@pytest.fixture(scope="module")
+def gre_from_t1():
+    m = np.eye(4)
+    m[:3, :3] = rotation_matrix([4.0, -3.0, 6.0])
+    m[:3, 3] = [3.0, -5.0, 8.0]
+    return m
+
+
+@pytest.fixture(scope="module")
+def case(gre_from_t1):
+    return make_atlas_case(seed=2, grid_from_world=gre_from_t1)
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory, case, gre_from_t1):
+    d = tmp_path_factory.mktemp("seg")
+    write_volume(case["qsm"], d / "qsm.nii.gz")
+    write_transform(d / "qsm_to_t1.h5", np.linalg.inv(gre_from_t1))
+    write_transform(d / "t1_to_mni.h5", np.eye(4))
+    write_points(d / "acpc.mrk.json", {"AC": [0, 2, -4], "PC": [0, -24, -2], "MS": [0, -10, 40]})
+    write_points(d / "bad_lm.mrk.json", {"AC": [0, 2, -4], "PC": [0, -24, -2]})
+    return d
+
+
+def test_prior_through_transforms_matches_atlas(case, gre_from_t1):
+    """The prior pulled through QSM->T1 (rigid) and T1->MNI (identity) equals the atlas on the grid."""
+    import SimpleITK as sitk
+    prior = prior_on_grid(case["qsm"], sitk.Transform(3, sitk.sitkIdentity),
+                          t1_from_reference=np.linalg.inv(gre_from_t1))
+    a, b = prior_to_structures(prior.data), prior_to_structures(case["prior"].data)
+    for v in NAMES:
+        assert dice(a == v, b == v) > 0.97
+
+
+def test_segment_cli(files, case, gre_from_t1, capsys):
+    d = files
+    out, table = d / "nuclei.seg.nrrd", d / "stats.csv"
+    rc = main(["segment", "--qsm", str(d / "qsm.nii.gz"), "--t1", str(ATLAS_DIR / TEMPLATE),
+               "--qsm-to-t1", str(d / "qsm_to_t1.h5"), "--t1-to-mni", str(d / "t1_to_mni.h5"),
+               "--landmarks", str(d / "acpc.mrk.json"), "--out", str(out), "--table", str(table)])
+    assert rc == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["space"] == "T1 RAS"
+    lab, names = read_seg_nrrd(out)
+    assert names == NAMES
+    # the QSM grid placed in T1 space
+    assert np.allclose(lab.ras_from_ijk, np.linalg.inv(gre_from_t1) @ case["qsm"].ras_from_ijk, atol=1e-4)
+    truth, prior = prior_to_structures(case["truth"].data), prior_to_structures(case["prior"].data)
+    data = np.asarray(lab.data)
+    for v, n in NAMES.items():
+        assert dice(data == v, truth == v) > dice(prior == v, truth == v), n
+        assert dice(data == v, truth == v) > 0.7, n
+    rows = list(csv.DictReader(open(table)))
+    assert [r["structure"] for r in rows] == list(NAMES.values())
+    stn_l = next(r for r in rows if r["structure"] == "STN_L")
+    # left STN: lateral left (x < 0), slightly posterior and inferior of the mid-commissural point
+    assert -16 < float(stn_l["acpc_x"]) < -7
+    assert -8 < float(stn_l["acpc_y"]) < 3
+    assert -10 < float(stn_l["acpc_z"]) < 0
+    assert not [p for p in d.iterdir() if ".part" in p.name]
+
+
+@pytest.mark.parametrize("change", ["missing_qsm", "bad_out", "missing_transform", "bad_landmarks",
+                                    "bad_table", "bad_seed"])
+def test_segment_cli_bad_input(files, change, capsys):
+    d = files
+    args = {"--qsm": str(d / "qsm.nii.gz"), "--t1": str(ATLAS_DIR / TEMPLATE),
+            "--qsm-to-t1": str(d / "qsm_to_t1.h5"), "--t1-to-mni": str(d / "t1_to_mni.h5"),
+            "--out": str(d / "x.seg.nrrd")}
+    if change == "missing_qsm":
+        args["--qsm"] = str(d / "nope.nii.gz")
+    elif change == "bad_out":
+        args["--out"] = str(d / "x.nrrd")
+    elif change == "missing_transform":
+        args["--qsm-to-t1"] = str(d / "nope.h5")
+    elif change == "bad_landmarks":
+        args["--landmarks"] = str(d / "bad_lm.mrk.json")
+    elif change == "bad_table":
+        args["--table"] = str(d / "x.txt")
+    elif change == "bad_seed":
+        write_points(d / "seeds.mrk.json", {"STN_X": [0, 0, 0]})
+        args["--seeds"] = str(d / "seeds.mrk.json")
+    argv = ["segment"] + [x for kv in args.items() for x in kv]
+    assert main(argv) == 2
+    assert "error" in capsys.readouterr().err
+    assert not (d / "x.seg.nrrd").exists()

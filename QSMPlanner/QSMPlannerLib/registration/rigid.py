@@ -1,8 +1,16 @@
-"""Rigid multimodal registration (SimpleITK): Mattes MI, multi-resolution, masks, robust start.
+"""Rigid multimodal registration (SimpleITK): Mattes MI, own image pyramid, masks, robust start.
 
-Pinned configuration (fixed seeds): moments/geometry centring, a coarse rotational grid search at
-8 mm, then Euler3D gradient descent with physical-shift scales over shrink 4,2,1 (smoothing 2,1,0 mm
-voxels), then a tight full-resolution refinement with regular-step gradient descent.
+Pinned, validated configuration (``CONFIG``; fixed seeds, deterministic):
+1. centring by moments (or geometry) of the masked images;
+2. coarse search on an 8 mm pyramid level: a grid of rotations (and, for a partial-coverage slab,
+   shifts along the slab normal) scored by Mattes MI on all voxels;
+3. multi-start: the best distinct candidates are optimised locally at 8 mm, the best few again at
+   4 mm, the best one wins;
+4. refinement at 2 mm from two opposite perturbations (restart consistency), then the full
+   resolution with a capped, fixed sample set (regular-step gradient descent, physical-shift scales).
+Failure detection: optimiser stop, metric not improved / no MI, implausible motion, poor mask overlap,
+restarts that disagree at 2 mm, and a full-resolution result far from the 2 mm one (pyramid
+consistency); any of these raises ProcessingError with the numbers.
 Result ``fixed_from_moving`` is a RAS 4x4 (maps moving points into the fixed space).
 """
 from __future__ import annotations
@@ -18,8 +26,30 @@ from ..progress import as_progress
 from ..volume import LPS_FROM_RAS, Volume
 
 SEED = 20240607
-MAX_SHIFT_MM = 60.0
+MAX_SHIFT_MM = 80.0
 MAX_ANGLE_DEG = 60.0
+
+# The validated configuration (bench/registration.py; test_registration_rigid.py). Do not tune casually.
+CONFIG = {
+    "bins": 32,
+    "relaxation": 0.8,
+    "search_mm": 8.0,
+    "search_angles_deg": (-40.0, -20.0, 0.0, 20.0, 40.0),
+    "search_keep": 6,            # candidates optimised at the search level
+    "mid_keep": 2,               # candidates optimised again at 4 mm
+    "levels_mm": (8.0, 4.0, 2.0),
+    "level_iters": (100, 150, 150),
+    "level_step_mm": (4.0, 2.0, 1.0),
+    "level_min_step_mm": (0.1, 0.05, 0.02),
+    "level_samples": (None, 40000, 40000),   # None = every voxel
+    "final_samples": 60000,
+    "final_iters": 200,
+    "final_step_mm": 0.5,
+    "final_min_step_mm": 0.005,
+    "restart_perturbation": (3.0, 3.0),      # mm, deg at the 2 mm level
+    "restart_tolerance_mm": 1.0,
+    "pyramid_tolerance_mm": 1.5,
+}
 
 
 @dataclass
@@ -39,19 +69,18 @@ class RigidResult:
 
 
 def _normalise(vol: Volume, mask: Volume | None):
-    import SimpleITK as sitk
     data = np.asarray(vol.data, np.float32)
     if data.ndim == 4:  # multi-echo: root-sum-of-squares
-        data = np.sqrt((data.astype(np.float32) ** 2).sum(axis=3))
-    sel = data[mask.data > 0] if mask is not None else data[data > 0]
+        data = np.sqrt((data ** 2).sum(axis=3))
+    sel = data[np.asarray(mask.data) > 0] if mask is not None else data[data > 0]
     if sel.size == 0:
         sel = data.ravel()
     lo, hi = np.percentile(sel, [0.5, 99.5])
     data = np.clip((data - lo) / max(hi - lo, 1e-6), 0, 1).astype(np.float32)
-    img = vol.with_data(data).to_sitk()
+    img = Volume(data, vol.ras_from_ijk).to_sitk()
     m = None
     if mask is not None:
-        m = vol.with_data((np.asarray(mask.data) > 0).astype(np.uint8)).to_sitk()
+        m = Volume((np.asarray(mask.data) > 0).astype(np.uint8), vol.ras_from_ijk).to_sitk()
         m.CopyInformation(img)
     return img, m
 
@@ -67,136 +96,255 @@ def _euler_ras(tx) -> np.ndarray:
     return np.linalg.inv(LPS_FROM_RAS @ m @ LPS_FROM_RAS)
 
 
-def _method(fixed_mask, moving_mask, bins=32, fraction=0.25):
+class _Level:
+    """One pyramid level: fixed/moving (and masks) smoothed and resampled to ``mm`` isotropic."""
+
+    def __init__(self, f_img, m_img, f_mask, m_mask, mm):
+        self.mm = mm
+        self.f, self.fm = _down(f_img, f_mask, mm)
+        self.m, self.mm_mask = _down(m_img, m_mask, mm)
+
+    def n_voxels(self):
+        if self.fm is not None:
+            import SimpleITK as sitk
+            return int(sitk.GetArrayViewFromImage(self.fm).sum())
+        return int(np.prod(self.f.GetSize()))
+
+
+def _down(img, mask, mm):
+    import SimpleITK as sitk
+    sp = np.array(img.GetSpacing())
+    if mm is None or mm <= sp.min() * 1.01:
+        return img, mask
+    size = np.array(img.GetSize())
+    new_sp = np.maximum(sp, mm)
+    new_size = [max(2, int(np.ceil(s * p / q))) for s, p, q in zip(size, sp, new_sp)]
+    sigma = [max(float(np.sqrt(max(q * q - p * p, 0.0)) / 2.0), 0.01 * p) for p, q in zip(sp, new_sp)]
+    sm = sitk.SmoothingRecursiveGaussian(img, sigma) if max(sigma) > 0 else img
+    # keep the physical centre of the first voxel shifted by half the growth (same extent)
+    d = np.array(img.GetDirection()).reshape(3, 3)
+    origin = np.array(img.GetOrigin()) + d @ ((new_sp - sp) / 2.0)
+    ref = sitk.Image([int(s) for s in new_size], sitk.sitkFloat32)
+    ref.SetSpacing([float(s) for s in new_sp])
+    ref.SetDirection(img.GetDirection())
+    ref.SetOrigin([float(o) for o in origin])
+    out = sitk.Resample(sm, ref, sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkFloat32)
+    out_mask = None
+    if mask is not None:
+        out_mask = sitk.Resample(mask, ref, sitk.Transform(), sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
+    return out, out_mask
+
+
+def _method(level: _Level, n_samples=None):
     import SimpleITK as sitk
     r = sitk.ImageRegistrationMethod()
-    r.SetMetricAsMattesMutualInformation(numberOfHistogramBins=bins)
-    r.SetMetricSamplingStrategy(r.RANDOM)
-    r.SetMetricSamplingPercentage(fraction, SEED)
+    r.SetMetricAsMattesMutualInformation(numberOfHistogramBins=CONFIG["bins"])
+    total = level.n_voxels()
+    if n_samples is None or n_samples >= total:
+        r.SetMetricSamplingStrategy(r.NONE)
+    else:
+        r.SetMetricSamplingStrategy(r.REGULAR)
+        r.SetMetricSamplingPercentage(float(n_samples) / float(total), SEED)  # of the masked voxels
     r.SetInterpolator(sitk.sitkLinear)
-    if fixed_mask is not None:
-        r.SetMetricFixedMask(fixed_mask)
-    if moving_mask is not None:
-        r.SetMetricMovingMask(moving_mask)
+    # central differences: the (default) gradient-image filter gives wrong metric derivatives for
+    # oriented (rotated-direction) images here, trapping the optimiser millimetres from the optimum
+    r.SetMetricUseMovingImageGradientFilter(False)
+    r.SetMetricUseFixedImageGradientFilter(False)
+    if level.fm is not None:
+        r.SetMetricFixedMask(level.fm)
+    if level.mm_mask is not None:
+        r.SetMetricMovingMask(level.mm_mask)
     return r
 
 
-def _metric(fixed, moving, tx, fixed_mask, moving_mask, shrink=1, fraction=1.0):
+def _evaluate(level: _Level, tx, n_samples=None) -> float:
     import SimpleITK as sitk
-    r = _method(fixed_mask, moving_mask, fraction=fraction)
-    if shrink > 1:
-        f = sitk.Shrink(sitk.SmoothingRecursiveGaussian(fixed, shrink * 0.5 * min(fixed.GetSpacing())),
-                        [shrink] * 3)
-        m = sitk.Shrink(sitk.SmoothingRecursiveGaussian(moving, shrink * 0.5 * min(moving.GetSpacing())),
-                        [shrink] * 3)
-        if fixed_mask is not None:
-            r.SetMetricFixedMask(sitk.Resample(fixed_mask, f, sitk.Transform(), sitk.sitkNearestNeighbor))
-        if moving_mask is not None:
-            r.SetMetricMovingMask(sitk.Resample(moving_mask, m, sitk.Transform(),
-                                                sitk.sitkNearestNeighbor))
-    else:
-        f, m = fixed, moving
-    r.SetInitialTransform(tx, inPlace=False)
+    r = _method(level, n_samples)
+    r.SetInitialTransform(sitk.Euler3DTransform(tx), inPlace=True)
     try:
-        return float(r.MetricEvaluate(f, m))
+        return float(r.MetricEvaluate(level.f, level.m))
     except RuntimeError:
         return 0.0
 
 
-def _coarse(img, mm):
+def _optimise(level: _Level, tx, iters, step, min_step, n_samples=None, counter=None):
+    """Regular-step gradient descent of an Euler3D in place; returns (metric, stop description)."""
     import SimpleITK as sitk
-    sp = np.array(img.GetSpacing())
-    shrink = [max(1, int(round(mm / s))) for s in sp]
-    sm = sitk.SmoothingRecursiveGaussian(img, float(mm) / 2.0)
-    return sitk.Shrink(sm, shrink)
+    r = _method(level, n_samples)
+    r.SetOptimizerAsRegularStepGradientDescent(learningRate=step, minStep=min_step,
+                                               numberOfIterations=int(iters),
+                                               relaxationFactor=CONFIG["relaxation"],
+                                               gradientMagnitudeTolerance=1e-8)
+    r.SetOptimizerScalesFromPhysicalShift()
+    r.SetInitialTransform(tx, inPlace=True)
+    if counter is not None:
+        r.AddCommand(sitk.sitkIterationEvent, lambda: counter.__setitem__(0, counter[0] + 1))
+    try:
+        r.Execute(level.f, level.m)
+    except RuntimeError as e:
+        return 0.0, "error: " + str(e).splitlines()[-1]
+    return float(r.GetMetricValue()), r.GetOptimizerStopConditionDescription()
+
+
+def _box_points(img, mask):
+    """Points (fixed LPS mm) spanning the region of interest: centre and a +-50 mm box."""
+    import SimpleITK as sitk
+    if mask is not None:
+        idx = np.argwhere(sitk.GetArrayViewFromImage(mask) > 0)[:, ::-1]
+        c = np.array(img.TransformContinuousIndexToPhysicalPoint(idx.mean(0).tolist())) if len(idx) else None
+    else:
+        c = None
+    if c is None:
+        c = np.array(img.TransformContinuousIndexToPhysicalPoint(((np.array(img.GetSize()) - 1) / 2.0).tolist()))
+    corners = np.array(list(itertools.product((-50.0, 50.0), repeat=3)))
+    return np.vstack([c, c + corners])
+
+
+def _distance_mm(tx_a, tx_b, pts) -> float:
+    """Max displacement (mm) between two transforms over ``pts`` (fixed LPS)."""
+    pa = np.array([tx_a.TransformPoint(p.tolist()) for p in pts])
+    pb = np.array([tx_b.TransformPoint(p.tolist()) for p in pts])
+    return float(np.linalg.norm(pa - pb, axis=1).max())
+
+
+def _thin_axis(img, other):
+    """Unit direction (LPS) of the moving image's thinnest physical extent, with the coverage gap (mm)
+    relative to the other image's smallest extent; (None, 0) if not a partial-coverage slab."""
+    ext = np.array(img.GetSize()) * np.array(img.GetSpacing())
+    other_ext = np.array(other.GetSize()) * np.array(other.GetSpacing())
+    k = int(np.argmin(ext))
+    if ext[k] > 0.6 * other_ext.min():
+        return None, 0.0
+    d = np.array(img.GetDirection()).reshape(3, 3)[:, k]
+    return d, float(other_ext.min() - ext[k])
+
+
+def _perturbed(tx, shift_mm, angle_deg, sign):
+    import SimpleITK as sitk
+    t = sitk.Euler3DTransform(tx)
+    a = np.deg2rad(angle_deg) * sign / np.sqrt(3.0)
+    t.SetRotation(t.GetAngleX() + a, t.GetAngleY() + a, t.GetAngleZ() + a)
+    t.SetTranslation((np.array(t.GetTranslation()) + sign * shift_mm / np.sqrt(3.0)).tolist())
+    return t
 
 
 def register_rigid(fixed: Volume, moving: Volume, fixed_mask: Volume | None = None,
                    moving_mask: Volume | None = None, init: str = "moments",
                    progress=None) -> RigidResult:
-    """Register ``moving`` to ``fixed`` rigidly (multimodal). Raises ProcessingError on failure."""
+    """Register ``moving`` to ``fixed`` rigidly (multimodal, RAS mm). Raises ProcessingError on failure.
+
+    Returns RigidResult with ``fixed_from_moving`` (RAS 4x4) and QC numbers in ``qc``.
+    """
+    result, problems = _register(fixed, moving, fixed_mask, moving_mask, init, progress)
+    if problems:
+        q = result.qc
+        raise ProcessingError(
+            "rigid registration failed (" + "; ".join(problems) + f"): metric {result.metric_initial:.4f}"
+            f" -> {result.metric_final:.4f}, shift {q['shift_mm']:.1f} mm, angle {q['angle_deg']:.1f} deg, "
+            f"restarts differ {q['restart_disagreement_mm']:.2f} mm, full-res change "
+            f"{q['pyramid_change_mm']:.2f} mm, mask Dice {q.get('mask_dice', float('nan')):.2f}, "
+            f"stop: {q['stop']}")
+    return result
+
+
+def _register(fixed, moving, fixed_mask, moving_mask, init, progress):
+    """The registration proper: (RigidResult, list of detected problems)."""
     import SimpleITK as sitk
+    cfg = CONFIG
     prog = as_progress(progress)
     t0 = time.perf_counter()
     if init not in ("moments", "geometry"):
         raise ValueError("init must be 'moments' or 'geometry'")
     f_img, f_mask = _normalise(fixed, fixed_mask)
     m_img, m_mask = _normalise(moving, moving_mask)
-    prog.update(0.02, "initialising")
-    # centring
+    prog.update(0.02, "pyramid")
+    levels = [_Level(f_img, m_img, f_mask, m_mask, mm) for mm in cfg["levels_mm"]]
+    full = _Level(f_img, m_img, f_mask, m_mask, None)
+    search = levels[0]
+    # centring (moments on the masked coarse images: cheap and noise-robust)
     mode = sitk.CenteredTransformInitializerFilter.MOMENTS if init == "moments" \
         else sitk.CenteredTransformInitializerFilter.GEOMETRY
-    f_init = sitk.Mask(f_img, f_mask) if f_mask is not None else f_img
-    m_init = sitk.Mask(m_img, m_mask) if m_mask is not None else m_img
+    f_c = sitk.Mask(search.f, search.fm) if search.fm is not None else search.f
+    m_c = sitk.Mask(search.m, search.mm_mask) if search.mm_mask is not None else search.m
     try:
-        base = sitk.CenteredTransformInitializer(f_init, m_init, sitk.Euler3DTransform(), mode)
+        base = sitk.CenteredTransformInitializer(f_c, m_c, sitk.Euler3DTransform(), mode)
     except RuntimeError:
-        base = sitk.CenteredTransformInitializer(f_img, m_img, sitk.Euler3DTransform(),
+        base = sitk.CenteredTransformInitializer(search.f, search.m, sitk.Euler3DTransform(),
                                                  sitk.CenteredTransformInitializerFilter.GEOMETRY)
     base = sitk.Euler3DTransform(base)
-    identity_metric = _metric(f_img, m_img, sitk.Euler3DTransform(), f_mask, m_mask)
-    # coarse rotational search at ~8 mm
-    f8, m8 = _coarse(f_img, 8.0), _coarse(m_img, 8.0)
-    f8m = sitk.Resample(f_mask, f8, sitk.Transform(), sitk.sitkNearestNeighbor) if f_mask is not None else None
-    m8m = sitk.Resample(m_mask, m8, sitk.Transform(), sitk.sitkNearestNeighbor) if m_mask is not None else None
-    angles = np.deg2rad([-30.0, 0.0, 30.0])
-    best = (np.inf, base)
-    for ax, ay, az in itertools.product(angles, angles, angles):
-        prog.check()
-        tx = sitk.Euler3DTransform(base)
-        tx.SetRotation(float(ax), float(ay), float(az))
-        r = _method(f8m, m8m, fraction=1.0)
-        r.SetInitialTransform(tx, inPlace=False)
-        try:
-            v = float(r.MetricEvaluate(f8, m8))
-        except RuntimeError:
-            continue
-        if v < best[0]:
-            best = (v, tx)
-    # quick local optimisation at coarse level from the best few would be costlier; go multi-res
-    tx = sitk.Euler3DTransform(best[1])
-    metric_initial = _metric(f_img, m_img, tx, f_mask, m_mask, fraction=0.5)
-    prog.update(0.15, "multi-resolution")
-    r = _method(f_mask, m_mask, fraction=0.25)
-    r.SetOptimizerAsGradientDescent(learningRate=1.0, numberOfIterations=200,
-                                    convergenceMinimumValue=1e-6, convergenceWindowSize=10,
-                                    estimateLearningRate=r.EachIteration)
-    r.SetOptimizerScalesFromPhysicalShift()
-    r.SetShrinkFactorsPerLevel([4, 2, 1])
-    r.SetSmoothingSigmasPerLevel([2.0, 1.0, 0.0])
-    r.SmoothingSigmasAreSpecifiedInPhysicalUnitsOff()
-    r.SetInitialTransform(tx, inPlace=True)
+    identity_metric = _evaluate(levels[1], sitk.Euler3DTransform())
+    # coarse search: rotations x (slab) shifts along the thin axis
+    thin, gap = _thin_axis(m_img, f_img)
+    shifts = [0.0] if thin is None else list(np.arange(-gap / 2, gap / 2 + 1e-6, max(gap / 6, 5.0)))
+    angles = np.deg2rad(cfg["search_angles_deg"])
+    scored = []
+    for k, (ax, ay, az) in enumerate(itertools.product(angles, angles, angles)):
+        if k % 25 == 0:
+            prog.check()
+        for s in shifts:
+            tx = sitk.Euler3DTransform(base)
+            tx.SetRotation(float(ax), float(ay), float(az))
+            if s:
+                tx.SetTranslation((np.array(tx.GetTranslation()) + s * thin).tolist())
+            scored.append((_evaluate(search, tx), tx))
+    scored.sort(key=lambda x: x[0])
+    pts = _box_points(f_img, f_mask)
+    starts = []
+    for v, tx in scored:  # distinct starts (> 15 mm apart over the box)
+        if all(_distance_mm(tx, o, pts) > 15.0 for _, o in starts):
+            starts.append((v, tx))
+        if len(starts) >= cfg["search_keep"]:
+            break
+    prog.update(0.2, "multi-start")
     n_iter = [0]
-    r.AddCommand(sitk.sitkIterationEvent, lambda: n_iter.__setitem__(0, n_iter[0] + 1))
-    r.AddCommand(sitk.sitkMultiResolutionIterationEvent,
-                 lambda: prog.update(0.15 + 0.25 * r.GetCurrentLevel(), f"level {r.GetCurrentLevel()}"))
-    try:
-        r.Execute(f_img, m_img)
-    except RuntimeError as e:
-        raise ProcessingError(f"rigid registration failed: {str(e).splitlines()[-1]}") from None
-    prog.update(0.8, "refinement")
-    r2 = _method(f_mask, m_mask, fraction=1.0)
-    r2.SetMetricSamplingStrategy(r2.NONE)
-    r2.SetOptimizerAsRegularStepGradientDescent(learningRate=0.5, minStep=1e-4, numberOfIterations=300,
-                                                relaxationFactor=0.5, gradientMagnitudeTolerance=1e-8)
-    r2.SetOptimizerScalesFromPhysicalShift()
-    r2.SetInitialTransform(tx, inPlace=True)
-    r2.AddCommand(sitk.sitkIterationEvent, lambda: n_iter.__setitem__(0, n_iter[0] + 1))
-    try:
-        r2.Execute(f_img, m_img)
-    except RuntimeError as e:
-        raise ProcessingError(f"rigid refinement failed: {str(e).splitlines()[-1]}") from None
-    stop = r2.GetOptimizerStopConditionDescription()
-    converged = "Maximum number of iterations" not in stop
-    metric_final = _metric(f_img, m_img, tx, f_mask, m_mask, fraction=0.5)
+    local = []
+    for v, tx in starts:
+        prog.check()
+        t = sitk.Euler3DTransform(tx)
+        val, _ = _optimise(search, t, cfg["level_iters"][0], cfg["level_step_mm"][0],
+                           cfg["level_min_step_mm"][0], cfg["level_samples"][0], n_iter)
+        local.append((val, t))
+    local.sort(key=lambda x: x[0])
+    mid = []
+    for val, t in local[:cfg["mid_keep"]]:
+        prog.check()
+        t = sitk.Euler3DTransform(t)
+        v4, _ = _optimise(levels[1], t, cfg["level_iters"][1], cfg["level_step_mm"][1],
+                          cfg["level_min_step_mm"][1], cfg["level_samples"][1], n_iter)
+        mid.append((v4, t))
+    mid.sort(key=lambda x: x[0])
+    best4 = mid[0][1]
+    alternative_margin = float(mid[1][0] - mid[0][0]) if len(mid) > 1 else float("nan")
+    alternative_distance = _distance_mm(mid[0][1], mid[1][1], pts) if len(mid) > 1 else float("nan")
+    metric_initial = _evaluate(full, base, cfg["final_samples"])
+    prog.update(0.5, "2 mm restarts")
+    # restart consistency at 2 mm: two opposite perturbations of the 4 mm optimum must agree
+    runs = []
+    for sign in (1.0, -1.0):
+        t = _perturbed(best4, *cfg["restart_perturbation"], sign)
+        v2, stop2 = _optimise(levels[2], t, cfg["level_iters"][2], cfg["level_step_mm"][2],
+                              cfg["level_min_step_mm"][2], cfg["level_samples"][2], n_iter)
+        runs.append((v2, t, stop2))
+    qc_runs = [(round(r[0], 5), r[2][:90]) for r in runs]
+    restart_mm = _distance_mm(runs[0][1], runs[1][1], pts)
+    runs.sort(key=lambda x: x[0])
+    tx2 = runs[0][1]
+    prog.update(0.7, "full resolution")
+    tx = sitk.Euler3DTransform(tx2)
+    metric_final, stop = _optimise(full, tx, cfg["final_iters"], cfg["final_step_mm"],
+                                   cfg["final_min_step_mm"], cfg["final_samples"], n_iter)
+    pyramid_mm = _distance_mm(tx, tx2, pts)
+    converged = not stop.startswith("error") and "Maximum number of iterations" not in stop
     fixed_from_moving = _euler_ras(tx)
     # QC
     c = moving.center_ras if moving_mask is None else \
         moving.ijk_to_ras(np.argwhere(np.asarray(moving_mask.data) > 0).mean(axis=0))
     shift = float(np.linalg.norm(fixed_from_moving[:3, :3] @ c + fixed_from_moving[:3, 3] - c))
     angle = float(np.degrees(np.arccos(np.clip((np.trace(fixed_from_moving[:3, :3]) - 1) / 2, -1, 1))))
-    qc = {"identity_metric": identity_metric, "shift_mm": shift, "angle_deg": angle,
-          "stop": stop, "seconds": time.perf_counter() - t0}
+    qc = {"identity_metric": identity_metric, "shift_mm": shift, "angle_deg": angle, "stop": stop,
+          "restart_disagreement_mm": restart_mm, "pyramid_change_mm": pyramid_mm,
+          "alternative_margin": alternative_margin, "alternative_distance_mm": alternative_distance,
+          "n_search": len(scored), "runs2": qc_runs, "seconds": time.perf_counter() - t0}
     if f_mask is not None and m_mask is not None:
         mm_res = sitk.Resample(m_mask, f_mask, tx, sitk.sitkNearestNeighbor)
         a = sitk.GetArrayViewFromImage(f_mask) > 0
@@ -214,10 +362,9 @@ def register_rigid(fixed: Volume, moving: Volume, fixed_mask: Volume | None = No
         problems.append("implausible motion")
     if qc.get("mask_dice", 1.0) < 0.6:
         problems.append("poor mask overlap")
+    if restart_mm > cfg["restart_tolerance_mm"]:
+        problems.append("restarts disagree")
+    if pyramid_mm > cfg["pyramid_tolerance_mm"]:
+        problems.append("full resolution far from the 2 mm solution")
     prog.update(1.0, "done")
-    if problems:
-        raise ProcessingError(
-            "rigid registration failed (" + "; ".join(problems) + f"): metric {metric_initial:.4f} -> "
-            f"{metric_final:.4f}, shift {shift:.1f} mm, angle {angle:.1f} deg, "
-            f"mask Dice {qc.get('mask_dice', float('nan')):.2f}, stop: {stop}")
-    return result
+    return result, problems

@@ -100,36 +100,39 @@ def _slice_axis(vol: Volume) -> int:
     return int(np.argmax(sp)) if sp.max() > 1.05 * sp.min() else 2
 
 
-def _blobs_in_slice(img, threshold, pix_area_mm2, pix_mm, min_area_mm2, max_area_mm2, max_extent_mm):
-    """Sub-pixel centroids (i, j) of small bright blobs in a 2-D slice."""
+_IN_SLICE = np.zeros((3, 3, 3), bool)
+_IN_SLICE[1] = True          # 8-connectivity within each slice of a (slice, u, v) block
+
+
+def _blobs_in_block(masks, view, k0, pix_area_mm2, pix_mm, min_area_mm2, max_area_mm2, max_extent_mm,
+                    sign=1.0):
+    """{slice: [(u, v) sub-pixel centroids]} of small blobs in ``masks`` (slice, u, v) (slices k0...).
+    ``view`` (u, v, slice) gives the partial-volume weights, read only in small boxes."""
     from scipy import ndimage
-    mask = img > threshold
-    if not mask.any():
-        return np.zeros((0, 2)), np.zeros(0)
-    lab, n = ndimage.label(mask)
+    lab, n = ndimage.label(masks, structure=_IN_SLICE)
+    if n == 0:
+        return {}
     areas = np.bincount(lab.ravel(), minlength=n + 1)[1:] * pix_area_mm2
-    out, amp = [], []
+    out = {}
+    nu, nv = masks.shape[1:]
     for idx, sl in enumerate(ndimage.find_objects(lab)):
         if sl is None or not (min_area_mm2 <= areas[idx] <= max_area_mm2):
             continue
-        ext_i = (sl[0].stop - sl[0].start) * pix_mm[0]
-        ext_j = (sl[1].stop - sl[1].start) * pix_mm[1]
-        if max(ext_i, ext_j) > max_extent_mm:
+        if max((sl[1].stop - sl[1].start) * pix_mm[0], (sl[2].stop - sl[2].start) * pix_mm[1]) > max_extent_mm:
             continue
-        i0, i1 = max(sl[0].start - 2, 0), min(sl[0].stop + 2, img.shape[0])
-        j0, j1 = max(sl[1].start - 2, 0), min(sl[1].stop + 2, img.shape[1])
-        box = img[i0:i1, j0:j1]
-        own = ndimage.binary_dilation(lab[i0:i1, j0:j1] == idx + 1, iterations=2)
+        kk = sl[0].start
+        i0, i1 = max(sl[1].start - 2, 0), min(sl[1].stop + 2, nu)
+        j0, j1 = max(sl[2].start - 2, 0), min(sl[2].stop + 2, nv)
+        box = sign * np.asarray(view[i0:i1, j0:j1, k0 + kk], np.float64)
+        lb = lab[kk, i0:i1, j0:j1]
         border = np.concatenate([box[0], box[-1], box[:, 0], box[:, -1]])
         bg = float(np.median(border))
-        w = np.where(own, np.clip(box - bg, 0.0, None), 0.0)
+        w = np.where((lb == 0) | (lb == idx + 1), np.clip(box - bg, 0.0, None), 0.0)
         s = w.sum()
         if s <= 0:
             continue
-        ii, jj = np.mgrid[i0:i1, j0:j1]
-        out.append(((w * ii).sum() / s, (w * jj).sum() / s))
-        amp.append(float(box.max() - bg))
-    return np.asarray(out, float).reshape(-1, 2), np.asarray(amp)
+        out.setdefault(kk, []).append(((w.sum(1) @ np.arange(i0, i1)) / s, (w.sum(0) @ np.arange(j0, j1)) / s))
+    return out
 
 
 def _triplets_in_slice(pts, width_range, collinear_mm):
@@ -178,6 +181,7 @@ def detect_triplets(ct: Volume, threshold=None, polarity: str = "bright", progre
         threshold = sign * float(threshold)
     axis = _slice_axis(ct)
     order = [a for a in range(3) if a != axis] + [axis]
+    view = np.moveaxis(data, axis, -1)          # (u, v, slice), a view
     ras_from_ijk = ct.ras_from_ijk
     cols = ras_from_ijk[:3, :3]
     u, v = cols[:, order[0]], cols[:, order[1]]
@@ -185,36 +189,38 @@ def detect_triplets(ct: Volume, threshold=None, polarity: str = "bright", progre
     pix_area = float(np.linalg.norm(np.cross(u, v)))
     min_area = max(0.4, 0.5 * pix_area)
     triplets = []
-    n_slices = data.shape[axis]
+    n_slices = view.shape[2]
     chunk = 16
+    thr = threshold if sign > 0 else -threshold
     for k0 in range(0, n_slices, chunk):
         k1 = min(k0 + chunk, n_slices)
-        block = np.take(data, np.arange(k0, k1), axis=axis)
-        block = np.ascontiguousarray(np.moveaxis(block, axis, 0), dtype=np.float32)
-        if sign < 0:
-            block = -block
-        for kk in range(k1 - k0):
-            img = block[kk].T if order[0] > order[1] else block[kk]
-            ij, _ = _blobs_in_slice(img, threshold, pix_area, pix_mm, min_area, 60.0, max_extent_mm)
-            if len(ij) < 3:
+        block = view[:, :, k0:k1]
+        masks = np.ascontiguousarray((block > thr if sign > 0 else block < thr).transpose(2, 0, 1))
+        blobs = _blobs_in_block(masks, view, k0, pix_area, pix_mm, min_area, 60.0, max_extent_mm, sign)
+        for kk, centroids in sorted(blobs.items()):
+            if len(centroids) < 3:
                 continue
+            ij = np.asarray(centroids, float)
             ijk = np.zeros((len(ij), 3))
             ijk[:, order[0]], ijk[:, order[1]], ijk[:, axis] = ij[:, 0], ij[:, 1], k0 + kk
             ras = apply(ras_from_ijk, ijk)
             for a, b, c in _triplets_in_slice(ras, width_range_mm, collinear_mm):
-                triplets.append(Triplet(ras[a], ras[b], ras[c], k0 + kk))
+                triplets.append(Triplet(ras[a], ras[b], ras[c], int(k0 + kk)))
         progress.update(k1 / n_slices, f"localizer: slice {k1}/{n_slices}")
     return triplets
 
 
 def _cluster_triplets(triplets, link_mm: float = 15.0):
     """Single-linkage clusters of triplets by their midpoints; each cluster's rods ordered alike."""
-    from scipy.cluster.hierarchy import fcluster, linkage
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+    from scipy.spatial import cKDTree
+    if not triplets:
+        return []
     mids = np.array([(t.first + t.second) / 2 for t in triplets])
-    if len(triplets) == 1:
-        labels = np.array([1])
-    else:
-        labels = fcluster(linkage(mids, "single"), link_mm, criterion="distance")
+    pairs = cKDTree(mids).query_pairs(link_mm, output_type="ndarray")
+    graph = coo_matrix((np.ones(len(pairs)), (pairs[:, 0], pairs[:, 1])), shape=(len(mids),) * 2)
+    _, labels = connected_components(graph, directed=False)
     clusters = []
     for lab in np.unique(labels):
         members = [triplets[i] for i in np.nonzero(labels == lab)[0]]
@@ -245,16 +251,29 @@ def _truncated_cost(m, ras, xyz, cap=5.0):
     return float(np.mean(np.minimum(r, cap) ** 2))
 
 
+def _arrays(triplets):
+    """(first, diagonal, second) image RAS arrays (n, 3) and fractions (n,)."""
+    a = np.array([t.first for t in triplets]).reshape(-1, 3)
+    b = np.array([t.diagonal for t in triplets]).reshape(-1, 3)
+    c = np.array([t.second for t in triplets]).reshape(-1, 3)
+    f = np.linalg.norm(b - a, axis=1) / np.linalg.norm(c - a, axis=1)
+    return a, b, c, f
+
+
+def _frame_points(plate, fractions):
+    s, e = (np.asarray(p, float) for p in plate.diagonal)
+    return s + np.asarray(fractions, float)[:, None] * (e - s)
+
+
 def _best_labelling(clusters, plates=("right", "left", "anterior")):
     """Try every assignment of the largest clusters to plates and every rod order; best pose."""
     best = (np.inf, None)
-    cand = clusters[:4]
+    cand = [_arrays(c) for c in clusters[:4]]
     for chosen in itertools.permutations(range(len(cand)), len(plates)):
         for flips in itertools.product((False, True), repeat=len(plates)):
-            assigned = []
-            for ci, plate, flip in zip(chosen, plates, flips):
-                assigned += [(t.flipped() if flip else t, plate) for t in cand[ci]]
-            ras, xyz, _ = _pairs(assigned)
+            ras = np.concatenate([cand[ci][1] for ci in chosen])
+            xyz = np.concatenate([_frame_points(ALL_PLATES[p], 1.0 - cand[ci][3] if flip else cand[ci][3])
+                                  for ci, p, flip in zip(chosen, plates, flips)])
             m, _ = robust_rigid_fit(ras, xyz)
             cost = _truncated_cost(m, ras, xyz)
             if cost < best[0]:
@@ -262,30 +281,37 @@ def _best_labelling(clusters, plates=("right", "left", "anterior")):
     return best[1]
 
 
+def _rod_distance(points_xyz, rod):
+    r0, r1 = (np.asarray(p, float) for p in rod)
+    axis = (r1 - r0) / np.linalg.norm(r1 - r0)
+    q = points_xyz - r0
+    return np.linalg.norm(q - (q @ axis)[:, None] * axis, axis=1)
+
+
 def _assign_all(triplets, m, outlier_mm=OUTLIER_MM, plates=tuple(ALL_PLATES)):
     """Each triplet to the plate and rod order that agree with pose ``m`` (RAS -> XYZ), if any:
     diagonal point within ``outlier_mm`` and both rod centroids within ``outlier_mm`` of their rods."""
-    assigned = []
-    for t in triplets:
-        best = None
-        for name in plates:
-            plate = ALL_PLATES[name]
-            for tt in (t, t.flipped()):
-                d = np.linalg.norm(apply(m, tt.diagonal) - _frame_point(plate, tt.fraction))
-                if d > outlier_mm or (best is not None and d >= best[0]):
-                    continue
-                ok = True
-                for p, (r0, r1) in ((tt.first, plate.first), (tt.second, plate.second)):
-                    r0, r1 = np.asarray(r0, float), np.asarray(r1, float)
-                    axis = (r1 - r0) / np.linalg.norm(r1 - r0)
-                    q = apply(m, p) - r0
-                    if np.linalg.norm(q - (q @ axis) * axis) > outlier_mm:
-                        ok = False
-                if ok:
-                    best = (d, tt, name)
-        if best is not None:
-            assigned.append((best[1], best[2]))
-    return assigned
+    if not triplets:
+        return []
+    a, b, c, f = _arrays(triplets)
+    a_x, b_x, c_x = apply(m, a), apply(m, b), apply(m, c)
+    n = len(triplets)
+    best_d = np.full(n, np.inf)
+    best_k = np.full(n, -1)
+    options = [(name, flip) for name in plates for flip in (False, True)]
+    for k, (name, flip) in enumerate(options):
+        plate = ALL_PLATES[name]
+        first, second, frac = (c_x, a_x, 1.0 - f) if flip else (a_x, c_x, f)
+        d = np.linalg.norm(b_x - _frame_points(plate, frac), axis=1)
+        ok = (d <= outlier_mm) & (_rod_distance(first, plate.first) <= outlier_mm) \
+            & (_rod_distance(second, plate.second) <= outlier_mm) & (d < best_d)
+        best_d[ok], best_k[ok] = d[ok], k
+    out = []
+    for t, k in zip(triplets, best_k):
+        if k >= 0:
+            name, flip = options[k]
+            out.append((t.flipped() if flip else t, name))
+    return out
 
 
 # ---- result ----------------------------------------------------------------------------------------

@@ -107,7 +107,7 @@ def render_localizer_ct(ras_from_ijk, shape, xyz_from_ras, head_hu=None, noise_h
                                shape, spacing, pad)
         data = data + pin_w * (np.float32(PIN_HU) - data)
     if noise_hu:
-        data += rng.normal(0.0, noise_hu, shape).astype(np.float32)
+        data += np.float32(noise_hu) * rng.standard_normal(shape, dtype=np.float32)
     meta = {"modality": "CT", "units": "HU", "localizer": "Leksell G N-localizer",
             "plates": list(plates), "xyz_from_ras": xyz_from_ras.tolist()}
     return Volume(data.astype(np.float32), ras_from_ijk.copy(), "ct", meta)

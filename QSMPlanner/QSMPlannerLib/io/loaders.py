@@ -16,7 +16,7 @@ from ..errors import InputError
 from ..volume import Volume
 from . import bids as bids_mod
 from .gre import MultiEchoGRE, b0_dir_from_geometry
-from .phase import detect_phase_scaling
+from .phase import detect_phase_scaling, to_float32_wrapped
 from .volumes import read_volume
 
 DEFAULT_B0_T = 3.0
@@ -129,9 +129,9 @@ def assemble_gre(mag_vols, phase_vols, mag_files, phase_files, te, b0, b0_dir=No
     phase = np.stack([scaling.apply(v.data) for v in phase_vols], axis=3)
     how = scaling.describe()
     if ge_phase:
-        phase = -phase
-        phase[phase >= np.pi] -= 2 * np.pi  # keep [-pi, pi)
+        np.negative(phase, out=phase)   # (-pi, pi]: pi becomes -pi below
         how += "; GE phase sign flipped"
+    phase = to_float32_wrapped(phase)
     mag = np.stack([np.asarray(v.data, np.float32) for v in mag_vols], axis=3)
     _check_magnitude(mag, list(mag_files))
     if b0 is None:
@@ -141,7 +141,7 @@ def assemble_gre(mag_vols, phase_vols, mag_files, phase_files, te, b0, b0_dir=No
     if not np.isfinite(b0) or not 0.1 <= b0 <= 20.0:
         raise InputError(f"field strength {b0} T is implausible (expected 0.1..20 T)", source)
     direction, dir_how = _b0_direction(b0_dir, sidecar_b0_dir, ref.ras_from_ijk, source)
-    return MultiEchoGRE(magnitude=mag, phase_rad=phase.astype(np.float32), te_s=te, b0_tesla=b0,
+    return MultiEchoGRE(magnitude=mag, phase_rad=phase, te_s=te, b0_tesla=b0,
                         ras_from_ijk=ref.ras_from_ijk.copy(), b0_dir_ijk=direction,
                         phase_scaling=how + f"; B0 direction from {dir_how}", source=str(source),
                         warnings=warnings)

@@ -42,12 +42,28 @@ class PhaseScaling:
         return f"{self.kind} ({rng}); converted to radians"
 
     def apply(self, x: np.ndarray) -> np.ndarray:
-        return wrap(self.scale * (np.asarray(x, np.float64) - self.offset) + self.shift)
+        """Radians in [-pi, pi) (float32 for radian input already in range, else float64)."""
+        x = np.asarray(x)
+        if self.kind == "radians" and self.lo >= -np.pi and self.hi < np.pi:
+            return x.astype(np.float32, copy=True)   # already wrapped: no float64 round trip
+        return wrap(self.scale * (x.astype(np.float64) - self.offset) + self.shift)
 
 
 def wrap(phi: np.ndarray) -> np.ndarray:
     """Wrap to [-pi, pi)."""
     return np.mod(np.asarray(phi) + np.pi, TWO_PI) - np.pi
+
+
+_F32_BOTTOM = np.nextafter(np.float32(-np.pi), np.float32(0))   # smallest float32 >= -pi
+_F32_TOP = np.float32(np.pi)                                     # float32(pi) > pi
+
+
+def to_float32_wrapped(phi: np.ndarray) -> np.ndarray:
+    """float32 phase strictly inside [-pi, pi) also after rounding to float32 (in place if float32)."""
+    p = np.asarray(phi, dtype=np.float32)
+    p[p >= _F32_TOP] = _F32_BOTTOM      # pi (after rounding) is -pi
+    p[p < _F32_BOTTOM] = _F32_BOTTOM
+    return p
 
 
 def _sample(arrays, n=2_000_000) -> np.ndarray:

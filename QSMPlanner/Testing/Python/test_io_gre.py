@@ -226,3 +226,22 @@ def test_write_gre_bids_refuses_inconsistent_arrays(tmp_path, rng):
     with pytest.raises(ValueError, match="do not describe"):
         io.write_gre_bids(gre, tmp_path, "bad")
     assert not any(tmp_path.iterdir())
+
+
+def test_float32_phase_stays_inside_minus_pi_pi(tmp_path, rng):
+    """Values at +-pi and just below pi (which round to float32(pi) > pi) end inside [-pi, pi)."""
+    gre = synthetic_gre(rng)
+    edge = np.array([np.pi, -np.pi, np.pi - 1e-8, np.float32(np.pi), np.float32(-np.pi)])
+    gre.phase_rad[0, 0, 0, :3] = edge[:3]
+    gre.phase_rad[0, 0, 1, :2] = edge[3:]
+    out = io.write_gre_bids(gre, tmp_path, "e")
+    back = io.load_gre(bids=tmp_path)
+    assert back.phase_rad.dtype == np.float32
+    assert back.phase_rad.min() >= -np.pi and back.phase_rad.max() < np.pi
+    assert phase_error(back.phase_rad, gre.phase_rad) < 1e-6
+    for f in out["phase"]:   # the GE flip of the same data too
+        side = f.with_name(f.name.replace(".nii.gz", ".json"))
+        side.write_text(side.read_text().replace('"EchoTime"', '"Manufacturer": "GE", "EchoTime"'))
+    ge = io.load_gre(bids=tmp_path)
+    assert ge.phase_rad.min() >= -np.pi and ge.phase_rad.max() < np.pi
+    assert phase_error(ge.phase_rad, -gre.phase_rad) < 1e-6

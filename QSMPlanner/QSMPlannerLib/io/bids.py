@@ -95,6 +95,55 @@ def find_megre(bids_dir, subject=None) -> tuple[list[Path], list[Path]]:
     return [echoes[n]["mag"] for n in order], [echoes[n]["phase"] for n in order]
 
 
+_PHASE_TOKENS = {"P", "PHASE", "PHASE MAP"}
+_MAG_TOKENS = {"M", "MAGNITUDE", "MAG"}
+_OTHER_TOKENS = {"R", "REAL", "I", "IMAGINARY"}
+
+
+def _converted_part(path: Path, side: dict) -> str | None:
+    tokens = [str(t).strip().upper() for t in (side.get("ImageType") or [])]
+    tokens += [str(t).strip().upper() for t in (side.get("ImageTypeText") or [])]
+    if any(t in _OTHER_TOKENS for t in tokens[2:]) or re.search(r"_(real|imaginary)" + NIFTI_RE, path.name):
+        return None
+    if any(t in _PHASE_TOKENS for t in tokens[2:]) or re.search(r"_ph" + NIFTI_RE, path.name):
+        return "phase"
+    return "mag"
+
+
+def find_converted_gre(directory) -> tuple[list[Path], list[Path]]:
+    """Magnitude and phase echo files of a converter's (dcm2niix) output folder, e.g.
+    ``GRE_5_e1.nii`` / ``GRE_6_e1_ph.nii`` with JSON sidecars (ImageType 'P' marks phase,
+    EchoNumber / EchoTime order the echoes). Only the folder itself is searched."""
+    directory = Path(directory)
+    groups = {}
+    for p in sorted(directory.iterdir()) if directory.is_dir() else []:
+        if not re.search(NIFTI_RE, p.name) or p.name.startswith("."):
+            continue
+        side = read_sidecar(p)
+        part = _converted_part(p, side)
+        m = re.search(r"_e(\d+)(?:_ph)?" + NIFTI_RE, p.name)
+        echo = side.get("EchoNumber") or (int(m.group(1)) if m else None)
+        te = side.get("EchoTime")
+        if part is None or (echo is None and te is None):
+            continue
+        stem = re.sub(r"(_\d+)?_e\d+(_ph)?" + NIFTI_RE, "", p.name)
+        key = str(side.get("ProtocolName") or side.get("SeriesDescription") or stem)
+        groups.setdefault(key, {"mag": {}, "phase": {}})[part][(te or 0.0, echo or 0)] = p
+    usable = {k: g for k, g in groups.items() if g["mag"] and g["phase"]}
+    if not usable:
+        raise InputError("no multi-echo GRE found (neither BIDS *_MEGRE files nor converted "
+                         "magnitude/phase echo files with sidecars)", directory)
+    if len(usable) > 1:
+        raise InputError(f"several multi-echo GRE series found ({', '.join(sorted(usable))}); "
+                         "give the files with --mag/--phase", directory)
+    g = next(iter(usable.values()))
+    if sorted(g["mag"]) != sorted(g["phase"]):
+        raise InputError(f"magnitude echoes {sorted(g['mag'])} and phase echoes {sorted(g['phase'])} "
+                         "(TE s, echo number) do not match", directory)
+    order = sorted(g["mag"])
+    return [g["mag"][k] for k in order], [g["phase"][k] for k in order]
+
+
 def sidecar_path(nifti: Path) -> Path:
     nifti = Path(nifti)
     return nifti.with_name(re.sub(NIFTI_RE, ".json", nifti.name))

@@ -187,7 +187,8 @@ def load_gre(bids=None, mag=None, phase=None, te=None, b0=None, b0_dir=None,
     """Read a multi-echo GRE.
 
     - ``bids``: a BIDS dataset, subject or ``anat`` directory (``*_echo-N_part-mag|phase_MEGRE``
-      with sidecars), or a DICOM directory holding magnitude and phase series;
+      with sidecars), a DICOM directory holding magnitude and phase series, or a converter's
+      (dcm2niix) output folder of echo files with sidecars;
     - ``mag``/``phase``: lists of paths, one 3-D file per echo, or one 4-D file (echoes last), or
       DICOM directories (the same directory for both is split by ImageType);
     - ``te``: echo times in seconds (required unless in sidecars/DICOM headers; overrides them);
@@ -205,11 +206,18 @@ def load_gre(bids=None, mag=None, phase=None, te=None, b0=None, b0_dir=None,
             raise InputError("directory not found", root)
         try:
             mags, phases = bids_mod.find_megre(root, subject)
-        except InputError:
+        except InputError as not_bids:
+            if "no multi-echo GRE" not in not_bids.problem:
+                raise
             if _is_dicom_dir(root):
                 from .dicom_series import load_dicom_gre
                 return load_dicom_gre([root], [root], te=te, b0=b0, b0_dir=b0_dir)
-            raise
+            try:
+                mags, phases = bids_mod.find_converted_gre(root)
+            except InputError as not_converted:
+                if "no multi-echo GRE" in not_converted.problem:
+                    raise not_bids from None
+                raise
         return _load_nifti(mags, phases, te, b0, b0_dir, source=root)
     if not mag_files or not phase_files:
         raise InputError("give a BIDS directory (--bids) or both magnitude and phase (--mag, --phase)")

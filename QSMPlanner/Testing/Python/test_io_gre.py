@@ -245,3 +245,29 @@ def test_float32_phase_stays_inside_minus_pi_pi(tmp_path, rng):
     ge = io.load_gre(bids=tmp_path)
     assert ge.phase_rad.min() >= -np.pi and ge.phase_rad.max() < np.pi
     assert phase_error(ge.phase_rad, -gre.phase_rad) < 1e-6
+
+
+def test_dcm2niix_style_folder(tmp_path, rng):
+    """A converter's output folder: GRE_5_e1.nii (magnitude), GRE_6_e1_ph.nii (phase), sidecars,
+    and an unrelated T1 beside them."""
+    gre = synthetic_gre(rng)
+    stored = np.round(gre.phase_rad * 4096 / np.pi).clip(-4096, 4094).astype(np.float32)
+    for e, te in enumerate(TE):
+        common = {"EchoTime": te, "EchoNumber": e + 1, "ProtocolName": "gre_qsm", "Manufacturer": "Siemens",
+                  "MagneticFieldStrength": 2.89}
+        save(tmp_path / f"GRE_5_e{e + 1}.nii", gre.magnitude[..., e], gre.ras_from_ijk)
+        (tmp_path / f"GRE_5_e{e + 1}.json").write_text(json.dumps({**common, "ImageType": ["ORIGINAL", "PRIMARY", "M", "ND"]}))
+        save(tmp_path / f"GRE_6_e{e + 1}_ph.nii", stored[..., e], gre.ras_from_ijk)
+        (tmp_path / f"GRE_6_e{e + 1}_ph.json").write_text(json.dumps({**common, "ImageType": ["ORIGINAL", "PRIMARY", "P", "ND"]}))
+    save(tmp_path / "T1_MPRAGE_2.nii", gre.magnitude[..., 0], gre.ras_from_ijk)
+    (tmp_path / "T1_MPRAGE_2.json").write_text(json.dumps({"EchoTime": 0.0023, "ProtocolName": "t1"}))
+    back = io.load_gre(bids=tmp_path)
+    assert back.n_echoes == 3 and np.allclose(back.te_s, TE) and back.b0_tesla == pytest.approx(2.89)
+    assert "[-4096, 4095]" in back.phase_scaling
+    assert phase_error(back.phase_rad, gre.phase_rad) < np.pi / 4096 + 1e-6
+    # no sidecars: names decide, TEs must be given
+    for p in tmp_path.glob("*.json"):
+        p.unlink()
+    with pytest.raises(InputError, match="echo times are missing"):
+        io.load_gre(bids=tmp_path, b0=3)
+    assert np.allclose(io.load_gre(bids=tmp_path, te=TE, b0=3).te_s, TE)

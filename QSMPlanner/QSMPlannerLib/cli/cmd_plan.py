@@ -1,0 +1,106 @@
+"""qsmplanner plan: one trajectory in RAS, Leksell XYZ, AC-PC; ring/arc; microelectrode tracks."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from .common import vec3
+
+MOUNTINGS = ("lateral-right", "lateral-left", "sagittal-anterior", "sagittal-posterior")
+
+
+def register(sub):
+    p = sub.add_parser(
+        "plan", help="trajectory coordinates: RAS, Leksell XYZ, ring/arc, AC-PC, MER tracks",
+        description="Writes PLAN.json with target and entry in RAS (and LPS), in Leksell XYZ and ring/arc "
+                    "(with --frame) and in AC-PC coordinates (with --landmarks), the length, and the "
+                    "microelectrode (Ben-gun) track end points; every value names its coordinate system. "
+                    "Target and entry are RAS mm in the frame CT's space (or in the space of --transform's "
+                    "fixed image). Write negative first values as --target=-12,3,-4.")
+    p.add_argument("--target", type=vec3, required=True, metavar="R,A,S", help="target, RAS mm")
+    p.add_argument("--entry", type=vec3, required=True, metavar="R,A,S", help="entry, RAS mm")
+    p.add_argument("--frame", metavar="FRAME.json", help="frame registration from 'qsmplanner frame'")
+    p.add_argument("--mounting", choices=MOUNTINGS, default="lateral-right",
+                   help="Leksell arc mounting for ring/arc (default lateral-right)")
+    p.add_argument("--landmarks", metavar="ACPC.mrk.json",
+                   help="Slicer markups with control points labelled AC, PC and MS (mid-sagittal), RAS")
+    p.add_argument("--transform", metavar="PLAN_from_CT.h5",
+                   help="optional ITK transform from the frame CT to the planning space (as written by "
+                        "'qsmplanner register --fixed T1 --moving CT'), when target/entry are not in CT RAS")
+    p.add_argument("--mer-spacing", type=float, default=2.0, help="MER track spacing, mm (default 2)")
+    p.add_argument("--mer-pattern", choices=["cross", "grid"], default="cross",
+                   help="cross: central/anterior/posterior/medial/lateral; grid: 3x3")
+    p.add_argument("--out", required=True, metavar="PLAN.json", help="output JSON")
+    p.set_defaults(func=run)
+
+
+def read_frame_json(path) -> np.ndarray:
+    """``xyz_from_ras`` (4x4, image RAS mm -> Leksell XYZ mm) from a FRAME.json; InputError if bad."""
+    from ..errors import InputError
+    path = Path(path)
+    if not path.is_file():
+        raise InputError("frame file not found", path)
+    try:
+        m = np.asarray(json.loads(path.read_text())["xyz_from_ras"], float)
+    except (ValueError, KeyError, TypeError) as exc:
+        raise InputError(f"not a FRAME.json with 'xyz_from_ras' ({exc.__class__.__name__}: {exc})",
+                         path) from exc
+    if m.shape != (4, 4) or not np.isfinite(m).all():
+        raise InputError("'xyz_from_ras' is not a finite 4x4 matrix", path)
+    r = m[:3, :3]
+    if not (np.allclose(r.T @ r, np.eye(3), atol=1e-4) and np.linalg.det(r) > 0
+            and np.allclose(m[3], [0, 0, 0, 1])):
+        raise InputError("'xyz_from_ras' is not a rigid transform", path)
+    return m
+
+
+def read_acpc_landmarks(path) -> dict:
+    """{"AC", "PC", "MS"} RAS mm from a Slicer markups file; InputError when one is missing."""
+    from ..errors import InputError
+    from ..io.markups import read_points
+    points = read_points(path)
+    found = {k.upper(): v for k, v in points.items()}
+    missing = [k for k in ("AC", "PC", "MS") if k not in found]
+    if missing:
+        raise InputError(f"landmarks {', '.join(missing)} missing (control point labels must be AC, PC, MS; "
+                         f"found {', '.join(points) or 'none'})", path)
+    return {k: found[k] for k in ("AC", "PC", "MS")}
+
+
+def run(args) -> int:
+    from ..errors import InputError
+    from ..io.atomic import write_text
+    from ..stereotaxy import plan_to_dict
+    if np.linalg.norm(args.entry - args.target) < 1e-3:
+        raise InputError("--target and --entry coincide")
+    if not args.mer_spacing > 0:
+        raise InputError("--mer-spacing must be positive")
+    xyz_from_ras = read_frame_json(args.frame) if args.frame else None
+    source = str(args.frame) if args.frame else None
+    if args.transform:
+        if xyz_from_ras is None:
+            raise InputError("--transform needs --frame")
+        from ..registration.transform_io import read_transform
+        plan_from_ct = read_transform(args.transform)
+        xyz_from_ras = xyz_from_ras @ np.linalg.inv(plan_from_ct)
+        source += f" composed with the inverse of {args.transform}"
+    landmarks = read_acpc_landmarks(args.landmarks) if args.landmarks else None
+    doc = plan_to_dict(args.target, args.entry, xyz_from_ras, args.mounting, landmarks,
+                       spacing_mm=args.mer_spacing, pattern=args.mer_pattern, frame_source=source)
+    if args.landmarks:
+        doc["landmarks_file"] = str(args.landmarks)
+    write_text(args.out, json.dumps(doc, indent=2) + "\n")
+    t = doc["target"]
+    line = f"length {doc['length_mm']:.1f} mm"
+    if doc["frame"]:
+        f = doc["frame"]
+        line += (f"; target Leksell XYZ {[round(x, 2) for x in t['LeksellXYZ_mm']]}; "
+                 f"{f['mounting']}: ring {f['ring_deg']:.2f} deg, arc {f['arc_deg']:.2f} deg")
+    if landmarks is not None:
+        r = t["ACPC_readout"]
+        line += (f"; AC-PC: {r['lateral_mm']:.1f} mm lateral ({r['side']}), AP {r['ap_mm']:+.1f} mm, "
+                 f"vertical {r['vertical_mm']:+.1f} mm")
+    print(line)
+    return 0

@@ -1,0 +1,99 @@
+"""qsmplanner frame / plan: files in, JSON out, coordinate systems named, bad input exit 2."""
+import json
+
+import numpy as np
+import pytest
+
+from QSMPlannerLib.cli import main
+from QSMPlannerLib.io.markups import write_points
+from QSMPlannerLib.io.volumes import write_volume
+from QSMPlannerLib.stereotaxy import render_localizer_ct, ring_arc
+from QSMPlannerLib.stereotaxy.geometry import XYZ_FROM_FRAMERAS, apply
+from QSMPlannerLib.volume import ras_from_ijk_matrix, rotation_matrix
+
+
+@pytest.fixture(scope="module")
+def frame_ct(tmp_path_factory):
+    pose = np.eye(4)
+    pose[:3, :3] = rotation_matrix([4.0, -6.0, 3.0])
+    pose[:3, 3] = [3.0, -5.0, 6.0]
+    truth = XYZ_FROM_FRAMERAS @ np.linalg.inv(pose)
+    voxel = np.array([1.0, 1.0, 2.0])
+    lo, hi = np.array([-118.0, -95.0, -70.0]), np.array([118.0, 135.0, 80.0])
+    shape = tuple(int(s) for s in np.ceil((hi - lo) / voxel) + 1)
+    ct = render_localizer_ct(ras_from_ijk_matrix(voxel, origin=lo), shape, truth, rng=0)
+    path = tmp_path_factory.mktemp("frame") / "ct.nii.gz"
+    write_volume(ct.with_data(ct.data.astype(np.int16)), path)
+    return path, truth
+
+
+def test_frame_then_plan(frame_ct, tmp_path, capsys):
+    ct_path, truth = frame_ct
+    target_xyz = np.array([112.0, 97.5, 104.0])
+    target = apply(np.linalg.inv(truth), target_xyz)
+    entry = apply(np.linalg.inv(truth), [135.0, 150.0, 40.0])
+    frame_json = tmp_path / "frame.json"
+    arg = ",".join(f"{v:.4f}" for v in target)
+    assert main(["frame", "--ct", str(ct_path), f"--target={arg}", "--out", str(frame_json)]) == 0
+    out = capsys.readouterr().out
+    assert "FRE" in out and "Leksell XYZ" in out
+    fr = json.loads(frame_json.read_text())
+    assert fr["target"]["LeksellXYZ_mm"] == pytest.approx(target_xyz, abs=0.3)
+    assert fr["fre_mm"] < 0.5 and fr["n_points"] > 50 and set(fr["plates_found"]) == {"anterior", "left", "right"}
+    assert "xyz_from_ras_note" in fr and fr["target"]["predicted_tre_mm"] < 0.3
+
+    lm = tmp_path / "acpc.mrk.json"
+    write_points(lm, {"AC": [0, 12, 0], "PC": [0, -12, 0], "MS": [0, 0, 40]}, coordinate_system="LPS")
+    plan_json = tmp_path / "plan.json"
+    argv = ["plan", f"--target={arg}", "--entry=" + ",".join(f"{v:.4f}" for v in entry),
+            "--frame", str(frame_json), "--mounting", "lateral-left", "--landmarks", str(lm),
+            "--out", str(plan_json)]
+    assert main(argv) == 0
+    plan = json.loads(plan_json.read_text())
+    assert plan["target"]["RAS_mm"] == pytest.approx(target, abs=1e-3)
+    assert plan["target"]["LeksellXYZ_mm"] == pytest.approx(target_xyz, abs=0.3)
+    assert plan["target"]["ACPC_mm"] == pytest.approx(target, abs=1e-3)    # AC-PC axes = RAS here
+    assert plan["frame"]["mounting"] == "lateral-left"
+    expected = ring_arc(target_xyz, [135.0, 150.0, 40.0], "lateral-left")
+    assert plan["frame"]["ring_deg"] == pytest.approx(expected.ring_deg, abs=0.5)
+    assert plan["frame"]["arc_deg"] == pytest.approx(expected.arc_deg, abs=0.5)
+    assert plan["length_mm"] == pytest.approx(np.linalg.norm(entry - target), abs=1e-3)
+    assert len(plan["mer_tracks"]["tracks"]) == 5
+    assert "ring" in capsys.readouterr().out
+
+
+def test_plan_without_frame(tmp_path):
+    out = tmp_path / "p.json"
+    assert main(["plan", "--target", "12,-3,-5", "--entry", "35,40,60", "--out", str(out),
+                 "--mer-pattern", "grid", "--mer-spacing", "3"]) == 0
+    plan = json.loads(out.read_text())
+    assert plan["frame"] is None and len(plan["mer_tracks"]["tracks"]) == 9
+    assert plan["target"]["LPS_mm"] == [-12.0, 3.0, -5.0]
+
+
+def test_bad_input_exit_2(tmp_path, capsys):
+    out = tmp_path / "p.json"
+    assert main(["frame", "--ct", str(tmp_path / "missing.nii.gz"), "--out", str(out)]) == 2
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"xyz_from_ras": [[1, 0, 0], [0, 1, 0]]}')
+    assert main(["plan", "--target", "1,2,3", "--entry", "4,5,6", "--frame", str(bad), "--out", str(out)]) == 2
+    lm = tmp_path / "lm.mrk.json"
+    write_points(lm, {"AC": [0, 12, 0], "PC": [0, -12, 0]})
+    assert main(["plan", "--target", "1,2,3", "--entry", "4,5,6", "--landmarks", str(lm), "--out", str(out)]) == 2
+    assert "MS" in capsys.readouterr().err
+    assert main(["plan", "--target", "1,2,3", "--entry", "1,2,3", "--out", str(out)]) == 2
+    with pytest.raises(SystemExit) as exc:
+        main(["plan", "--target", "1,2,3", "--entry", "4,5,6", "--mounting", "oblique", "--out", str(out)])
+    assert exc.value.code == 2
+    assert not out.exists()
+
+
+def test_frame_without_localizer_exit_3(tmp_path):
+    vol = ras_from_ijk_matrix((2.0, 2.0, 2.0), origin=(-60, -60, -40))
+    from QSMPlannerLib.volume import Volume
+    ct = Volume(np.full((60, 60, 40), -1000, np.int16), vol)
+    ct.data[20:40, 20:40, 10:30] = 40
+    path = tmp_path / "head.nii.gz"
+    write_volume(ct, path)
+    assert main(["frame", "--ct", str(path), "--out", str(tmp_path / "f.json")]) == 3
+    assert not (tmp_path / "f.json").exists()

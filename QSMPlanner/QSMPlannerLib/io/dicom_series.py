@@ -345,9 +345,19 @@ def read_dicom_gre(mag_dirs, phase_dirs) -> dict:
         warnings.append(f"{n} DICOM images {what} ignored" if what.startswith("without")
                         else f"{n} {what} images ignored")
     where = all_dirs[0]
-    keys = {part: sorted((k for p, k in groups if p == part),
-                         key=lambda k: (np.inf if k[1] is None else k[1], k[0] or 0))
-            for part in ("magnitude", "phase")}
+
+    def echo_keys(groups):
+        return {part: sorted((k for p, k in groups if p == part),
+                             key=lambda k: (np.inf if k[1] is None else k[1], k[0] or 0))
+                for part in ("magnitude", "phase")}
+
+    keys = echo_keys(groups)
+    if keys["magnitude"] != keys["phase"] and all(k[1] is not None for p, k in groups):
+        by_te = defaultdict(list)   # echo numbers disagree (or are missing in one part): TE decides
+        for (part, key), frames in groups.items():
+            by_te[(part, (None, key[1]))].extend(frames)
+        groups, te_of = by_te, {(None, k[1]): t for k, t in te_of.items()}
+        keys = echo_keys(groups)
     if not keys["phase"]:
         raise InputError("no phase images found (ImageType / ComplexImageComponent / GE or Philips "
                          "image type say none is phase)", phase_dirs[0] if phase_dirs else where)

@@ -288,3 +288,16 @@ def test_multiframe_t1_and_single_file_path(tmp_path, rng):
     one = sorted((tmp_path / "ct").iterdir())[0]
     vol = io.read_volume(one)
     assert np.allclose(vol.ras_from_ijk, m, atol=1e-4) and np.array_equal(vol.data, t1 - 1024)
+
+
+def test_echo_numbers_missing_in_phase_series_fall_back_to_echo_time(tmp_path, rng):
+    mag, phase = truth(rng)
+    for e, te in enumerate(TE_MS):
+        write_slices(tmp_path / "d", mag[..., e], RAS_FROM_IJK,
+                     {"EchoTime": te, "EchoNumbers": e + 1, "ImageType": ["ORIGINAL", "PRIMARY", "M"]}, rng)
+        write_slices(tmp_path / "d", np.round((phase[..., e] + np.pi) * 1000), RAS_FROM_IJK,
+                     {"EchoTime": te, "ImageType": ["ORIGINAL", "PRIMARY", "P"], "RescaleIntercept": -3141.5927},
+                     rng)
+    gre = io.load_gre(bids=tmp_path / "d", b0=3)
+    assert gre.n_echoes == 3 and "mrad" in gre.phase_scaling
+    assert phase_error(gre.phase_rad, phase) < 1e-3

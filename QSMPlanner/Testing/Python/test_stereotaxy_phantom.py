@@ -1,0 +1,21 @@
+"""The digital patient's CT: the frame pose found from its rendered N-localizer matches the truth."""
+import numpy as np
+import pytest
+
+from QSMPlannerLib.stereotaxy import register_frame
+from QSMPlannerLib.stereotaxy.geometry import apply
+
+
+def test_digital_patient_frame_pose():
+    phantom = pytest.importorskip("QSMPlannerLib.phantom")
+    patient = phantom.make_patient(seed=0, small=True)
+    reg = register_frame(patient.ct)
+    assert set(reg.plates_found) == {"right", "left", "anterior"}
+    assert reg.fre_mm < 0.6
+    true_xyz_from_ct = np.asarray(patient.transforms["xyz_from_ct"])
+    ct_from_t1 = np.linalg.inv(patient.transforms["t1_from_ct"])
+    for name, stn_t1 in patient.stn_centroids.items():
+        stn_ct = apply(ct_from_t1, stn_t1)
+        err = np.linalg.norm(apply(reg.xyz_from_ras, stn_ct) - apply(true_xyz_from_ct, stn_ct))
+        assert err < 0.2, (name, err)
+        assert reg.predicted_tre_mm(target_ras=stn_ct) < 0.3

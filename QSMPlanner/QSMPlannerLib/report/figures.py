@@ -50,7 +50,7 @@ def _draw_reslice(ax, r: Reslice, vessels: Reslice | None = None, window=(-0.15,
     ax.set_xlim(-0.5, w - 0.5)
     ax.set_ylim(h - 0.5, -0.5)
     if letters:
-        for (x, y), txt in zip(((0.02, 0.5), (0.98, 0.5), (0.5, 0.03), (0.5, 0.97)), letters):
+        for (x, y), txt in zip(((0.03, 0.5), (0.97, 0.5), (0.5, 0.96), (0.5, 0.04)), letters):  # left, right, top, bottom
             ax.text(x, y, txt, transform=ax.transAxes, color="yellow", fontsize=8, ha="center", va="center")
     ax.set_title(title, fontsize=8)
     ax.set_xticks([])

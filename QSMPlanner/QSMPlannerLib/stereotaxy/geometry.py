@@ -10,6 +10,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..volume import LPS_FROM_RAS  # noqa: F401  (re-exported: DICOM/LPS exports)
+
 FRAME_CENTER_XYZ = np.array([100.0, 100.0, 100.0])
 
 # frame-aligned RAS (origin at the frame centre) from Leksell XYZ; a proper rotation (det +1)
@@ -67,6 +69,7 @@ PLATES = {
     "anterior": _plate_ap("anterior", 215.0),
 }
 POSTERIOR_PLATE = _plate_ap("posterior", -15.0)  # some MR boxes
+ALL_PLATES = dict(PLATES, posterior=POSTERIOR_PLATE)
 ROD_Z_RANGE = (40.0, 160.0)
 ROD_SPACING_MM = 120.0
 

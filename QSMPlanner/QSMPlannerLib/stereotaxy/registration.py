@@ -19,9 +19,7 @@ import numpy as np
 from ..errors import InputError, ProcessingError
 from ..progress import as_progress
 from ..volume import Volume
-from .geometry import FRAME_CENTER_XYZ, PLATES, POSTERIOR_PLATE, apply
-
-ALL_PLATES = dict(PLATES, posterior=POSTERIOR_PLATE)
+from .geometry import ALL_PLATES, FRAME_CENTER_XYZ, LPS_FROM_RAS, apply
 OUTLIER_MM = 2.0
 
 
@@ -163,22 +161,14 @@ def detect_triplets(ct: Volume, threshold=None, polarity: str = "bright", progre
                     width_range_mm=(112.0, 175.0), collinear_mm: float = 1.5,
                     max_extent_mm: float = 16.0) -> list:
     """All N-localizer triplets of ``ct`` (slices along its thickest axis, or k). ``threshold`` in the
-    image's units (default 400 HU for CT; for MR, a robust level from the intensity distribution).
+    image's units (default 400 HU for CT; for MR, a level from the intensity distribution).
     ``polarity`` 'dark' finds dark fiducials (some MR boxes)."""
     progress = as_progress(progress)
     data = np.asarray(ct.data)
     if data.ndim != 3:
         raise InputError(f"expected a 3-D CT, got {data.ndim}-D data", ct.name or None)
     sign = -1.0 if polarity == "dark" else 1.0
-    if threshold is None:
-        if polarity == "bright" and ct.meta.get("modality", "CT") == "CT":
-            threshold = 400.0
-        else:
-            sample = sign * data[::4, ::4, ::4].astype(np.float32)
-            lo, hi = np.percentile(sample, [50.0, 99.95])
-            threshold = lo + 0.4 * (hi - lo)
-    else:
-        threshold = sign * float(threshold)
+    thr = float(threshold if threshold is not None else _default_thresholds(ct, polarity)[0])
     axis = _slice_axis(ct)
     order = [a for a in range(3) if a != axis] + [axis]
     view = np.moveaxis(data, axis, -1)          # (u, v, slice), a view
@@ -191,7 +181,6 @@ def detect_triplets(ct: Volume, threshold=None, polarity: str = "bright", progre
     triplets = []
     n_slices = view.shape[2]
     chunk = 16
-    thr = threshold if sign > 0 else -threshold
     for k0 in range(0, n_slices, chunk):
         k1 = min(k0 + chunk, n_slices)
         block = view[:, :, k0:k1]
@@ -265,11 +254,12 @@ def _frame_points(plate, fractions):
     return s + np.asarray(fractions, float)[:, None] * (e - s)
 
 
-def _best_labelling(clusters, plates=("right", "left", "anterior")):
+def _best_labelling(clusters, plate_sets=(("right", "left", "anterior"), ("right", "left", "posterior"))):
     """Try every assignment of the largest clusters to plates and every rod order; best pose."""
     best = (np.inf, None)
     cand = [_arrays(c) for c in clusters[:4]]
-    for chosen in itertools.permutations(range(len(cand)), len(plates)):
+    for plates, chosen in ((ps, ch) for ps in plate_sets
+                           for ch in itertools.permutations(range(len(cand)), len(ps))):
         for flips in itertools.product((False, True), repeat=len(plates)):
             ras = np.concatenate([cand[ci][1] for ci in chosen])
             xyz = np.concatenate([_frame_points(ALL_PLATES[p], 1.0 - cand[ci][3] if flip else cand[ci][3])
@@ -360,6 +350,8 @@ class FrameRegistration:
             "xyz_from_ras_note": "4x4 mapping image (CT) RAS mm to Leksell XYZ mm "
                                  "(+X patient's left, +Y anterior, +Z inferior, centre 100/100/100)",
             "ras_from_xyz": self.ras_from_xyz.tolist(),
+            "xyz_from_lps": (np.asarray(self.xyz_from_ras) @ LPS_FROM_RAS).tolist(),
+            "xyz_from_lps_note": "the same pose for DICOM patient coordinates (LPS mm, L = -R, P = -A)",
             "method": self.method,
             "fre_mm": float(self.fre_mm),
             "fre_per_plate_mm": {k: float(v) for k, v in self.fre_per_plate.items()},
@@ -429,19 +421,43 @@ def fit_triplets(triplets, max_fre_mm: float = 1.5, **extra) -> FrameRegistratio
     return _result(assigned, m1, extra.pop("method", "automatic"), max_fre_mm=max_fre_mm, **extra)
 
 
+def _default_thresholds(ct: Volume, polarity: str) -> list:
+    """Thresholds to try, best guess first: 400 HU (then 250, 700, 1000) for a CT; for other images
+    (MR boxes) fractions of the range between the median and the 99.99th percentile."""
+    if polarity == "bright" and ct.meta.get("modality", "CT") == "CT":
+        return [400.0, 250.0, 700.0, 1000.0]
+    sign = -1.0 if polarity == "dark" else 1.0
+    sample = sign * np.asarray(ct.data[::3, ::3, ::3], np.float32)
+    lo, hi = np.percentile(sample, [50.0, 99.99])
+    return [float(sign * (lo + f * (hi - lo))) for f in (0.4, 0.25, 0.55, 0.7)]
+
+
 def register_frame(ct: Volume, progress=None, threshold=None, polarity: str = "bright",
                    max_fre_mm: float = 1.5) -> FrameRegistration:
     """Register the Leksell G N-localizer in ``ct`` (a CT in HU, or an MR localizer with
-    ``polarity``/``threshold`` set): returns the pose ``xyz_from_ras`` (image RAS mm -> Leksell XYZ
-    mm) with its FRE. Raises ``ProcessingError`` if fewer than three plates are found or the fit is
-    poor (FRE > ``max_fre_mm``)."""
+    ``polarity`` 'bright'/'dark'): returns the pose ``xyz_from_ras`` (image RAS mm -> Leksell XYZ
+    mm) with its FRE. ``threshold`` (image units) separates rods from their surroundings; by default
+    several levels are tried until the localizer is found. Raises ``ProcessingError`` if fewer than
+    three plates are found or the fit is poor (FRE > ``max_fre_mm``)."""
+    if polarity not in ("bright", "dark"):
+        raise InputError(f"polarity must be 'bright' or 'dark', not {polarity!r}")
     progress = as_progress(progress)
-    triplets = detect_triplets(ct, threshold=threshold, polarity=polarity, progress=progress.sub(0.0, 0.9))
-    progress.update(0.92, "localizer: fitting the frame pose")
-    reg = fit_triplets(triplets, max_fre_mm=max_fre_mm, slice_axis=_slice_axis(ct),
-                       threshold=threshold)
-    progress.update(1.0, f"localizer: FRE {reg.fre_mm:.2f} mm over {reg.n_points} points")
-    return reg
+    levels = [float(threshold)] if threshold is not None else _default_thresholds(ct, polarity)
+    error = None
+    for n, level in enumerate(levels):
+        part = progress.sub(n / len(levels), (n + 1) / len(levels)) if n else progress.sub(0.0, 0.9)
+        triplets = detect_triplets(ct, threshold=level, polarity=polarity, progress=part.sub(0.0, 0.95))
+        part.update(0.97, "localizer: fitting the frame pose")
+        try:
+            reg = fit_triplets(triplets, max_fre_mm=max_fre_mm, slice_axis=_slice_axis(ct), threshold=level)
+        except ProcessingError as exc:
+            error = exc if error is None else error
+            continue
+        if n:
+            reg.warnings.append(f"rods found at threshold {level:g} (the default level failed: {error})")
+        progress.update(1.0, f"localizer: FRE {reg.fre_mm:.2f} mm over {reg.n_points} points")
+        return reg
+    raise error
 
 
 def register_frame_manual(clicks, max_fre_mm: float = 1.5) -> FrameRegistration:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..volume import Volume
-from .geometry import PLATES, apply
+from .geometry import ALL_PLATES, apply
 
 AIR_HU = -1000.0
 ROD_HU = 1500.0          # CT localizer rods appear far brighter than bone in most protocols
@@ -75,6 +75,7 @@ def render_localizer_ct(ras_from_ijk, shape, xyz_from_ras, head_hu=None, noise_h
     """CT in HU on the grid (``ras_from_ijk`` 4x4 voxel->RAS mm, ``shape`` (I, J, K)) showing the
     Leksell G N-localizer plates placed by ``xyz_from_ras`` (4x4, image RAS mm -> Leksell XYZ mm).
 
+    ``plates``: any of right, left, anterior, posterior (MR boxes).
     ``head_hu`` (same grid, optional) replaces the air background; rods are blended with partial
     volume: value = (1 - w) * background + w * rod_hu. Gaussian noise of ``noise_hu`` SD is added
     (``rng``: seed or numpy Generator). ``pins_xyz``: optional list of (start, end) XYZ segments
@@ -97,7 +98,7 @@ def render_localizer_ct(ras_from_ijk, shape, xyz_from_ras, head_hu=None, noise_h
 
     weights = np.zeros(shape, np.float32)
     for name in plates:
-        for a, b in PLATES[name].rods():
+        for a, b in ALL_PLATES[name].rods():
             _rasterise_segment(weights, ijk_from_xyz, a, b, rod_radius_mm, shape, spacing, pad)
     data = background + weights * (np.float32(rod_hu) - background)
     if pins_xyz:
@@ -134,7 +135,7 @@ def analytic_triplets(xyz_from_ras, slice_normal_ras=(0.0, 0.0, 1.0), offsets_mm
     for off in offsets_mm:
         for name in plates:
             hits = []
-            for a, b in PLATES[name].rods() if name in PLATES else []:
+            for a, b in ALL_PLATES[name].rods():
                 pa, pb = apply(ras_from_xyz, a), apply(ras_from_xyz, b)
                 den = (pb - pa) @ n
                 if abs(den) < 1e-9:

@@ -144,3 +144,30 @@ def test_manual_clicks(rng):
     reg = register_frame_manual(clicks)
     assert reg.method == "manual" and reg.n_points == 9
     assert _target_error(reg.xyz_from_ras, truth, STN_XYZ) < 1.0
+
+
+def test_any_image_orientation(rng):
+    # the frame may sit in any orientation in the image (no prior on the axes): labels come from the fit
+    for _ in range(3):
+        pose = np.eye(4)
+        pose[:3, :3] = np.linalg.qr(rng.normal(size=(3, 3)))[0]
+        pose[:3, :3] *= np.sign(np.linalg.det(pose[:3, :3]))
+        truth = XYZ_FROM_FRAMERAS @ np.linalg.inv(pose)
+        normal = pose[:3, :3] @ rotation_matrix([*rng.uniform(-15, 15, 2), 0]) @ [0, 0, 1]
+        reg = fit_triplets(analytic_triplets(truth, normal, noise_mm=0.1, rng=rng))
+        assert _target_error(reg.xyz_from_ras, truth, STN_XYZ) < 0.1
+
+
+@pytest.mark.parametrize("polarity", ["bright", "dark"])
+def test_mr_localizer_box(polarity, rng):
+    """MR box: four plates (posterior too), fluid rods bright or dark on a plate-signal background."""
+    truth = _random_pose(rng, 8.0, 8.0)
+    ras_from_ijk, shape = _ct_grid(np.array([1.2, 1.2, 2.0]), lo=(-118, -125, -70), hi=(118, 135, 70))
+    background = np.full(shape, 300.0 if polarity == "dark" else 20.0, np.float32)
+    rod = 0.0 if polarity == "dark" else 900.0
+    mr = render_localizer_ct(ras_from_ijk, shape, truth, head_hu=background, noise_hu=10.0, rng=rng,
+                             plates=("right", "left", "anterior", "posterior"), rod_hu=rod)
+    mr.meta["modality"] = "MR"
+    reg = register_frame(mr, polarity=polarity)
+    assert set(reg.plates_found) == {"right", "left", "anterior", "posterior"}
+    assert _target_error(reg.xyz_from_ras, truth, STN_XYZ) < 0.3

@@ -72,3 +72,80 @@ def vsharp(field: np.ndarray, mask: np.ndarray, voxel_mm=(1, 1, 1), radii_mm=Non
     local = irfft3(rfft3(hp) * inv, shape)
     local = np.where(done, local, 0)[sl].astype(np.float32)
     return local, done[sl]
+
+
+def _cg(apply_a, b, x0=None, tol=1e-3, max_iter=200):
+    """Conjugate gradients for a symmetric positive (semi)definite operator; float32 arrays."""
+    x = np.zeros_like(b) if x0 is None else x0.copy()
+    r = b - apply_a(x) if x0 is not None else b.copy()
+    p = r.copy()
+    rs = float(np.vdot(r, r))
+    b_norm = max(float(np.sqrt(np.vdot(b, b))), 1e-30)
+    for _ in range(max_iter):
+        if np.sqrt(rs) <= tol * b_norm:
+            break
+        ap = apply_a(p)
+        alpha = rs / max(float(np.vdot(p, ap)), 1e-30)
+        x += np.float32(alpha) * p
+        r -= np.float32(alpha) * ap
+        rs_new = float(np.vdot(r, r))
+        p = r + np.float32(rs_new / rs) * p
+        rs = rs_new
+    return x
+
+
+def resharp(field: np.ndarray, mask: np.ndarray, voxel_mm=(1, 1, 1), radius_mm: float | None = None,
+            lam: float = 1e-2, tol: float = 1e-3, max_iter: int = 200) -> tuple[np.ndarray, np.ndarray]:
+    """RESHARP (Sun H, Wilman AH, MRM 2014;71:1151): Tikhonov-regularised SHARP,
+    min_fl || M_r C (fl - f) ||^2 + lam ||fl||^2 with C = delta - S_r, M_r the mask eroded by r,
+    fl supported in the mask; conjugate gradients. Radius default 4*max(voxel) mm.
+    Returns (local_field, eroded_mask)."""
+    mask = np.asarray(mask, bool)
+    vox = np.asarray(voxel_mm, float)
+    r = 4.0 * vox.max() if radius_mm is None else float(radius_mm)
+    pad = [int(np.ceil(r / v)) + 1 for v in vox]
+    shape = fast_shape(mask.shape, pad)
+    f, sl = pad_to(np.where(mask, field, 0).astype(np.float32), shape)
+    m, _ = pad_to(mask, shape)
+    c = (1.0 - smv_kernel_k(shape, vox, r)).astype(np.float32)
+    eroded = irfft3(rfft3(m.astype(np.float32)) * (1.0 - c), shape) > 0.999
+
+    def conv(x):
+        return irfft3(rfft3(x) * c, shape).astype(np.float32)
+
+    def normal(x):  # M (C^T M_r C + lam) M
+        return np.where(m, conv(np.where(eroded, conv(np.where(m, x, 0)), 0)), 0) + np.float32(lam) * x
+
+    rhs = np.where(m, conv(np.where(eroded, conv(f), 0)), 0).astype(np.float32)
+    local = _cg(normal, rhs, tol=tol, max_iter=max_iter)
+    return np.where(m, local, 0)[sl].astype(np.float32), m[sl].copy()
+
+
+def pdf(field: np.ndarray, mask: np.ndarray, voxel_mm=(1, 1, 1), b0_dir_ijk=(0, 0, 1),
+        weight: np.ndarray | None = None, tol: float = 1e-2, max_iter: int = 100,
+        pad=None) -> tuple[np.ndarray, np.ndarray]:
+    """Projection onto dipole fields (Liu T et al., NMR Biomed 2011;24:1129): the background field is
+    the field, inside the mask, of sources outside it: min_chi || W M (f - D (1-M) chi) ||^2,
+    conjugate gradients on the normal equations, zero-padded grid. Returns (local_field, mask)."""
+    mask = np.asarray(mask, bool)
+    vox = np.asarray(voxel_mm, float)
+    if pad is None:
+        pad = tuple(max(8, s // 3) for s in mask.shape)
+    shape = fast_shape(mask.shape, pad)
+    f, sl = pad_to(np.where(mask, field, 0).astype(np.float32), shape)
+    m, _ = pad_to(mask, shape)
+    w = np.ones(mask.shape, np.float32) if weight is None else np.asarray(weight, np.float32)
+    w2, _ = pad_to(np.where(mask, w * w, 0).astype(np.float32), shape)
+    d = dipole_kernel(shape, vox, b0_dir_ijk)
+
+    def dconv(x):
+        return irfft3(rfft3(x) * d, shape).astype(np.float32)
+
+    def normal(x):  # (1-M) D^T M W^2 M D (1-M)
+        return np.where(m, 0, dconv(w2 * dconv(np.where(m, 0, x))))
+
+    rhs = np.where(m, 0, dconv(w2 * f)).astype(np.float32)
+    chi_bg = _cg(normal, rhs, tol=tol, max_iter=max_iter)
+    background = dconv(np.where(m, 0, chi_bg))
+    local = np.where(m, f - background, 0)[sl].astype(np.float32)
+    return local, mask.copy()

@@ -22,6 +22,11 @@ def register(sub):
                    help="rod intensity threshold (default 400 HU for CT; automatic for other images)")
     p.add_argument("--polarity", choices=["bright", "dark"], default="bright",
                    help="fiducials brighter (CT, most MR boxes) or darker than their surroundings")
+    p.add_argument("--clicks", metavar="RODS.mrk.json",
+                   help="manual fallback: rod centroids clicked on a few slices (RAS), labelled "
+                        "'<plate> <slice> <rod>' such as 'right 1 first', 'right 1 diagonal', 'right 1 second' "
+                        "(plates right/left/anterior/posterior; 'first' is the posterior rod of a lateral "
+                        "plate and the patient's-right rod of the anterior/posterior plate)")
     p.set_defaults(func=run)
 
 
@@ -30,9 +35,21 @@ def run(args) -> int:
     from ..io.volumes import read_volume
     from ..stereotaxy import register_frame
     from .common import progress_bar
-    ct = read_volume(args.ct)
-    reg = register_frame(ct, progress=progress_bar("frame"), threshold=args.threshold,
-                         polarity=args.polarity)
+    if args.clicks:
+        from ..errors import InputError
+        from ..io.markups import read_points
+        from ..stereotaxy import clicks_from_points, register_frame_manual
+        from pathlib import Path
+        if not Path(args.ct).exists():
+            raise InputError("file not found", args.ct)
+        try:
+            reg = register_frame_manual(clicks_from_points(read_points(args.clicks)))
+        except InputError as exc:
+            raise InputError(exc.problem, exc.path or args.clicks) from None
+    else:
+        ct = read_volume(args.ct)
+        reg = register_frame(ct, progress=progress_bar("frame"), threshold=args.threshold,
+                             polarity=args.polarity)
     doc = reg.to_dict(target_ras=args.target)
     doc["ct"] = str(args.ct)
     write_text(args.out, json.dumps(doc, indent=2) + "\n")

@@ -9,7 +9,7 @@ from .coordinates import (MOUNTINGS, RingArc, acpc_coordinates, acpc_from_ras, a
 from .geometry import (FRAMERAS_FROM_XYZ, PLATES, XYZ_FROM_FRAMERAS, ras_to_lps, ras_to_xyz,
                        xyz_to_ras)
 from .plan import plan_to_dict
-from .registration import (FrameRegistration, detect_triplets, fit_triplets, predicted_tre_mm,
+from .registration import (FrameRegistration, clicks_from_points, detect_triplets, fit_triplets, predicted_tre_mm,
                            register_frame, register_frame_manual, rigid_fit)
 from .synthetic import analytic_triplets, render_localizer_ct
 
@@ -18,4 +18,4 @@ __all__ = ["FRAMERAS_FROM_XYZ", "XYZ_FROM_FRAMERAS", "PLATES", "MOUNTINGS", "Rin
            "direction_from_ring_arc", "acpc_coordinates", "acpc_from_ras", "acpc_readout",
            "mer_tracks", "mer_axes_xyz", "plan_to_dict", "render_localizer_ct", "analytic_triplets",
            "FrameRegistration", "register_frame", "register_frame_manual", "detect_triplets",
-           "fit_triplets", "predicted_tre_mm", "rigid_fit"]
+           "fit_triplets", "predicted_tre_mm", "rigid_fit", "clicks_from_points"]

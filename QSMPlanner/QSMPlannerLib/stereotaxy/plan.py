@@ -50,6 +50,9 @@ def plan_to_dict(target_ras, entry_ras, xyz_from_ras=None, mounting: str = "late
     }
     if landmarks is not None:
         out["landmarks_RAS_mm"] = {k: _vec(landmarks[k]) for k in ("AC", "PC", "MS")}
+        out["ACPC_definition"] = ("origin = (AC + PC) / 2 of the landmarks as placed (centres or the posterior "
+                                  "edge of AC / anterior edge of PC move it by ~1 mm); y along PC->AC, "
+                                  "x = y x (MS - PC) (right), z = x x y (superior)")
     if m is not None:
         t_xyz, e_xyz = apply(m, t), apply(m, e)
         ra = ring_arc(t_xyz, e_xyz, mounting)

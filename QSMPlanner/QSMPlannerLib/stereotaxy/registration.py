@@ -475,3 +475,35 @@ def register_frame_manual(clicks, max_fre_mm: float = 1.5) -> FrameRegistration:
     if len(assigned) < 3:
         raise InputError("at least three clicked slices (rod triplets) are needed")
     return _result(assigned, None, "manual", max_fre_mm=max_fre_mm)
+
+
+_CLICK_LABEL = None
+
+
+def clicks_from_points(points: dict) -> dict:
+    """Group named points (image RAS mm) labelled '<plate> <slice> <rod>' (e.g. 'right 1 first',
+    'right_1_diagonal', 'right-1-second'; plates right/left/anterior/posterior, rods first/diagonal/
+    second) into ``register_frame_manual``'s {plate: [(first, diagonal, second), ...]}."""
+    import re
+    global _CLICK_LABEL
+    if _CLICK_LABEL is None:
+        _CLICK_LABEL = re.compile(r"^\s*(right|left|anterior|posterior)[\s_:\-]*([0-9A-Za-z]+)[\s_:\-]+"
+                                  r"(first|diagonal|second)\s*$", re.IGNORECASE)
+    groups, bad = {}, []
+    for label, p in points.items():
+        m = _CLICK_LABEL.match(str(label))
+        if not m:
+            bad.append(str(label))
+            continue
+        plate, slice_id, rod = m.group(1).lower(), m.group(2), m.group(3).lower()
+        groups.setdefault((plate, slice_id), {})[rod] = np.asarray(p, float)
+    if bad:
+        raise InputError(f"point labels not of the form '<plate> <slice> <first|diagonal|second>': "
+                         f"{', '.join(bad[:5])}")
+    clicks = {}
+    for (plate, slice_id), rods in sorted(groups.items()):
+        missing = [r for r in ("first", "diagonal", "second") if r not in rods]
+        if missing:
+            raise InputError(f"{plate} slice {slice_id}: rod(s) {', '.join(missing)} not clicked")
+        clicks.setdefault(plate, []).append((rods["first"], rods["diagonal"], rods["second"]))
+    return clicks

@@ -97,3 +97,45 @@ def test_frame_without_localizer_exit_3(tmp_path):
     write_volume(ct, path)
     assert main(["frame", "--ct", str(path), "--out", str(tmp_path / "f.json")]) == 3
     assert not (tmp_path / "f.json").exists()
+
+
+def test_frame_manual_clicks_and_plan_transform(frame_ct, tmp_path):
+    ct_path, truth = frame_ct
+    ras_from_xyz = np.linalg.inv(truth)
+    points = {}
+    for plate, x_or_y in (("right", 5.0), ("left", 195.0), ("anterior", 215.0)):
+        for n, z in enumerate((60.0, 100.0, 140.0), start=1):
+            if plate == "anterior":
+                a, c = np.array([40.0, x_or_y, z]), np.array([160.0, x_or_y, z])
+            else:
+                a, c = np.array([x_or_y, 40.0, z]), np.array([x_or_y, 160.0, z])
+            b = a + (z - 40.0) / 120.0 * (c - a)
+            for rod, p in (("first", a), ("diagonal", b), ("second", c)):
+                points[f"{plate} {n} {rod}"] = apply(ras_from_xyz, p)
+    clicks = tmp_path / "rods.mrk.json"
+    write_points(clicks, points)
+    frame_json = tmp_path / "frame.json"
+    assert main(["frame", "--ct", str(ct_path), "--clicks", str(clicks), "--out", str(frame_json)]) == 0
+    fr = json.loads(frame_json.read_text())
+    assert fr["method"] == "manual" and fr["n_points"] == 9 and fr["fre_mm"] < 1e-6
+    np.testing.assert_allclose(fr["xyz_from_ras"], truth, atol=1e-6)
+    # a label that names no rod: exit 2
+    bad = tmp_path / "bad.mrk.json"
+    write_points(bad, {"right 1 first": [0, 0, 0], "somewhere": [1, 1, 1]})
+    assert main(["frame", "--ct", str(ct_path), "--clicks", str(bad), "--out", str(tmp_path / "x.json")]) == 2
+
+    # plan in another space (T1) through the transform T1_from_CT
+    from QSMPlannerLib.registration.transform_io import write_transform
+    t1_from_ct = np.eye(4)
+    t1_from_ct[:3, :3] = rotation_matrix([3.0, 2.0, -4.0])
+    t1_from_ct[:3, 3] = [5.0, -7.0, 2.0]
+    tfile = tmp_path / "T1_from_CT.h5"
+    write_transform(tfile, t1_from_ct)
+    target_xyz = np.array([112.0, 97.5, 104.0])
+    target_t1 = apply(t1_from_ct, apply(ras_from_xyz, target_xyz))
+    entry_t1 = target_t1 + [20.0, 40.0, 50.0]
+    plan_json = tmp_path / "plan.json"
+    assert main(["plan", "--target=" + ",".join(map(str, target_t1)), "--entry=" + ",".join(map(str, entry_t1)),
+                 "--frame", str(frame_json), "--transform", str(tfile), "--out", str(plan_json)]) == 0
+    plan = json.loads(plan_json.read_text())
+    assert plan["target"]["LeksellXYZ_mm"] == pytest.approx(target_xyz, abs=1e-4)

@@ -134,27 +134,25 @@ def _blobs_in_block(masks, view, k0, pix_area_mm2, pix_mm, min_area_mm2, max_are
 
 
 def _triplets_in_slice(pts, width_range, collinear_mm):
-    """Index triplets (a, b, c) of 3-D points with b between a and c on their line, |c - a| in range."""
+    """Index triplets (a, b, c) of 3-D points with b between a and c on their line, |c - a| in range
+    (the middle point closest to the line when several qualify)."""
     n = len(pts)
     if n < 3:
         return []
     d = np.linalg.norm(pts[:, None] - pts[None], axis=2)
     ia, ic = np.nonzero(np.triu((d >= width_range[0]) & (d <= width_range[1]), 1))
-    found = []
-    for a, c in zip(ia, ic):
-        v = pts[c] - pts[a]
-        l2 = v @ v
-        rel = pts - pts[a]
-        t = rel @ v / l2
-        perp = np.linalg.norm(rel - t[:, None] * v, axis=1)
-        ok = (t > 0.01) & (t < 0.99) & (perp < collinear_mm)
-        ok[[a, c]] = False
-        mids = np.nonzero(ok)[0]
-        if len(mids) == 1:
-            found.append((a, int(mids[0]), c))
-        elif len(mids) > 1:
-            found.append((a, int(mids[np.argmin(perp[mids])]), c))
-    return found
+    if len(ia) == 0:
+        return []
+    v = pts[ic] - pts[ia]                                   # (P, 3)
+    rel = pts[None, :, :] - pts[ia][:, None, :]             # (P, n, 3)
+    t = np.einsum("pnk,pk->pn", rel, v) / np.einsum("pk,pk->p", v, v)[:, None]
+    perp = np.linalg.norm(rel - t[..., None] * v[:, None, :], axis=2)
+    ok = (t > 0.01) & (t < 0.99) & (perp < collinear_mm)
+    ok[np.arange(len(ia)), ia] = False
+    ok[np.arange(len(ia)), ic] = False
+    has = ok.any(axis=1)
+    mid = np.argmin(np.where(ok, perp, np.inf), axis=1)
+    return [(int(a), int(m), int(c)) for a, m, c, h in zip(ia, mid, ic, has) if h]
 
 
 def detect_triplets(ct: Volume, threshold=None, polarity: str = "bright", progress=None,

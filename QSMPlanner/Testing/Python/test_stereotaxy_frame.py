@@ -98,8 +98,11 @@ def test_rendered_ct_random_pose(slice_mm, oblique, rng):
     direction = rotation_matrix([8.0, -5.0, 4.0]) if oblique else None
     ras_from_ijk, shape = _ct_grid(np.array([0.9, 0.9, slice_mm]), direction)
     centre = apply(np.linalg.inv(truth), [100.0, 110.0, 100.0])
+    # distractors: metal pins and 80 small bright "calcifications" (1-4 mm) inside the head
+    balls_xyz = apply(truth, centre + rng.uniform(-1, 1, (80, 3)) * [55, 70, 60])
+    balls = [(p, p + rng.normal(0, 1.0, 3)) for p in balls_xyz]
     ct = render_localizer_ct(ras_from_ijk, shape, truth, head_hu=_head_hu(ras_from_ijk, shape, centre),
-                             rng=rng, pins_xyz=PINS_XYZ)
+                             rng=rng, pins_xyz=PINS_XYZ + balls)
     reg = register_frame(ct)
     assert set(reg.plates_found) == {"right", "left", "anterior"}
     assert reg.fre_mm < 0.4

@@ -95,7 +95,10 @@ def _ct_grid(voxel, direction=None, lo=(-118.0, -95.0, -80.0), hi=(118.0, 135.0,
 @pytest.mark.parametrize("slice_mm, oblique", [(1.0, False), (3.0, True)])
 def test_rendered_ct_random_pose(slice_mm, oblique, rng):
     truth = _random_pose(rng, 12.0, 10.0)
-    direction = rotation_matrix([8.0, -5.0, 4.0]) if oblique else None
+    direction = None
+    if oblique:   # rotated axes and a 15 degree gantry tilt (slice axis sheared in the j-k plane)
+        direction = rotation_matrix([8.0, -5.0, 4.0])
+        direction[:, 2] = direction @ [0.0, np.sin(np.radians(15)), np.cos(np.radians(15))]
     ras_from_ijk, shape = _ct_grid(np.array([0.9, 0.9, slice_mm]), direction)
     centre = apply(np.linalg.inv(truth), [100.0, 110.0, 100.0])
     # distractors: metal pins and 80 small bright "calcifications" (1-4 mm) inside the head

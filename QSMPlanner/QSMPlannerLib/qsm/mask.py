@@ -69,9 +69,14 @@ def brain_mask(magnitude: np.ndarray, voxel_mm=(1, 1, 1), opening_mm: float = 4.
     return m
 
 
-def quality_mask(mask: np.ndarray, residual_rad: np.ndarray, max_residual_rad: float = 1.0) -> np.ndarray:
-    """Phase-quality masking: drop voxels of ``mask`` whose echo-fit residual (rad, RMS) exceeds
-    ``max_residual_rad`` at the mask border (holes inside are filled back), keep the largest piece."""
-    good = np.asarray(mask, bool) & (np.asarray(residual_rad) <= max_residual_rad)
+def quality_mask(mask: np.ndarray, residual_rad: np.ndarray, max_residual_rad: float | None = None) -> np.ndarray:
+    """Phase-quality masking: drop voxels of ``mask`` whose echo-fit residual (rad, magnitude-weighted
+    RMS) exceeds ``max_residual_rad`` (default max(0.25, 8 x the median residual in the mask)) —
+    skull, air boundaries, signal voids — keep the largest piece and fill holes inside it back."""
+    mask = np.asarray(mask, bool)
+    res = np.asarray(residual_rad)
+    if max_residual_rad is None:
+        max_residual_rad = max(0.25, 8.0 * float(np.median(res[mask]))) if mask.any() else 0.25
+    good = mask & (res <= max_residual_rad)
     good = _largest_component(good)
     return ndimage.binary_fill_holes(good) & np.asarray(mask, bool)

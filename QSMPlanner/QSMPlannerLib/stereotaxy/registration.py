@@ -420,14 +420,16 @@ def fit_triplets(triplets, max_fre_mm: float = 1.5, **extra) -> FrameRegistratio
 
 
 def _default_thresholds(ct: Volume, polarity: str) -> list:
-    """Thresholds to try, best guess first: 400 HU (then 250, 700, 1000) for a CT; for other images
-    (MR boxes) fractions of the range between the median and the 99.99th percentile."""
-    if polarity == "bright" and ct.meta.get("modality", "CT") == "CT":
-        return [400.0, 250.0, 700.0, 1000.0]
+    """Thresholds to try, best guess first: 400 HU (then 250, 700, 1000) for a CT; then (first for
+    other images, e.g. MR boxes) fractions of the range between the median and the 99.99th
+    percentile."""
     sign = -1.0 if polarity == "dark" else 1.0
     sample = sign * np.asarray(ct.data[::3, ::3, ::3], np.float32)
     lo, hi = np.percentile(sample, [50.0, 99.99])
-    return [float(sign * (lo + f * (hi - lo))) for f in (0.4, 0.25, 0.55, 0.7)]
+    relative = [float(sign * (lo + f * (hi - lo))) for f in (0.4, 0.25, 0.55, 0.7)]
+    if polarity == "bright" and ct.meta.get("modality", "CT") == "CT":
+        return [400.0, 250.0, 700.0, 1000.0] + relative
+    return relative
 
 
 def register_frame(ct: Volume, progress=None, threshold=None, polarity: str = "bright",

@@ -177,3 +177,15 @@ def test_mr_localizer_box(polarity, rng):
     reg = register_frame(mr, polarity=polarity)
     assert set(reg.plates_found) == {"right", "left", "anterior", "posterior"}
     assert _target_error(reg.xyz_from_ras, truth, STN_XYZ) < 0.3
+
+
+def test_unlabelled_low_contrast_image_falls_back_to_relative_threshold(rng):
+    """An image without a modality whose rods never reach 400 (e.g. an MR read from a file)."""
+    truth = _random_pose(rng, 8.0, 8.0)
+    ras_from_ijk, shape = _ct_grid(np.array([1.2, 1.2, 2.0]))
+    img = render_localizer_ct(ras_from_ijk, shape, truth, head_hu=np.full(shape, 20.0, np.float32),
+                              noise_hu=3.0, rng=rng, rod_hu=200.0)
+    img.meta.pop("modality")
+    reg = register_frame(img)
+    assert any("threshold" in w for w in reg.warnings)
+    assert _target_error(reg.xyz_from_ras, truth, STN_XYZ) < 0.3

@@ -15,6 +15,7 @@ import csv
 import functools
 from dataclasses import dataclass, field
 
+import numba
 import numpy as np
 from scipy import ndimage
 
@@ -147,55 +148,55 @@ def _block_mean(a, f: int):
 
 @functools.lru_cache(maxsize=2)
 def static_model(spacing: float) -> dict:
-    """Seed-independent maps on the model grid (cached): GM/WM fractions, intracranial volume (ICV),
-    filled brain, CIT168 labels, template T1, signed distance to the ICV surface (mm, + outside)."""
+    """Seed-independent maps on the model grid (cached). Fractions are uint8 (value/255): GM, WM,
+    template T1, intracranial volume "icv" and filled brain "brain" (ventricles included, soft edges);
+    "cit": CIT168 labels (int16); "dist": signed distance to the ICV surface (mm, + outside) on a
+    grid ``dist_factor`` times coarser."""
     f = int(round(spacing))
     if f not in (1, 2, 3, 4) or abs(f - spacing) > 1e-6:
         raise ValueError("model spacing must be 1, 2, 3 or 4 mm")
     grid1 = model_grid(1.0)
+    grid = model_grid(spacing)
     t1, aff = _load(T1_FILE)
     gm, _ = _load(GM_FILE)
     wm, _ = _load(WM_FILE)
     cit, caff = _load(CIT_FILE)
-    t1 = _place(t1, aff, grid1, np.float32) / 255.0
-    gm = _place(gm, aff, grid1, np.float32) / 255.0
-    wm = _place(wm, aff, grid1, np.float32) / 255.0
     cit = _place(np.rint(cit), caff, grid1, np.int16)
-    icv = ndimage.binary_fill_holes(ndimage.binary_closing(t1 > 0.02, iterations=2))
-    brain = ndimage.binary_fill_holes(ndimage.binary_opening((gm + wm) > 0.5, iterations=1) | (cit > 0))
-    grid = model_grid(spacing)
-    out = {"grid": grid}
-    crop = tuple(slice(0, n * f) for n in grid.shape)
-    for name, a in (("t1", t1), ("gm", gm), ("wm", wm), ("icv", icv.astype(np.float32)),
-                    ("brain", brain.astype(np.float32))):
+
+    def down(a):
         a = _block_mean(a, f)[tuple(slice(0, n) for n in grid.shape)]
-        pad = [(0, n - s) for n, s in zip(grid.shape, a.shape)]
-        out[name] = np.pad(a, pad).astype(np.float32)
-    lab = cit[crop][::f, ::f, ::f] if f > 1 else cit
-    out["cit"] = np.pad(lab, [(0, n - s) for n, s in zip(grid.shape, lab.shape)])
+        return np.pad(a, [(0, n - s) for n, s in zip(grid.shape, a.shape)])
+
+    t1 = down(_place(t1, aff, grid1, np.float32) / 255.0)
+    gm = down(_place(gm, aff, grid1, np.float32) / 255.0)
+    wm = down(_place(wm, aff, grid1, np.float32) / 255.0)
+    lab = cit[::f, ::f, ::f][tuple(slice(0, n) for n in grid.shape)] if f > 1 else cit
+    lab = np.pad(lab, [(0, n - s) for n, s in zip(grid.shape, lab.shape)])
+    it = max(1, int(round(2 / spacing)))
+    icv = ndimage.binary_fill_holes(ndimage.binary_closing(t1 > 0.02, iterations=it))
+    brain = ndimage.binary_fill_holes(ndimage.binary_opening((gm + wm) > 0.5) | (lab > 0))
+    u8 = lambda a: np.clip(np.rint(a * 255.0), 0, 255).astype(np.uint8)
+    out = {"grid": grid, "gm": u8(gm), "wm": u8(wm), "t1": u8(t1), "cit": lab}
+    del gm, wm, t1
     # smooth the binary edges by a fraction of a voxel: partial volume at the boundaries
-    for name in ("icv", "brain"):
-        out[name] = ndimage.gaussian_filter(out[name], 0.6 / spacing * (1 if f == 1 else 0.7))
-    icv_bin = out["icv"] > 0.5
-    # signed distance to the ICV surface (computed at >= 2 mm, then interpolated)
+    sig = 0.6 / spacing if f == 1 else 0.45
+    out["icv"] = u8(ndimage.gaussian_filter(icv.astype(np.float32), sig))
+    out["brain"] = u8(ndimage.gaussian_filter(brain.astype(np.float32), sig))
+    # signed distance to the ICV surface on a >= 2 mm grid
     fd = max(1, int(round(2.0 / spacing)))
-    coarse = icv_bin[::fd, ::fd, ::fd]
-    sd = (ndimage.distance_transform_edt(~coarse) - ndimage.distance_transform_edt(coarse)) * spacing * fd
-    if fd > 1:
-        sd = ndimage.zoom(sd.astype(np.float32), [n / s for n, s in zip(grid.shape, sd.shape)], order=1)
-    out["dist"] = sd.astype(np.float32)
+    coarse = icv[::fd, ::fd, ::fd]
+    out["dist"] = ((ndimage.distance_transform_edt(~coarse) - ndimage.distance_transform_edt(coarse))
+                   * spacing * fd).astype(np.float32)
+    out["dist_factor"] = fd
     return out
 
 
-def smooth_noise(rng, shape, sigma_vox, coarse: int = 1) -> np.ndarray:
-    """Zero-mean unit-SD smooth Gaussian noise of correlation ``sigma_vox`` (voxels)."""
-    if coarse > 1:
-        small = [max(2, int(np.ceil(n / coarse))) for n in shape]
-        f = ndimage.gaussian_filter(rng.standard_normal(small).astype(np.float32), sigma_vox / coarse)
-        f = ndimage.zoom(f, [n / s for n, s in zip(shape, small)], order=1)[:shape[0], :shape[1], :shape[2]]
-    else:
-        f = ndimage.gaussian_filter(rng.standard_normal(shape).astype(np.float32), sigma_vox)
-    return (f - f.mean()) / (f.std() + 1e-12)
+def smooth_noise(rng, shape, sigma_vox) -> np.ndarray:
+    """Zero-mean unit-SD smooth Gaussian noise of correlation ``sigma_vox`` (voxels), float32."""
+    f = ndimage.gaussian_filter(rng.standard_normal(shape, dtype=np.float32), sigma_vox)
+    f -= f.mean()
+    f /= f.std() + 1e-12
+    return f
 
 
 def _ellipsoid(grid: ModelGrid, centre, semi, rot_deg=0.0):
@@ -226,8 +227,118 @@ class PaintedModel:
     pd: np.ndarray                # proton density (0..1)
     t1w: np.ndarray               # T1-weighted intensity (0..1)
     hu: np.ndarray                # CT Hounsfield units
-    brain: np.ndarray             # soft brain fraction (filled: ventricles included)
+    brain: np.ndarray             # uint8: filled brain fraction × 255 (ventricles included)
     info: dict = field(default_factory=dict)
+
+
+DEEP_BOX_MNI = ((-44.0, 44.0), (-58.0, 38.0), (-38.0, 36.0))   # holds every CIT168 nucleus and the thalami
+PROPS = ("chi", "r2s", "pd", "t1w", "hu")
+_TABLE_ROWS = ("csf", "gm", "wm", "thalamus", "vein", "sinus", "skull", "soft", "air")
+
+
+@numba.njit(cache=True, inline="always")
+def _step(x, h):
+    """Inside fraction for a signed distance x (mm, negative inside) over one voxel h."""
+    v = 0.5 - x / h
+    return 0.0 if v < 0.0 else (1.0 if v > 1.0 else v)
+
+
+@numba.njit(cache=True, inline="always")
+def _tri(a, x, y, z):
+    n0, n1, n2 = a.shape
+    x = min(max(x, 0.0), n0 - 1.000001)
+    y = min(max(y, 0.0), n1 - 1.000001)
+    z = min(max(z, 0.0), n2 - 1.000001)
+    i, j, k = int(x), int(y), int(z)
+    fx, fy, fz = x - i, y - j, z - k
+    return ((1 - fx) * ((1 - fy) * ((1 - fz) * a[i, j, k] + fz * a[i, j, k + 1])
+                        + fy * ((1 - fz) * a[i, j + 1, k] + fz * a[i, j + 1, k + 1]))
+            + fx * ((1 - fy) * ((1 - fz) * a[i + 1, j, k] + fz * a[i + 1, j, k + 1])
+                    + fy * ((1 - fz) * a[i + 1, j + 1, k] + fz * a[i + 1, j + 1, k + 1])))
+
+
+@numba.njit(parallel=True, cache=True)
+def _paint_kernel(gm, wm, icv, t1, dist, dist_f, fine, coarse, scalp_n, coarse_f, cav, vein, sinus,
+                  deep_off, deep_frac, deep_val, deep_thal, deep_lab, origin, h, tab, r2s_scale,
+                  out_val, out_lab):
+    ni, nj, nk = gm.shape
+    d0, d1, d2 = deep_frac.shape
+    inv255 = 1.0 / 255.0
+    for i in numba.prange(ni):
+        x = origin[0] + h * i
+        for j in range(nj):
+            y = origin[1] + h * j
+            for k in range(nk):
+                z = origin[2] + h * k
+                g = gm[i, j, k] * inv255
+                w = wm[i, j, k] * inv255
+                ic = icv[i, j, k] * inv255
+                pg = min(g, ic)
+                pw = max(min(w, ic - pg), 0.0)
+                pc = max(ic - pg - pw, 0.0)
+                ds = _tri(dist, i / dist_f, j / dist_f, k / dist_f)
+                cn = _tri(coarse, i / coarse_f, j / coarse_f, k / coarse_f)
+                sn = _tri(scalp_n, i / coarse_f, j / coarse_f, k / coarse_f)
+                fn = fine[i, j, k]
+                skull_out = 1.0 + min(max(6.0 + 1.3 * cn, 3.5), 9.0)
+                scalp_out = skull_out + min(max(5.0 + 1.2 * sn, 3.0), 8.0)
+                head = _step(ds - scalp_out, h)
+                nr = np.sqrt((x / 52.0) ** 2 + ((y + 22.0) / 58.0) ** 2)
+                neck = _step((nr - 1.0) * 52.0, h) * _step(-(z + 138.0), h) * _step(z + 30.0, h)
+                fr = np.sqrt((x / 58.0) ** 2 + ((y - 42.0) / 62.0) ** 2 + ((z + 62.0) / 50.0) ** 2)
+                face = _step((fr - 1.0) * 50.0, h)
+                head = max(head, max(neck, face))
+                skull = _step(ds - skull_out, h) * (1.0 - _step(ds - 1.0, h))
+                c = cav[i, j, k] * _step(2.0 - ds, h) * head
+                soft = max(head - ic, 0.0) * (1.0 - skull)
+                soft = min(max(soft - c, 0.0), 1.0)
+                skull = skull * (1.0 - c) * head
+                outside = min(max(1.0 - ic - soft - skull - c, 0.0), 1.0)
+                a, b, cc = i - deep_off[0], j - deep_off[1], k - deep_off[2]
+                indeep = 0 <= a < d0 and 0 <= b < d1 and 0 <= cc < d2
+                nf = deep_frac[a, b, cc] if indeep else 0.0
+                th = deep_thal[a, b, cc] if indeep else 0.0
+                rest = 1.0 - nf - th
+                ve = vein[i, j, k]
+                si = sinus[i, j, k]
+                vessel = max(ve, si)
+                for p in range(5):
+                    if p == 3:   # T1w: the real template inside the ICV
+                        val = t1[i, j, k] * inv255 * ic + soft * tab[7, 3] + skull * tab[6, 3]
+                        val = val * (1.0 - vessel) + vessel * tab[4, 3] * min(ic + soft, 1.0)
+                        out_val[p, i, j, k] = val * (1.0 + 0.02 * fn)
+                        continue
+                    bv = pg * tab[1, p] + pw * tab[2, p] + pc * tab[0, p]
+                    if p == 0:
+                        bv += (pg + pw) * (0.008 * fn + 0.006 * cn)
+                    val = bv * rest + th * tab[3, p] * ((1.0 + 0.1 * fn) if p == 0 else 1.0)
+                    if indeep:
+                        val += deep_val[p, a, b, cc]
+                    val += soft * tab[7, p] + skull * tab[6, p] + (c + outside) * tab[8, p]
+                    val = val * (1.0 - vessel) + ve * tab[4, p] + si * tab[5, p]
+                    if p == 1:
+                        val = val * r2s_scale + 3.0 * (1.0 - head)
+                    elif p == 4:
+                        val += skull * 180.0 * fn
+                    out_val[p, i, j, k] = val
+                lab = 0
+                if head > 0.5:
+                    lab = 221
+                if skull > 0.5:
+                    lab = 220
+                if c > 0.5:
+                    lab = 0
+                if ic > 0.5:
+                    lab = 201 if (pc >= pg and pc >= pw) else (202 if pg >= pw else 203)
+                    if th > 0.5:
+                        lab = 204
+                if indeep and deep_lab[a, b, cc] > 0:
+                    lab = deep_lab[a, b, cc]
+                if ve > 0.5:
+                    lab = 210
+                if si > 0.5:
+                    lab = 211
+                out_lab[i, j, k] = lab
 
 
 def paint(spacing: float, rng: np.random.Generator, veins=(), field_t: float = 3.0,
@@ -239,36 +350,15 @@ def paint(spacing: float, rng: np.random.Generator, veins=(), field_t: float = 3
     grid = st["grid"]
     h = grid.spacing
     shape = grid.shape
-    gm, wm, icv, brain, dist = st["gm"], st["wm"], st["icv"], st["brain"], st["dist"]
     if progress:
-        progress.update(0.1, "painting tissues")
-
-    # fractions inside the intracranial volume
-    pg = np.minimum(gm, icv)
-    pw = np.minimum(wm, icv - pg)
-    pc = np.clip(icv - pg - pw, 0.0, 1.0)
+        progress.update(0.05, "painting tissues")
     fine = smooth_noise(rng, shape, 1.0 / h)
-    coarse = smooth_noise(rng, shape, 8.0 / h, coarse=4)
+    coarse_f = 4.0 / h                      # coarse noise on a 4 mm grid
+    cshape = tuple(int(np.ceil(n / coarse_f)) + 2 for n in shape)
+    coarse = smooth_noise(rng, cshape, 2.0)
+    scalp_n = smooth_noise(rng, cshape, 2.5)
 
-    # extracranial layers: CSF/dura to ~1.5 mm, skull of smoothly varying thickness, scalp, air
-    skull_in = 1.0
-    skull_out = skull_in + np.clip(6.0 + 1.3 * coarse, 3.5, 9.0)
-    scalp_out = skull_out + np.clip(5.0 + 1.2 * smooth_noise(rng, shape, 10.0 / h, coarse=4), 3.0, 8.0)
-    step = lambda x: np.clip(0.5 - x / h, 0.0, 1.0)  # inside fraction for a signed distance x (mm)
-    head = step(dist - scalp_out)
-    mni = [a for a in grid.axes()]
-    # neck: elliptic cylinder under the skull base, rounded at the bottom; face block
-    x, y = np.meshgrid(mni[0], mni[1], indexing="ij")
-    neck_r = np.sqrt((x / 52.0) ** 2 + ((y + 22.0) / 58.0) ** 2)
-    z = mni[2]
-    neck = step((neck_r[..., None] - 1.0) * 52.0) * step(-(z + 138.0))[None, None, :]
-    neck = neck * step(z + 30.0)[None, None, :]  # only below z = -30 mm
-    face, fsl = _ellipsoid(grid, (0.0, 42.0, -62.0), (58.0, 62.0, 50.0))
-    head = np.maximum(head, neck.astype(np.float32))
-    if face is not None:
-        head[fsl] = np.maximum(head[fsl], face)
-    skull = step(dist - skull_out) * (1.0 - step(dist - skull_in))
-    # air cavities (outside ICV + 2 mm)
+    # air cavities (the kernel keeps them outside the ICV + 2 mm and inside the head)
     cav = np.zeros(shape, np.float32)
     centres = []
     for name, c, s in CAVITIES:
@@ -276,110 +366,74 @@ def paint(spacing: float, rng: np.random.Generator, veins=(), field_t: float = 3
         s = np.asarray(s) * np.clip(1.0 + rng.normal(0.0, 0.1, 3), 0.8, 1.2)
         occ, sl = _ellipsoid(grid, c, s)
         if occ is not None:
-            cav[sl] = np.maximum(cav[sl], occ)
+            np.maximum(cav[sl], occ, out=cav[sl])
         centres.append((name, c, s))
-    # frontal sinus: inside the frontal bone
     d = np.asarray(FRONTAL_SINUS_DIR) / np.linalg.norm(FRONTAL_SINUS_DIR)
-    prof = ndimage.map_coordinates(dist, _ray_idx(grid, HEAD_CENTRE_MNI, d, 150.0), order=1)
+    dist_grid = ModelGrid(h * st["dist_factor"], grid.origin, st["dist"].shape)
+    prof = ndimage.map_coordinates(st["dist"], _ray_idx(dist_grid, HEAD_CENTRE_MNI, d, 150.0), order=1)
     r_bone = np.argmax(prof > 4.0) * 0.5
     fc = HEAD_CENTRE_MNI + d * r_bone + np.array([0.0, 0.0, rng.normal(0.0, 2.0)])
     occ, sl = _ellipsoid(grid, fc, np.array([13.0, 5.0, 9.0]) * np.clip(1 + rng.normal(0, 0.15), 0.7, 1.3))
     if occ is not None:
-        cav[sl] = np.maximum(cav[sl], occ)
-    cav *= step(2.0 - dist)  # never inside the intracranial volume
-    cav *= head
+        np.maximum(cav[sl], occ, out=cav[sl])
     if progress:
-        progress.update(0.4, "painting nuclei")
+        progress.update(0.3, "painting nuclei")
 
-    # nuclei (CIT168) and thalamus: soft masks, texture, values
-    cit = st["cit"]
-    nuc_frac = np.zeros(shape, np.float32)
-    nuc_vals = {k: np.zeros(shape, np.float32) for k in ("chi", "r2s", "pd", "hu")}
-    sigma_pv = 0.5 / h
+    # deep box: CIT168 nuclei (soft masks, textured values) and thalami
+    lo = np.clip(np.floor((np.array([a for a, _ in DEEP_BOX_MNI]) - grid.origin) / h), 0, None).astype(int)
+    hi = np.minimum(np.ceil((np.array([b for _, b in DEEP_BOX_MNI]) - grid.origin) / h).astype(int) + 1,
+                    shape)
+    dsl = tuple(slice(a, b) for a, b in zip(lo, hi))
+    cit = st["cit"][dsl]
+    dshape = cit.shape
+    dfine = fine[dsl]
+    dcoarse = smooth_noise(rng, dshape, 6.0 / h)
+    frac = np.zeros(dshape, np.float32)
+    vals = np.zeros((5,) + dshape, np.float32)
     for v in np.unique(cit):
-        if v == 0:
-            continue
-        base = NUCLEI.get(int(v) % 100)
+        base = NUCLEI.get(int(v) % 100) if v > 0 else None
         if base is None:
             continue
         idx = np.argwhere(cit == v)
-        lo = np.maximum(idx.min(0) - 3, 0)
-        hi = np.minimum(idx.max(0) + 4, shape)
-        sl = tuple(slice(a, b) for a, b in zip(lo, hi))
-        m = ndimage.gaussian_filter((cit[sl] == v).astype(np.float32), sigma_pv)
-        gain = 1.0 + 0.15 * fine[sl] + 0.08 * coarse[sl] + rng.normal(0.0, 0.08)
-        nuc_frac[sl] += m
-        nuc_vals["chi"][sl] += m * base[1] * gain
-        nuc_vals["r2s"][sl] += m * base[2] * (1.0 + 0.5 * (gain - 1.0))
-        nuc_vals["pd"][sl] += m * base[3]
-        nuc_vals["hu"][sl] += m * base[5]
-    thal = np.zeros(shape, np.float32)
+        a0 = np.maximum(idx.min(0) - 3, 0)
+        a1 = np.minimum(idx.max(0) + 4, dshape)
+        sl = tuple(slice(a, b) for a, b in zip(a0, a1))
+        m = ndimage.gaussian_filter((cit[sl] == v).astype(np.float32), 0.5 / h)
+        gain = 1.0 + 0.15 * dfine[sl] + 0.08 * dcoarse[sl] + rng.normal(0.0, 0.08)
+        frac[sl] += m
+        vals[0][sl] += m * base[1] * gain
+        vals[1][sl] += m * base[2] * (1.0 + 0.5 * (gain - 1.0))
+        vals[2][sl] += m * base[3]
+        vals[4][sl] += m * base[5]
+    thal = np.zeros(dshape, np.float32)
+    dgrid = ModelGrid(h, grid.origin + lo * h, dshape)
     for c, s, rot in THALAMUS_ELLIPSOIDS:
-        occ, sl = _ellipsoid(grid, np.asarray(c) + rng.normal(0.0, 0.7, 3), s, rot)
+        occ, sl = _ellipsoid(dgrid, np.asarray(c) + rng.normal(0.0, 0.7, 3), s, rot)
         if occ is not None:
-            thal[sl] = np.maximum(thal[sl], occ)
-    thal *= np.clip(pg + pw, 0.0, 1.0) * (1.0 - np.minimum(nuc_frac, 1.0))
-    over = np.maximum(nuc_frac + thal, 1.0)
-    nuc_scale = 1.0 / over
-    nuc_frac *= nuc_scale
-    thal *= nuc_scale
-    for key in nuc_vals:
-        nuc_vals[key] *= nuc_scale
-    rest = 1.0 - nuc_frac - thal
-
-    def mix(i, textured=True):
-        """Brain value of property ``i`` (0 χ, 1 R2*, 2 PD, 4 HU) by tissue fraction."""
-        g, w_, c = TISSUE["gm"][i], TISSUE["wm"][i], TISSUE["csf"][i]
-        val = pg * g + pw * w_ + pc * c
-        if textured and i == 0:
-            val = val + (pg + pw) * (0.008 * fine + 0.006 * coarse)
-        return val
-
+            np.maximum(thal[sl], occ, out=thal[sl])
+    tissue = (st["gm"][dsl].astype(np.float32) + st["wm"][dsl]) / 255.0
+    thal *= np.clip(tissue, 0.0, 1.0) * (1.0 - np.minimum(frac, 1.0))
+    scale = 1.0 / np.maximum(frac + thal, 1.0)
+    frac *= scale
+    thal *= scale
+    vals *= scale
+    deep_lab = np.where(np.isin(cit, [v for v in np.unique(cit) if v > 0 and int(v) % 100 in NUCLEI]),
+                        cit, 0).astype(np.int16)
     if progress:
-        progress.update(0.6, "painting veins")
+        progress.update(0.5, "painting veins")
     vein, sinus = rasterise_veins(grid, veins)
-    vessel = np.maximum(vein, sinus)
-    soft_tissue = np.clip(head - icv, 0.0, 1.0) * (1.0 - skull)
-    soft_tissue = np.clip(soft_tissue - cav, 0.0, 1.0)
-    skull = skull * (1.0 - cav) * head
-    fields = {}
-    for key, i in (("chi", 0), ("r2s", 1), ("pd", 2), ("hu", 4)):
-        brainval = (mix(i) * rest + nuc_vals[key] * 1.0 + thal * TISSUE["thalamus"][i]
-                    * (1.0 + (0.1 * fine if i == 0 else 0.0)))
-        # brainval is per unit intracranial fraction: fractions pg+pw+pc = icv
-        tissue = brainval + soft_tissue * TISSUE["soft"][i] + skull * TISSUE["skull"][i] \
-            + cav * TISSUE["air"][i]
-        outside = np.clip(1.0 - icv - soft_tissue - skull - cav, 0.0, 1.0)
-        tissue = tissue + outside * TISSUE["air"][i]
-        tissue = tissue * (1.0 - vessel) + vein * TISSUE["vein"][i] + sinus * TISSUE["sinus"][i]
-        fields[key] = tissue.astype(np.float32)
-    # R2* scales roughly with the field strength (iron- and susceptibility-driven)
-    if field_t != 3.0:
-        fields["r2s"] *= np.float32(max(0.5, field_t / 3.0) * 0.8 + 0.2)
-    fields["r2s"] += np.float32(3.0) * (1.0 - head)  # (no signal in air anyway)
-    # skull: diploe texture in CT
-    fields["hu"] += (skull * 180.0 * fine).astype(np.float32)
-    # T1-weighted: the real template inside the ICV, fat-bright scalp, dark skull, dark air
-    t1w = st["t1"] * icv + (soft_tissue * TISSUE["soft"][3] + skull * TISSUE["skull"][3])
-    t1w = t1w * (1.0 - vessel) + vessel * TISSUE["vein"][3] * np.minimum(icv + soft_tissue, 1.0)
-    t1w = (t1w * (1.0 + 0.02 * fine)).astype(np.float32)
-
-    # labels
-    labels = np.zeros(shape, np.int16)
-    labels[head > 0.5] = SCALP
-    labels[skull > 0.5] = SKULL
-    labels[cav > 0.5] = 0
-    inside = icv > 0.5
-    tis = np.argmax(np.stack([pc, pg, pw]), axis=0)
-    labels[inside] = np.array([CSF, GM, WM], np.int16)[tis[inside]]
-    labels[(thal > 0.5) & inside] = THALAMUS
-    known = np.isin(cit, [v for v in np.unique(cit) if int(v) % 100 in NUCLEI and v > 0])
-    labels[known] = cit[known]
-    labels[vein > 0.5] = VEIN
-    labels[sinus > 0.5] = SINUS
+    if progress:
+        progress.update(0.7, "painting properties")
+    tab = np.array([[0.0 if v is None else v for v in TISSUE[r]] for r in _TABLE_ROWS], np.float64)
+    r2s_scale = 1.0 if field_t == 3.0 else max(0.5, field_t / 3.0) * 0.8 + 0.2
+    out_val = np.empty((5,) + shape, np.float32)
+    out_lab = np.empty(shape, np.int16)
+    _paint_kernel(st["gm"], st["wm"], st["icv"], st["t1"], st["dist"], float(st["dist_factor"]), fine,
+                  coarse, scalp_n, float(coarse_f), cav, vein, sinus, lo.astype(np.int64), frac, vals, thal,
+                  deep_lab, grid.origin.astype(np.float64), float(h), tab, float(r2s_scale), out_val, out_lab)
     info = {"cavities": [(n, c.tolist(), s.tolist()) for n, c, s in centres] + [("frontal sinus", fc.tolist(), [])]}
-    return PaintedModel(grid, labels, fields["chi"], fields["r2s"], fields["pd"], t1w, fields["hu"],
-                        brain.astype(np.float32), info)
+    return PaintedModel(grid, out_lab, out_val[0], out_val[1], out_val[2], out_val[3], out_val[4],
+                        st["brain"], info)
 
 
 def _ray_idx(grid: ModelGrid, start, direction, length_mm, step_mm=0.5):
@@ -392,6 +446,8 @@ def ray_surface(grid: ModelGrid, soft: np.ndarray, start, direction, level=0.5, 
     """Distance (mm) from ``start`` along ``direction`` to the outermost crossing of ``soft`` > level."""
     d = np.asarray(direction, float)
     d = d / np.linalg.norm(d)
-    prof = ndimage.map_coordinates(soft, _ray_idx(grid, start, d, length_mm), order=1)
+    prof = ndimage.map_coordinates(soft, _ray_idx(grid, start, d, length_mm), order=1, output=np.float32)
+    if soft.dtype == np.uint8:
+        level = level * 255.0
     inside = np.nonzero(prof > level)[0]
     return float(inside[-1] * 0.5) if inside.size else 0.0

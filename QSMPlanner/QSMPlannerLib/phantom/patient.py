@@ -29,7 +29,8 @@ T1_VOXEL_MM = np.array([1.0, 1.0, 1.2])
 CT_BOX_FRAMERAS = ((-107.0, 107.0), (-118.0, 123.0), (-68.0, 100.0))   # covers the localizer + head
 CT_VOXEL_MM = np.array([0.8, 0.8, 1.5])
 HEAD_BOX_ANAT = ((-96.0, 96.0), (-132.0, 116.0), (-146.0, 106.0))    # head and neck, for the field grid
-FIELD_PAD_MM = 24.0
+FIELD_PAD_MM = 16.0
+LOCAL_PAD_MM = 32.0
 GRE_CENTRE_ANAT = np.array([0.0, -18.0, 16.0])
 T1_CENTRE_ANAT = np.array([0.0, -12.0, -4.0])
 
@@ -88,6 +89,16 @@ def _smooth_polynomial(rng, shape, amplitude, order=2):
     for t in terms:
         out = out + np.float32(rng.normal(0.0, amplitude / np.sqrt(len(terms)))) * t
     return out
+
+
+def local_field(chi_brain: np.ndarray, voxel, b0_dir, pad_mm: float = LOCAL_PAD_MM) -> np.ndarray:
+    """Field (ppm) of the brain sources alone, on their grid zero-padded by ``pad_mm`` per side."""
+    pad = [int(np.ceil(pad_mm / v)) for v in voxel]
+    shape = tuple(int(sfft.next_fast_len(n + 2 * p, real=True)) for n, p in zip(chi_brain.shape, pad))
+    embed = np.zeros(shape, np.float32)
+    sl = tuple(slice(p, p + n) for p, n in zip(pad, chi_brain.shape))
+    embed[sl] = chi_brain
+    return dipole_field(embed, voxel, b0_dir)[sl]
 
 
 def _fit_affine(src_pts, dst_pts) -> np.ndarray:
@@ -152,13 +163,10 @@ def make_patient(seed: int = 0, small: bool = False, tilt_deg: float = 0.0, voxe
     chi_gre = chi_field[crop] + np.float32(anatomy.CHI_AIR)
     del chi_field
     progress.update(0.55, "tissue maps")
-    brain_gre = sampler(model.brain, gre_m, shape_gre, pose_gre) > 0.5
+    brain_gre = sampler(model.brain, gre_m, shape_gre, pose_gre) > 127.5  # uint8 fraction
     labels_gre = sampler(model.labels, gre_m, shape_gre, pose_gre, nearest=True)
     chi_brain = np.where(brain_gre, chi_gre, 0.0).astype(np.float32)
-    embed = np.zeros(shape_field, np.float32)
-    embed[crop] = chi_brain
-    local = dipole_field(embed, voxel, b0_dir)[crop]
-    del embed
+    local = local_field(chi_brain, voxel, b0_dir)
     # scanner shim: remove the best constant + linear field over the brain (a harmonic field)
     idx = np.argwhere(brain_gre)
     if len(idx) > 10:
@@ -197,10 +205,11 @@ def make_patient(seed: int = 0, small: bool = False, tilt_deg: float = 0.0, voxe
     t1_m = _grid_matrix(t1_voxel, np.eye(3), _apply(pose_t1, T1_CENTRE_ANAT)[0], shape_t1)
     t1w = sampler(model.t1w, t1_m, shape_t1, pose_t1)
     bias = np.exp(_smooth_polynomial(rng, shape_t1, 0.15)).astype(np.float32)
-    t1w = 1000.0 * t1w * bias
+    t1w *= np.float32(1000.0) * bias
+    del bias
     s_t1 = np.float32(12.0)
-    t1w = np.hypot(t1w + rng.normal(0.0, s_t1, shape_t1).astype(np.float32),
-                   rng.normal(0.0, s_t1, shape_t1).astype(np.float32)).astype(np.float32)
+    t1w += s_t1 * rng.standard_normal(shape_t1, dtype=np.float32)
+    t1w = np.hypot(t1w, s_t1 * rng.standard_normal(shape_t1, dtype=np.float32))
     t1 = Volume(t1w, t1_m, "T1", {"modality": "T1w"})
     labels_t1 = Volume(sampler(model.labels, t1_m, shape_t1, pose_t1, nearest=True), t1_m, "labels_t1")
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numba
 import numpy as np
 
 from .anatomy import HEAD_CENTRE_MNI, ModelGrid, ray_surface, static_model
@@ -148,34 +149,42 @@ def make_veins(rng: np.random.Generator, spacing: float, on_standard_trajectory:
     return veins, trajectories
 
 
-def _segment_distance(p, a, b):
+@numba.njit(cache=True)
+def _raster_segment(out, origin, h, a, b, ra, rb):
+    """Max-combine the partial-volume occupancy of a tapered capsule a-b into ``out``."""
+    reach = max(ra, rb) + 1.5 * h
     ab = b - a
-    L2 = float(ab @ ab)
-    t = np.clip(((p - a) @ ab) / L2, 0.0, 1.0) if L2 > 0 else np.zeros(len(p))
-    return np.linalg.norm(p - (a + t[:, None] * ab), axis=1), t
+    l2 = ab[0] * ab[0] + ab[1] * ab[1] + ab[2] * ab[2]
+    lo = np.empty(3, np.int64)
+    hi = np.empty(3, np.int64)
+    for d in range(3):
+        lo[d] = max(int(np.floor((min(a[d], b[d]) - reach - origin[d]) / h)), 0)
+        hi[d] = min(int(np.ceil((max(a[d], b[d]) + reach - origin[d]) / h)) + 1, out.shape[d])
+    for i in range(lo[0], hi[0]):
+        px = origin[0] + h * i - a[0]
+        for j in range(lo[1], hi[1]):
+            py = origin[1] + h * j - a[1]
+            for k in range(lo[2], hi[2]):
+                pz = origin[2] + h * k - a[2]
+                t = (px * ab[0] + py * ab[1] + pz * ab[2]) / l2 if l2 > 0 else 0.0
+                t = min(max(t, 0.0), 1.0)
+                dx, dy, dz = px - t * ab[0], py - t * ab[1], pz - t * ab[2]
+                dist = np.sqrt(dx * dx + dy * dy + dz * dz)
+                f = 0.5 + (ra + t * (rb - ra) - dist) / h
+                if f > 1.0:
+                    f = 1.0
+                if f > out[i, j, k]:
+                    out[i, j, k] = f
 
 
 def rasterise_veins(grid: ModelGrid, veins):
     """(vein fraction, sinus fraction) on the model grid: partial volume from the distance to the
     centre line relative to the (linearly varying) radius."""
     out = {"vein": np.zeros(grid.shape, np.float32), "sinus": np.zeros(grid.shape, np.float32)}
-    h = grid.spacing
+    origin = np.asarray(grid.origin, np.float64)
     for v in veins:
-        target = out[v.kind]
-        for s in range(len(v.points) - 1):
-            a, b = v.points[s], v.points[s + 1]
-            ra, rb = float(v.radii[s]), float(v.radii[s + 1])
-            reach = max(ra, rb) + 1.5 * h
-            lo = np.floor((np.minimum(a, b) - reach - grid.origin) / h).astype(int)
-            hi = np.ceil((np.maximum(a, b) + reach - grid.origin) / h).astype(int) + 1
-            lo, hi = np.maximum(lo, 0), np.minimum(hi, grid.shape)
-            if np.any(hi <= lo):
-                continue
-            ax = [grid.origin[d] + h * np.arange(lo[d], hi[d]) for d in range(3)]
-            pts = np.stack(np.meshgrid(*ax, indexing="ij"), -1).reshape(-1, 3)
-            d, t = _segment_distance(pts, a, b)
-            r = ra + t * (rb - ra)
-            frac = np.clip(0.5 + (r - d) / h, 0.0, 1.0).reshape([hi[k] - lo[k] for k in range(3)])
-            sl = tuple(slice(lo[k], hi[k]) for k in range(3))
-            np.maximum(target[sl], frac.astype(np.float32), out=target[sl])
+        pts = np.asarray(v.points, np.float64)
+        for s in range(len(pts) - 1):
+            _raster_segment(out[v.kind], origin, float(grid.spacing), pts[s], pts[s + 1],
+                            float(v.radii[s]), float(v.radii[s + 1]))
     return out["vein"], out["sinus"]

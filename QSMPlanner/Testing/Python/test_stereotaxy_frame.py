@@ -56,7 +56,7 @@ def test_analytic_fiducials_random_poses(tilted, rng):
 def test_predicted_tre_matches_monte_carlo(rng):
     truth = _random_pose(rng)
     errs, preds = [], []
-    for _ in range(30):
+    for _ in range(20):
         reg = fit_triplets(analytic_triplets(truth, [0, 0, 1], offsets_mm=np.arange(-55, 56, 2.0),
                                              noise_mm=0.3, rng=rng))
         errs.append(_target_error(reg.xyz_from_ras, truth, STN_XYZ[:1]))

@@ -176,6 +176,7 @@ def detect_triplets(ct: Volume, threshold=None, polarity: str = "bright", progre
     pix_mm = np.array([np.linalg.norm(u), np.linalg.norm(v)])
     pix_area = float(np.linalg.norm(np.cross(u, v)))
     min_area = max(0.4, 0.5 * pix_area)
+    min_sep_mm = 5.0 + float(np.linalg.norm(cols[:, axis])) + float(pix_mm.max())
     triplets = []
     n_slices = view.shape[2]
     chunk = 16
@@ -192,6 +193,9 @@ def detect_triplets(ct: Volume, threshold=None, polarity: str = "bright", progre
             ijk[:, order[0]], ijk[:, order[1]], ijk[:, axis] = ij[:, 0], ij[:, 1], k0 + kk
             ras = apply(ras_from_ijk, ijk)
             for a, b, c in _triplets_in_slice(ras, width_range_mm, collinear_mm):
+                # near a rod end the diagonal's blob touches a vertical rod's: biased centroids
+                if min(np.linalg.norm(ras[b] - ras[a]), np.linalg.norm(ras[c] - ras[b])) < min_sep_mm:
+                    continue
                 triplets.append(Triplet(ras[a], ras[b], ras[c], int(k0 + kk)))
         progress.update(k1 / n_slices, f"localizer: slice {k1}/{n_slices}")
     return triplets

@@ -85,6 +85,48 @@ def plan_csv_text(plan: dict) -> str:
     return buf.getvalue()
 
 
+def head_mask(vol: Volume, threshold: float | None = None, opening: int = 2) -> Volume:
+    """Head mask (uint8, same grid): above ``threshold`` (default 20 % of the 99th percentile), opened to
+    drop thin structures (localizer rods), largest component, holes filled."""
+    from scipy import ndimage
+    d = np.asarray(vol.data, np.float32)
+    thr = 0.2 * float(np.percentile(d, 99)) if threshold is None else threshold
+    m = ndimage.binary_opening(d > thr, iterations=opening)
+    lab, n = ndimage.label(m)
+    if n > 1:
+        sizes = np.bincount(lab.ravel())
+        sizes[0] = 0
+        m = lab == sizes.argmax()
+    return vol.with_data(ndimage.binary_fill_holes(m).astype(np.uint8), name="head mask")
+
+
+def _t1_brain(t1: Volume):
+    try:
+        from .registration.atlas import brain_mask
+        return brain_mask(t1)
+    except Exception:
+        return head_mask(t1)
+
+
+def _rigid_with_retries(fixed, moving, attempts, progress, what, messages):
+    """register_rigid with the first attempt's masks, then the others if its checks fail; raises the
+    last ProcessingError when every attempt fails."""
+    from .registration import register_rigid
+    last = None
+    for k, kw in enumerate(attempts):
+        kw = dict(kw)
+        image = kw.pop("image", moving)
+        try:
+            res = register_rigid(fixed, image, progress=progress, **kw)
+            if k:
+                messages.append(f"{what}: registered on attempt {k + 1} (masks {sorted(kw)})")
+            return res
+        except ProcessingError as exc:
+            last = exc
+            messages.append(f"{what}: attempt {k + 1} failed its checks ({str(exc)[:120]})")
+    raise ProcessingError(f"{what} registration failed: {last}")
+
+
 def _labels_on_qsm_grid(norm, qsm: Volume, t1_from_gre) -> Volume:
     """CIT168 labels on the QSM grid: warp onto the QSM grid expressed in T1 RAS, then keep GRE geometry."""
     ref = Volume(np.zeros(qsm.shape3, np.float32), np.asarray(t1_from_gre, float) @ qsm.ras_from_ijk, "ref")
@@ -116,7 +158,7 @@ def run_patient(gre, t1: Volume, ct: Volume | None = None, landmarks: dict | Non
         timings[name] = round(time.perf_counter() - t0, 2)
 
     from .qsm import reconstruct_qsm
-    from .registration import normalize_to_mni, register_rigid
+    from .registration import normalize_to_mni
     from .segmentation import segment_nuclei
     from .planning import RiskMap, csf_structures, vessel_mask
     from .planning.plan import COORDINATE_SYSTEMS, plan_both_sides
@@ -131,11 +173,20 @@ def run_patient(gre, t1: Volume, ct: Volume | None = None, landmarks: dict | Non
     # 2. rigid registrations into the T1
     t0 = time.perf_counter()
     mag = _first_echo_magnitude(gre)
-    reg = register_rigid(t1, mag, moving_mask=qsm_res.mask, progress=sub["register"].sub(0, 0.6))
+    t1_head = head_mask(t1, opening=1)
+    reg = _rigid_with_retries(t1, mag, [dict(moving_mask=qsm_res.mask),
+                                        dict(moving_mask=qsm_res.mask, fixed_mask=_t1_brain(t1)),
+                                        dict(moving_mask=head_mask(mag), fixed_mask=t1_head)],
+                              sub["register"].sub(0, 0.6), "GRE magnitude -> T1", messages)
     t1_from_gre = np.asarray(reg.fixed_from_moving, float)
     t1_from_ct = None
     if ct is not None:
-        reg_ct = register_rigid(t1, ct, progress=sub["register"].sub(0.6, 1.0))
+        ct_head = head_mask(ct, threshold=-300.0)
+        clipped = ct.with_data(np.clip(np.asarray(ct.data, np.float32), -200, 1500))
+        reg_ct = _rigid_with_retries(t1, ct, [dict(moving_mask=ct_head, fixed_mask=t1_head),
+                                              dict(moving_mask=ct_head),
+                                              dict(moving_mask=ct_head, fixed_mask=t1_head, image=clipped)],
+                                     sub["register"].sub(0.6, 1.0), "CT -> T1", messages)
         t1_from_ct = np.asarray(reg_ct.fixed_from_moving, float)
     tick("registration", t0)
 

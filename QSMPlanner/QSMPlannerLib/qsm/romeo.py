@@ -148,6 +148,19 @@ def _grow(phase, w, seeds, out, visited):
     return n_done
 
 
+@njit(cache=True)
+def _best_per_label(lab, score, n):
+    """Flat index of the highest ``score`` in each label 1..n (one pass)."""
+    best = np.full(n, -1, np.int64)
+    best_score = np.full(n, -1, np.int64)
+    for v in range(lab.size):
+        lv = lab[v]
+        if lv > 0 and score[v] > best_score[lv - 1]:
+            best_score[lv - 1] = score[v]
+            best[lv - 1] = v
+    return best
+
+
 def quality_unwrap(phase_rad: np.ndarray, magnitude: np.ndarray | None = None, mask: np.ndarray | None = None,
                    voxel_mm=(1, 1, 1)) -> np.ndarray:
     """Unwrapped phase (rad, float32) of a 3-D wrapped phase, exact up to 2*pi*n per voxel.
@@ -178,10 +191,10 @@ def quality_unwrap(phase_rad: np.ndarray, magnitude: np.ndarray | None = None, m
         score[tuple(sl_dst)] += w[d][tuple(sl_src)]
     from scipy import ndimage
     lab, n_pieces = ndimage.label(mm)
-    seeds = ndimage.maximum_position(score, lab, np.arange(1, n_pieces + 1))
+    best = _best_per_label(lab.reshape(-1), score.reshape(-1), n_pieces)
     sizes = np.bincount(lab.ravel(), minlength=n_pieces + 1)[1:]
     order = np.argsort(-sizes)  # largest piece first
-    flat_seeds = np.array([np.ravel_multi_index(seeds[o], p.shape) for o in order], np.int64)
+    flat_seeds = best[order].astype(np.int64)
     u = p.copy()
     visited = np.zeros(p.shape, bool)
     _grow(p, w, flat_seeds, u, visited)

@@ -45,7 +45,7 @@ def test_quality_unwrap_agrees_with_skimage_on_real_echoes(real_gre):
         p = real_gre.phase_rad[..., e]
         u = quality_unwrap(p, real_gre.magnitude[..., e], m)
         s = unwrap_phase(np.ma.array(p, mask=~m)).filled(0)
-        assert _jumps(p, m) > 300  # there was wrapping to undo
+        assert _jumps(p, m) > 100  # there was wrapping to undo
         assert _agreement(u, s, m) > 0.9999
         assert _jumps(u, m) <= max(1, _jumps(s, m))
 

@@ -324,6 +324,7 @@ class FrameRegistration:
     slice_axis: int = 2
     threshold: float | None = None
     warnings: list = field(default_factory=list)
+    box_measured: dict = field(default_factory=dict)
 
     @property
     def ras_from_xyz(self) -> np.ndarray:
@@ -365,6 +366,7 @@ class FrameRegistration:
             "slice_axis": int(self.slice_axis),
             "threshold": None if self.threshold is None else float(self.threshold),
             "predicted_tre_mm_at_frame_centre": self.predicted_tre_mm(target_xyz=FRAME_CENTER_XYZ),
+            "box_measured_mm": self.box_measured,
             "warnings": list(self.warnings),
         }
         if target_ras is not None:
@@ -395,14 +397,45 @@ def _result(assigned, m_init, method, min_plates=3, max_fre_mm=1.5, **extra) -> 
     fre = float(np.sqrt(np.mean(res[keep] ** 2)))
     reg = FrameRegistration(m, fre, fre_pp, int(keep.sum()), int((~keep).sum()), per_plate_n,
                             ras[keep], xyz[keep], names_kept, method=method, **extra)
+    reg.box_measured = _measure_box([t for (t, _), k in zip(assigned, keep) if k], names_kept, m)
     if fre > max_fre_mm:
         raise ProcessingError(f"Leksell localizer fit is poor: FRE {fre:.2f} mm > {max_fre_mm} mm "
                               f"over {reg.n_points} points")
+    sep = reg.box_measured.get("lateral_plate_separation")
+    spacing = [v["rod_spacing"] for k, v in reg.box_measured.items() if isinstance(v, dict) and "rod_spacing" in v
+               and k != "nominal"]
+    if (sep is not None and abs(sep - 190.0) > 1.5) or any(abs(x - 120.0) > 1.5 for x in spacing):
+        reg.warnings.append("the localizer box measures differently from the Leksell G model (plates "
+                            f"{sep if sep is None else round(sep, 2)} mm apart, rods "
+                            f"{', '.join(f'{x:.2f}' for x in spacing)} mm apart; nominal 190 / 120): "
+                            "check the box type and the image's voxel size")
     if fre > 0.7:
         reg.warnings.append(f"FRE {fre:.2f} mm is high for a Leksell localizer (about 0.35 mm expected)")
     if reg.n_rejected > 0.2 * (reg.n_points + reg.n_rejected):
         reg.warnings.append(f"{reg.n_rejected} of {reg.n_points + reg.n_rejected} fiducials rejected")
     return reg
+
+
+def _measure_box(triplets, names, m) -> dict:
+    """Box dimensions seen through the fitted pose (Leksell XYZ mm), against the nominal model: the
+    plates' positions, the lateral plates' separation (nominal 190) and each plate's rod spacing
+    (nominal 120). Real boxes differ by tenths of a mm; millimetres mean a wrong model or pose."""
+    out = {}
+    for plate in sorted(set(names)):
+        sel = [t for t, n in zip(triplets, names) if n == plate]
+        a = apply(m, np.array([t.first for t in sel]))
+        c = apply(m, np.array([t.second for t in sel]))
+        lateral = plate in ("right", "left")
+        plane_axis, spacing_axis = (0, 1) if lateral else (1, 0)
+        out[plate] = {
+            ("X" if lateral else "Y"): float(np.mean(np.r_[a[:, plane_axis], c[:, plane_axis]])),
+            "rod_spacing": float(np.mean(np.abs(c[:, spacing_axis] - a[:, spacing_axis]))),
+        }
+    if "right" in out and "left" in out:
+        out["lateral_plate_separation"] = out["left"]["X"] - out["right"]["X"]
+    out["nominal"] = {"right X": 5.0, "left X": 195.0, "anterior Y": 215.0, "posterior Y": -15.0,
+                      "lateral_plate_separation": 190.0, "rod_spacing": 120.0}
+    return out
 
 
 def fit_triplets(triplets, max_fre_mm: float = 1.5, **extra) -> FrameRegistration:

@@ -61,6 +61,11 @@ def run(args) -> int:
         line += (f"; target RAS {args.target.round(2).tolist()} -> Leksell XYZ "
                  f"{[round(x, 2) for x in t['LeksellXYZ_mm']]} (predicted TRE {t['predicted_tre_mm']:.3f} mm)")
     print(line)
+    box = reg.box_measured
+    if "lateral_plate_separation" in box:
+        print(f"box: lateral plates {box['lateral_plate_separation']:.2f} mm apart (nominal 190), rod spacing "
+              + ", ".join(f"{k} {v['rod_spacing']:.2f}" for k, v in box.items()
+                          if k != "nominal" and isinstance(v, dict)) + " mm (nominal 120)")
     for w in reg.warnings:
         print(f"warning: {w}")
     return 0

@@ -8,6 +8,11 @@ grouped into plates (single-linkage on their midpoints); plate identities and ro
 trying every labelling and keeping the best rigid fit (a mirror labelling cannot fit a proper
 rotation). The final fit uses all triplets that agree with that pose, least squares (Kabsch with the
 reflection guard) with iterative rejection of points > 2 mm.
+
+References: Brown RA, "A computerized tomography-computer graphics approach to stereotaxic
+localization", J Neurosurg 1979 (N-localizer); Arun KS, Huang TS, Blostein SD, IEEE PAMI 1987 and
+Umeyama S, IEEE PAMI 1991 (least-squares rigid fit, reflection guard); Fitzpatrick JM, West JB,
+Maurer CR, IEEE TMI 1998 (predicted TRE from FLE and the fiducial configuration).
 """
 from __future__ import annotations
 

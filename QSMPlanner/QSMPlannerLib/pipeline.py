@@ -137,14 +137,16 @@ def _labels_on_qsm_grid(norm, qsm: Volume, t1_from_gre) -> Volume:
 def run_patient(gre, t1: Volume, ct: Volume | None = None, landmarks: dict | None = None, out_dir=None,
                 progress=None, *, mounting: str = "lateral-right", electrode: str = "medtronic_3389",
                 margin_mm: float = 3.0, qsm_options: dict | None = None, write_scene: bool = True,
-                render_3d: bool = True) -> dict:
+                render_3d: bool = True, t1_from_gre=None, t1_from_ct=None, prior_labels: Volume | None = None,
+                xyz_from_ct=None) -> dict:
     """Run the whole flow and write the outputs into ``out_dir``. Returns a dict with the plan, the paths
     written and the intermediate results (``qsm``, ``t1_from_gre``, ``t1_from_ct``, ``segmentation``,
     ``vessels``, ``risk``, ``sides``, ``frame``, ``timings_s``, ``peak_memory_mb``).
 
     ``gre``: MultiEchoGRE; ``t1``: planning T1 Volume (the world); ``ct``: frame CT (optional; without it
     no Leksell coordinates); ``landmarks``: {"AC","PC","MS"} in T1 RAS mm (optional; else estimated from
-    the atlas and flagged)."""
+    the atlas and flagged). Known results may be passed to skip a stage: ``t1_from_gre``/``t1_from_ct``
+    (RAS 4x4), ``prior_labels`` (CIT168 labels on the GRE grid), ``xyz_from_ct`` (CT RAS -> Leksell XYZ)."""
     if out_dir is None:
         raise InputError("run_patient needs an output folder (out_dir)")
     out_dir = Path(out_dir)
@@ -174,13 +176,16 @@ def run_patient(gre, t1: Volume, ct: Volume | None = None, landmarks: dict | Non
     t0 = time.perf_counter()
     mag = _first_echo_magnitude(gre)
     t1_head = head_mask(t1, opening=1)
-    reg = _rigid_with_retries(t1, mag, [dict(moving_mask=qsm_res.mask),
-                                        dict(moving_mask=qsm_res.mask, fixed_mask=_t1_brain(t1)),
-                                        dict(moving_mask=head_mask(mag), fixed_mask=t1_head)],
-                              sub["register"].sub(0, 0.6), "GRE magnitude -> T1", messages)
-    t1_from_gre = np.asarray(reg.fixed_from_moving, float)
-    t1_from_ct = None
-    if ct is not None:
+    reg_qc = {"given": True}
+    if t1_from_gre is None:
+        reg = _rigid_with_retries(t1, mag, [dict(moving_mask=qsm_res.mask, fixed_mask=_t1_brain(t1)),
+                                            dict(moving_mask=qsm_res.mask),
+                                            dict(moving_mask=head_mask(mag), fixed_mask=t1_head)],
+                                  sub["register"].sub(0, 0.6), "GRE magnitude -> T1", messages)
+        t1_from_gre, reg_qc = reg.fixed_from_moving, reg.qc
+    t1_from_gre = np.asarray(t1_from_gre, float)
+    t1_from_ct = None if t1_from_ct is None else np.asarray(t1_from_ct, float)
+    if ct is not None and t1_from_ct is None:
         ct_head = head_mask(ct, threshold=-300.0)
         clipped = ct.with_data(np.clip(np.asarray(ct.data, np.float32), -200, 1500))
         reg_ct = _rigid_with_retries(t1, ct, [dict(moving_mask=ct_head, fixed_mask=t1_head),
@@ -192,8 +197,11 @@ def run_patient(gre, t1: Volume, ct: Volume | None = None, landmarks: dict | Non
 
     # 3. atlas
     t0 = time.perf_counter()
-    norm = normalize_to_mni(t1, progress=sub["normalize"])
-    prior = _labels_on_qsm_grid(norm, chi, t1_from_gre)
+    norm = None
+    if prior_labels is None or not landmarks:
+        norm = normalize_to_mni(t1, progress=sub["normalize"])
+    prior = _labels_on_qsm_grid(norm, chi, t1_from_gre) if prior_labels is None else \
+        Volume(np.asarray(prior_labels.data), chi.ras_from_ijk.copy(), "CIT168 prior (given)")
     lm_source = "given"
     if not landmarks:
         pts = norm.mni_to_t1(np.array([MNI_LANDMARKS[k] for k in ("AC", "PC", "MS")]))
@@ -231,7 +239,10 @@ def run_patient(gre, t1: Volume, ct: Volume | None = None, landmarks: dict | Non
     t0 = time.perf_counter()
     frame = None
     xyz_from_t1 = None
-    if ct is not None:
+    if ct is not None and xyz_from_ct is not None:
+        xyz_from_t1 = np.asarray(xyz_from_ct, float) @ np.linalg.inv(t1_from_ct)
+        messages.append("frame pose given (not registered here)")
+    elif ct is not None:
         from .stereotaxy import register_frame
         try:
             frame = register_frame(ct, progress=sub["frame"])
@@ -258,7 +269,7 @@ def run_patient(gre, t1: Volume, ct: Volume | None = None, landmarks: dict | Non
         "transforms": {"t1_from_gre": t1_from_gre.tolist(),
                        "t1_from_ct": None if t1_from_ct is None else t1_from_ct.tolist(),
                        "xyz_from_t1": None if xyz_from_t1 is None else xyz_from_t1.tolist()},
-        "registration_qc": {"gre_to_t1": reg.qc},
+        "registration_qc": {"gre_to_t1": reg_qc},
         "frame_registration": None,
         "sides": {s: sp.plan for s, sp in sides.items()},
         "messages": messages,

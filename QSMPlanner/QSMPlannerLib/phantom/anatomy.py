@@ -146,8 +146,51 @@ def _block_mean(a, f: int):
     return a.reshape(s[0], f, s[1], f, s[2], f).mean(axis=(1, 3, 5), dtype=np.float32)
 
 
+def _cache_file(spacing: float):
+    """Disk cache of the static model (seed-independent), keyed by this module's source and the atlases."""
+    import hashlib
+    import os
+    from pathlib import Path
+    root = os.environ.get("QSMPLANNER_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "qsmplanner")
+    key = hashlib.sha1(Path(__file__).read_bytes())
+    for name in (T1_FILE, GM_FILE, WM_FILE, CIT_FILE):
+        st = (ATLAS_DIR / name).stat()
+        key.update(f"{name}:{st.st_size}".encode())
+    return Path(root) / f"phantom_static_{spacing:g}mm_{key.hexdigest()[:12]}.npz"
+
+
 @functools.lru_cache(maxsize=2)
 def static_model(spacing: float) -> dict:
+    """``_static_model`` through a disk cache (skipped silently when the cache is not writable)."""
+    path = None
+    try:
+        path = _cache_file(spacing)
+        if path.exists():
+            with np.load(path) as z:
+                out = {k: z[k] for k in z.files if k not in ("origin", "spacing")}
+            out["dist_factor"] = int(out["dist_factor"])
+            out["grid"] = ModelGrid(float(spacing), np.asarray(model_grid(spacing).origin), out["gm"].shape)
+            return out
+    except Exception:   # a damaged or unreadable cache is rebuilt
+        pass
+    out = _static_model(spacing)
+    if path is not None:
+        try:
+            from ..io.atomic import atomic_path
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with atomic_path(path) as tmp:
+                with open(tmp, "wb") as f:
+                    np.savez(f, **{k: v for k, v in out.items() if k != "grid"})
+            for old in path.parent.glob(f"phantom_static_{spacing:g}mm_*.npz"):
+                if old != path:
+                    old.unlink(missing_ok=True)
+        except OSError:
+            pass
+    return out
+
+
+def _static_model(spacing: float) -> dict:
     """Seed-independent maps on the model grid (cached). Fractions are uint8 (value/255): GM, WM,
     template T1, intracranial volume "icv" and filled brain "brain" (ventricles included, soft edges);
     "cit": CIT168 labels (int16); "dist": signed distance to the ICV surface (mm, + outside) on a

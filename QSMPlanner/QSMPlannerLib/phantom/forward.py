@@ -48,29 +48,55 @@ def wrap_phase(phi: np.ndarray) -> np.ndarray:
 
 @numba.njit(cache=True, inline="always")
 def _sinc_abs(x):
-    x = np.pi * x
-    return abs(np.sin(x) / x) if abs(x) > 1e-6 else 1.0
+    x = np.float32(np.pi) * x
+    return abs(np.sin(x) / x) if abs(x) > np.float32(1e-6) else np.float32(1.0)
+
+
+@numba.njit(cache=True, inline="always")
+def _splitmix64(x):
+    x = x + np.uint64(0x9E3779B97F4A7C15)
+    z = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return z ^ (z >> np.uint64(31))
+
+
+@numba.njit(cache=True, inline="always")
+def _normal_pair(key, index):
+    """Two independent standard normals for (key, index): counter-based, so the result does not
+    depend on how the voxels are split between threads (deterministic per seed)."""
+    a = _splitmix64(key ^ (np.uint64(2) * index))
+    b = _splitmix64(a ^ np.uint64(0xD1B54A32D192ED03))
+    u1 = (np.float32(a >> np.uint64(40)) + np.float32(0.5)) * np.float32(1.0 / 16777216.0)
+    u2 = np.float32(b >> np.uint64(40)) * np.float32(2.0 * np.pi / 16777216.0)
+    r = np.sqrt(np.float32(-2.0) * np.log(u1))
+    return r * np.cos(u2), r * np.sin(u2)
 
 
 @numba.njit(parallel=True, cache=True, fastmath=True)
-def _echo_kernel(m0, r2s, field, phase0, gx, gy, gz, t, hz_per_ppm, vox, n1, n2, sigma, mag, pha):
+def _echo_kernel(m0, r2s, field, phase0, gx, gy, gz, t, hz_per_ppm, vox, noise_key, sigma, mag, pha):
+    """One echo, single-precision arithmetic; complex Gaussian noise of SD ``sigma`` drawn from a
+    counter-based generator keyed by ``noise_key`` (uint64)."""
     ni, nj, nk = m0.shape
-    cx = hz_per_ppm * vox[0] * t
-    cy = hz_per_ppm * vox[1] * t
-    cz = hz_per_ppm * vox[2] * t
-    w = 2.0 * np.pi * hz_per_ppm * t
+    cx = np.float32(hz_per_ppm * vox[0] * t)
+    cy = np.float32(hz_per_ppm * vox[1] * t)
+    cz = np.float32(hz_per_ppm * vox[2] * t)
+    w = np.float32(2.0 * np.pi * hz_per_ppm * t)
+    t32 = np.float32(t)
+    s32 = np.float32(sigma)
+    pi32 = np.float32(np.pi)
     for i in numba.prange(ni):
         for j in range(nj):
             for k in range(nk):
                 att = _sinc_abs(cx * gx[i, j, k]) * _sinc_abs(cy * gy[i, j, k]) * _sinc_abs(cz * gz[i, j, k])
-                amp = m0[i, j, k] * np.exp(-r2s[i, j, k] * t) * att
+                amp = m0[i, j, k] * np.exp(-r2s[i, j, k] * t32) * att
                 phi = phase0[i, j, k] + w * field[i, j, k]
-                re = amp * np.cos(phi) + sigma * n1[i, j, k]
-                im = amp * np.sin(phi) + sigma * n2[i, j, k]
+                n1, n2 = _normal_pair(noise_key, np.uint64((i * nj + j) * nk + k))
+                re = amp * np.cos(phi) + s32 * n1
+                im = amp * np.sin(phi) + s32 * n2
                 mag[i, j, k] = np.sqrt(re * re + im * im)
                 p = np.arctan2(im, re)
-                if p >= np.pi:
-                    p -= 2.0 * np.pi
+                if p >= pi32:
+                    p -= np.float32(2.0) * pi32
                 pha[i, j, k] = p
 
 
@@ -99,9 +125,8 @@ def gre_signal(m0: np.ndarray, r2s: np.ndarray, field_ppm: np.ndarray, phase0: n
     sigma = float(ref.mean() / snr)
     del ref
     for e, t in enumerate(te):
-        n1 = rng.standard_normal(shape, dtype=np.float32)
-        n2 = rng.standard_normal(shape, dtype=np.float32)
-        _echo_kernel(m0, r2s, field_ppm, phase0, gx, gy, gz, float(t), hz_per_ppm, vox, n1, n2, sigma,
+        key = np.uint64(rng.integers(0, 2 ** 63, dtype=np.int64))
+        _echo_kernel(m0, r2s, field_ppm, phase0, gx, gy, gz, float(t), hz_per_ppm, vox, key, sigma,
                      tmp_m, tmp_p)
         mag[..., e] = tmp_m
         pha[..., e] = tmp_p

@@ -37,41 +37,66 @@ def default_vsharp_radii(voxel_mm) -> list:
     return radii if radii else [step]
 
 
+def smv_kernel_analytic(shape, voxel_mm, radius_mm) -> np.ndarray:
+    """rfft-layout spherical mean-value kernel from the continuous ball's transform,
+    3 (sin x - x cos x) / x^3 with x = 2 pi |k| r (1 at k = 0)."""
+    from .dipole import kspace_grid
+    k0, k1, k2 = kspace_grid(shape, voxel_mm, real=True)
+    x = (2 * np.pi * float(radius_mm)) * np.sqrt(k0 ** 2 + k1 ** 2 + k2 ** 2)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        s = 3 * (np.sin(x) - x * np.cos(x)) / x ** 3
+    s[0, 0, 0] = 1.0
+    return s.astype(np.float32)
+
+
 def vsharp(field: np.ndarray, mask: np.ndarray, voxel_mm=(1, 1, 1), radii_mm=None,
            threshold: float = 0.05) -> tuple[np.ndarray, np.ndarray]:
     """V-SHARP (Wu B et al., MRM 2012;67:137; Li W et al. 2011): variable-radius spherical mean value
-    filtering, each voxel using the largest sphere that fits in the mask, then truncated-SVD
-    deconvolution with the largest kernel (``threshold``). Returns (local_field, eroded_mask)."""
+    filtering, each voxel using the largest sphere (``radii_mm``, default 18*min(voxel) down to
+    2*max(voxel)) that fits in the mask, then truncated-SVD deconvolution with the largest kernel in
+    use (``threshold``). Works on the mask's bounding box. Returns (local_field, eroded_mask)."""
+    from scipy import ndimage
+
+    from .dipole import mask_box
     mask = np.asarray(mask, bool)
-    radii = sorted(radii_mm if radii_mm is not None else default_vsharp_radii(voxel_mm), reverse=True)
     vox = np.asarray(voxel_mm, float)
+    local_full = np.zeros(mask.shape, np.float32)
+    done_full = np.zeros(mask.shape, bool)
+    if not mask.any():
+        return local_full, done_full
+    radii = sorted(radii_mm if radii_mm is not None else default_vsharp_radii(vox), reverse=True)
+    box = mask_box(mask, 1)
+    mb = mask[box]
+    # mm to the nearest voxel outside the mask (beyond the array counts as outside)
+    depth = ndimage.distance_transform_edt(np.pad(mb, 1), sampling=vox)[1:-1, 1:-1, 1:-1]
     pad = [int(np.ceil(radii[0] / v)) + 1 for v in vox]
-    shape = fast_shape(mask.shape, pad)
-    f, sl = pad_to(np.where(mask, field, 0).astype(np.float32), shape)
-    m, _ = pad_to(mask.astype(np.float32), shape)
-    ff, fm = rfft3(f), rfft3(m)
-    hp = np.zeros(shape, np.float32)
-    done = np.zeros(shape, bool)
+    shape = fast_shape(mb.shape, pad)
+    f, sl = pad_to(np.where(mb, field[box], 0).astype(np.float32), shape)
+    ff = rfft3(f)
+    hp = np.zeros(mb.shape, np.float32)
+    done = np.zeros(mb.shape, bool)
     s_first = None
     for r in radii:
-        s = smv_kernel_k(shape, vox, r)
-        eroded = irfft3(fm * s, shape) > 0.999
-        new = eroded & ~done
-        if new.any():
-            if s_first is None:  # deconvolve with the largest kernel in use
-                s_first = s
-            hp[new] = (f - irfft3(ff * s, shape))[new]
-            done |= new
-    del ff, fm
+        new = (depth > r) & ~done
+        if not new.any():
+            continue
+        s = smv_kernel_analytic(shape, vox, r)
+        if s_first is None:  # deconvolve with the largest kernel in use
+            s_first = s
+        hp[new] = (f[sl] - irfft3(ff * s, shape)[sl])[new]
+        done |= new
+    del ff
     if s_first is None:
-        return np.zeros(mask.shape, np.float32), np.zeros(mask.shape, bool)
+        return local_full, done_full
     one_minus = 1.0 - s_first
     inv = np.zeros_like(one_minus)
     ok = np.abs(one_minus) > threshold
     inv[ok] = 1.0 / one_minus[ok]
-    local = irfft3(rfft3(hp) * inv, shape)
-    local = np.where(done, local, 0)[sl].astype(np.float32)
-    return local, done[sl]
+    hp_pad, _ = pad_to(hp, shape)
+    local = irfft3(rfft3(hp_pad) * inv, shape)[sl]
+    local_full[box] = np.where(done, local, 0)
+    done_full[box] = done
+    return local_full, done_full
 
 
 def _cg(apply_a, b, x0=None, tol=1e-3, max_iter=200):

@@ -175,30 +175,38 @@ def reconstruct_qsm(gre, mask: Volume | None = None, bfr: str = "vsharp", invers
     keep(total_ppm, "total_field_ppm")
     prog.check()
 
+    # background removal and inversion work on the mask's bounding box
+    from .dipole import mask_box
+    box = mask_box(m, 2)
+    mb, fb = m[box], total_ppm[box]
     t = time.perf_counter()
     prog.update(0.35, f"background removal ({bfr})")
     if bfr == "vsharp":
-        local, m_local = bgremove.vsharp(total_ppm, m, vox)
+        local_b, m_local_b = bgremove.vsharp(fb, mb, vox)
     elif bfr == "resharp":
-        local, m_local = bgremove.resharp(total_ppm, m, vox)
+        local_b, m_local_b = bgremove.resharp(fb, mb, vox)
     elif bfr == "pdf":
-        local, m_local = bgremove.pdf(total_ppm, m, vox, b0_dir)
+        local_b, m_local_b = bgremove.pdf(fb, mb, vox, b0_dir)
     else:
-        local, m_local = bgremove.lbv(total_ppm, m, vox)
-    if not m_local.any():
+        local_b, m_local_b = bgremove.lbv(fb, mb, vox)
+    if not m_local_b.any():
         raise ProcessingError("background removal left no voxel (mask too small for the kernel)")
+    local = np.zeros(shape, np.float32)
+    m_local = np.zeros(shape, bool)
+    local[box], m_local[box] = local_b, m_local_b
     timings["bfr"] = time.perf_counter() - t
     keep(local, "local_field_ppm")
     prog.check()
 
     t = time.perf_counter()
     prog.update(0.6, f"dipole inversion ({inversion})")
+    chi = np.zeros(shape, np.float32)
     if inversion == "tkd":
-        chi = inv_mod.tkd(local, m_local, vox, b0_dir)
+        chi[box] = inv_mod.tkd(local_b, m_local_b, vox, b0_dir)
     else:
         sub = prog.sub(0.6, 0.98)
-        chi = inv_mod.tv_admm(local, m_local, vox, b0_dir, lam=tv_lambda, progress=sub,
-                              magnitude=np.sqrt((mag ** 2).sum(axis=3)))
+        chi[box] = inv_mod.tv_admm(local_b, m_local_b, vox, b0_dir, lam=tv_lambda, progress=sub,
+                                   magnitude=np.sqrt((mag[box] ** 2).sum(axis=3)))
     timings["inversion"] = time.perf_counter() - t
 
     if reference == "csf":

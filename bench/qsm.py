@@ -1,0 +1,191 @@
+"""QSM benchmark: our pipeline vs a plain baseline (Laplacian unwrapping + V-SHARP + TKD) on the digital
+patient (3 T, 5 echoes, background field) in two poses (axial, 15 deg oblique) and two seeds, one run;
+scikit-image's ``unwrap_phase`` against our quality-guided unwrapping for the unwrapping stage alone.
+
+Scores: the ``qsm-ci`` challenge metrics (NRMSE %, HFEN %, XSIM, correlation) over the TRUE brain mask
+(eroded voxels count as 0, as the challenge does), the mean chi error (ppm) in STN, SN, RN and GP per side
+(both maps referenced to their mean in the brain mask), wall time per stage and peak memory (process RSS).
+
+    .venv/bin/python bench/qsm.py                  # default-size patient, seeds 0 1, tilts 0 15
+    .venv/bin/python bench/qsm.py --small --seeds 0 --tilts 0
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "QSMPlanner"))
+from QSMPlannerLib.qsm import reconstruct_qsm  # noqa: E402
+from QSMPlannerLib.qsm import bgremove, inversion  # noqa: E402
+from QSMPlannerLib.qsm.dipole import hz_to_ppm  # noqa: E402
+from QSMPlannerLib.qsm.mask import brain_mask  # noqa: E402
+from QSMPlannerLib.qsm.romeo import quality_unwrap  # noqa: E402
+from QSMPlannerLib.qsm.unwrap import laplacian_unwrap  # noqa: E402
+
+ROIS = {"STN": ((16,), (116,)), "SN": ((7, 9), (107, 109)), "RN": ((8,), (108,)),
+        "GP": ((5, 6), (105, 106))}
+
+
+class PeakRSS:
+    """Samples this process's resident memory every 20 ms while active (GiB)."""
+
+    def __enter__(self):
+        self.peak = self._rss()
+        self._stop = threading.Event()
+        self._t = threading.Thread(target=self._run, daemon=True)
+        self._t.start()
+        return self
+
+    @staticmethod
+    def _rss() -> float:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * 4096 / 2 ** 30
+
+    def _run(self):
+        while not self._stop.wait(0.02):
+            self.peak = max(self.peak, self._rss())
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._t.join()
+        self.peak = max(self.peak, self._rss())
+
+
+def baseline(gre):
+    """Plain baseline: magnitude mask, Laplacian unwrapping of every echo, magnitude-weighted linear fit
+    (slope and intercept), V-SHARP, TKD (0.15), whole-brain mean reference. Returns (chi, timings)."""
+    timings = {}
+    vox = gre.voxel_mm
+    mag = gre.magnitude.astype(np.float32)
+    t = time.perf_counter()
+    m = brain_mask(np.sqrt((mag ** 2).sum(3)), vox)
+    timings["mask"] = time.perf_counter() - t
+    t = time.perf_counter()
+    te = np.asarray(gre.te_s, np.float32)
+    u = np.stack([laplacian_unwrap(gre.phase_rad[..., e], vox) for e in range(gre.n_echoes)], axis=3)
+    w = mag ** 2
+    wsum = np.maximum(w.sum(3), 1e-30)
+    tm = (w * te).sum(3) / wsum
+    pm = (w * u).sum(3) / wsum
+    slope = (w * (te - tm[..., None]) * (u - pm[..., None])).sum(3) / np.maximum(
+        (w * (te - tm[..., None]) ** 2).sum(3), 1e-30)
+    field = hz_to_ppm(slope / (2 * np.pi), gre.b0_tesla).astype(np.float32)
+    timings["field"] = time.perf_counter() - t
+    t = time.perf_counter()
+    local, m2 = bgremove.vsharp(field, m, vox)
+    timings["bfr"] = time.perf_counter() - t
+    t = time.perf_counter()
+    chi = inversion.tkd(local, m2, vox, gre.b0_dir_ijk)
+    chi = np.where(m2, chi - chi[m2].mean(), 0).astype(np.float32)
+    timings["inversion"] = time.perf_counter() - t
+    timings["total"] = sum(timings.values())
+    return chi, timings
+
+
+def score(chi, patient):
+    from qsm_ci.qsm_eval import score_arrays
+    truth = patient.truth["chi_ppm"].data.astype(np.float64)
+    mask = patient.truth["brain_mask"].data > 0
+    labels = patient.truth["labels_gre"].data
+    metrics, _ = score_arrays(chi.astype(np.float64), truth, mask.astype(np.uint8))
+    rec = np.where(mask, chi - chi[mask].mean(), 0)
+    tru = np.where(mask, truth - truth[mask].mean(), 0)
+    for name, sides in ROIS.items():
+        for side, values in zip("LR", sides):
+            roi = np.isin(labels, values) & mask
+            metrics[f"{name}_{side}"] = float(rec[roi].mean() - tru[roi].mean()) if roi.any() else np.nan
+    return metrics
+
+
+def unwrap_stage(patient, small_mask):
+    """Unwrap the echo-2/echo-1 phase difference inside the brain mask with ours and with scikit-image;
+    its truth is known exactly (2*pi*field_Hz*dTE): fraction of voxels off by a 2*pi jump."""
+    from skimage.restoration import unwrap_phase
+    gre = patient.gre
+    dphi = np.angle(np.exp(1j * (gre.phase_rad[..., 1] - gre.phase_rad[..., 0]))).astype(np.float32)
+    true_ppm = patient.truth["total_field_ppm"].data
+    true_dphi = 2 * np.pi * true_ppm * 1e-6 * 42.577478518e6 * gre.b0_tesla * (gre.te_s[1] - gre.te_s[0])
+    m = small_mask
+    rows = {}
+    for name, fn in (("ours (quality-guided)", lambda: quality_unwrap(dphi, np.sqrt(gre.magnitude[..., 0] * gre.magnitude[..., 1]), m)),
+                     ("skimage unwrap_phase", lambda: unwrap_phase(np.ma.array(dphi, mask=~m)).filled(0).astype(np.float32))):
+        t = time.perf_counter()
+        u = fn()
+        dt = time.perf_counter() - t
+        k = (u - true_dphi)[m] / (2 * np.pi)
+        k0 = np.round(np.median(k))
+        rows[name] = (dt, float(np.mean(np.abs(k - k0) > 0.5)))
+    return rows
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--small", action="store_true", help="2 mm patient (quick check)")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    ap.add_argument("--tilts", type=float, nargs="+", default=[0.0, 15.0])
+    ap.add_argument("--bfr", default="pdf", help="our background removal (default pdf)")
+    ap.add_argument("--also", nargs="*", default=["vsharp:tv"], help="extra configs of ours, bfr:inversion")
+    args = ap.parse_args(argv)
+    from QSMPlannerLib.phantom import make_patient
+
+    rows, unwrap_rows = [], []
+    for seed in args.seeds:
+        for tilt in args.tilts:
+            t = time.perf_counter()
+            patient = make_patient(seed=seed, small=args.small, tilt_deg=tilt)
+            print(f"# patient seed {seed} tilt {tilt:g}: {patient.gre.shape3}x{patient.gre.n_echoes} "
+                  f"({time.perf_counter() - t:.0f} s to simulate)", file=sys.stderr, flush=True)
+            case = f"s{seed} {'axial' if tilt == 0 else f'{tilt:g}deg'}"
+            configs = [(f"ours {args.bfr}+tv", dict(bfr=args.bfr, inversion="tv"))]
+            configs += [(f"ours {c.replace(':', '+')}", dict(bfr=c.split(":")[0], inversion=c.split(":")[1]))
+                        for c in args.also]
+            for name, kw in configs:
+                with PeakRSS() as mem:
+                    res = reconstruct_qsm(patient.gre, **kw)
+                rows.append((case, name, score(res.chi_ppm.data, patient), res.timings, mem.peak))
+                print(f"#   {name}: {res.timings['total']:.1f} s", file=sys.stderr, flush=True)
+            with PeakRSS() as mem:
+                chi, timings = baseline(patient.gre)
+            rows.append((case, "baseline lap+vsharp+tkd", score(chi, patient), timings, mem.peak))
+            mask = res.brain_mask.data > 0
+            for name, (dt, frac) in unwrap_stage(patient, mask).items():
+                unwrap_rows.append((case, name, dt, frac))
+
+    hdr = (f"{'case':<10} {'method':<24} {'NRMSE%':>7} {'HFEN%':>7} {'XSIM':>6} {'corr':>6} {'cover':>6} "
+           + " ".join(f"{r + s:>7}" for r in ROIS for s in ("_L", "_R"))
+           + f" {'mask':>5} {'field':>6} {'bfr':>6} {'inv':>6} {'total s':>7} {'peakGiB':>7}")
+    print("\nchi vs truth in the true brain mask (ROI columns: mean chi error, ppm)")
+    print(hdr)
+    for case, name, met, tim, peak in rows:
+        print(f"{case:<10} {name:<24} {met['nrmse']:7.1f} {met['hfen']:7.1f} {met['xsim']:6.3f} "
+              f"{met['correlation']:6.3f} {met['coverage']:6.3f} "
+              + " ".join(f"{met[f'{r}_{s}']:+7.3f}" for r in ROIS for s in "LR")
+              + f" {tim.get('mask', 0):5.1f} {tim.get('field', 0):6.1f} {tim.get('bfr', 0):6.1f} "
+              f"{tim.get('inversion', 0):6.1f} {tim['total']:7.1f} {peak:7.2f}")
+    print("\nunwrapping stage alone (echo2-echo1 phase in the brain mask; truth known)")
+    print(f"{'case':<10} {'method':<24} {'time s':>7} {'voxels off by 2pi':>18}")
+    for case, name, dt, frac in unwrap_rows:
+        print(f"{case:<10} {name:<24} {dt:7.2f} {frac:18.5f}")
+
+    print("\nratios (ours / baseline NRMSE; oblique / axial NRMSE of ours; ours time / 20 s target)")
+    ours_name = f"ours {args.bfr}+tv"
+    by = {(c, n): (m, t) for c, n, m, t, _ in rows}
+    for case in dict.fromkeys(c for c, *_ in rows):
+        o, b = by[(case, ours_name)][0], by[(case, "baseline lap+vsharp+tkd")][0]
+        print(f"{case:<10} NRMSE ratio {o['nrmse'] / b['nrmse']:.3f}   time {by[(case, ours_name)][1]['total']:.1f} s "
+              f"(x{by[(case, ours_name)][1]['total'] / 20:.2f} of target)   max |ROI error| "
+              f"{max(abs(o[f'{r}_{s}']) for r in ROIS for s in 'LR'):.4f} ppm")
+    for seed in args.seeds:
+        ax, ob = f"s{seed} axial", next((c for c in by if c[0].startswith(f"s{seed} ") and "deg" in c[0]), None)
+        if (ax, ours_name) in by and ob is not None:
+            print(f"s{seed}: oblique/axial NRMSE of ours {by[(ob[0], ours_name)][0]['nrmse'] / by[(ax, ours_name)][0]['nrmse']:.3f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

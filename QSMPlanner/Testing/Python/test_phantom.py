@@ -12,7 +12,7 @@ from QSMPlannerLib.phantom.forward import dipole_field
 
 @pytest.fixture(scope="module")
 def patient():
-    return make_patient(seed=0, small=True)
+    return make_patient(seed=0, small=True, veins_on_standard_trajectory=True)
 
 
 def _independent_field(chi, ras_from_ijk, pad_factor=2):
@@ -128,6 +128,24 @@ def test_landmarks_transforms_and_labels_agree(patient):
                           - patient.stn_centroids["STN_L"]) < 5.0
 
 
+def test_a_vein_lies_on_each_standard_trajectory(patient):
+    from QSMPlannerLib.phantom.patient import _apply
+    lab = patient.truth["labels_gre"]
+    chi = patient.truth["chi_ppm"].data
+    gre_from_t1 = np.linalg.inv(patient.transforms["t1_from_gre"])
+    assert any("standard trajectory" in v["name"] for v in patient.veins)
+    for side in ("left", "right"):
+        target = np.asarray(patient.standard_trajectories[side]["target"])
+        entry = np.asarray(patient.standard_trajectories[side]["entry"])
+        assert 55.0 < np.linalg.norm(entry - target) < 100.0
+        pts = target + np.linspace(0.0, 1.0, 300)[:, None] * (entry - target)
+        ijk = np.rint(lab.ras_to_ijk(_apply(gre_from_t1, pts))).astype(int)
+        on_path = lab.data[tuple(ijk.T)]
+        assert on_path[0] == (16 if side == "left" else 116)       # it starts in the STN
+        assert (on_path == 210).any()                              # and crosses a vein near the entry
+        assert chi[tuple(ijk[on_path == 210].T)].max() > 0.15
+
+
 def test_ct_shows_the_localizer_at_the_true_frame_pose(patient):
     from QSMPlannerLib.phantom.patient import _apply
     ct = patient.ct
@@ -143,7 +161,7 @@ def test_ct_shows_the_localizer_at_the_true_frame_pose(patient):
 
 
 def test_deterministic_per_seed(patient):
-    again = make_patient(seed=0, small=True)
+    again = make_patient(seed=0, small=True, veins_on_standard_trajectory=True)
     np.testing.assert_array_equal(again.gre.phase_rad, patient.gre.phase_rad)
     np.testing.assert_array_equal(again.ct.data, patient.ct.data)
     np.testing.assert_array_equal(again.truth["labels_gre"].data, patient.truth["labels_gre"].data)

@@ -107,3 +107,26 @@ def test_laplacian_unwrap_removes_wraps_but_is_not_exact(rng):
     assert np.percentile(np.abs(d), 95) < 1.0
     k = (u - wrapped) / (2 * np.pi)
     assert np.abs(k - np.round(k)).max() > 0.05  # values changed beyond 2*pi steps
+
+
+@pytest.mark.parametrize("method", ["resharp", "pdf", "lbv"])
+def test_other_background_removals_remove_external_source_field(method):
+    c = _centre()
+    inside = sphere_chi(SHAPE, VOX, c + [3, 0, 0], 4.0, 0.1)
+    outside = sphere_chi(SHAPE, VOX, c + [0, 0, 24], 5.0, 9.0)
+    local = forward_field(inside, VOX, OBLIQUE)
+    total = local + forward_field(outside, VOX, OBLIQUE)
+    g = [np.arange(n) * v - cc for n, v, cc in zip(SHAPE, VOX, c)]
+    x, y, z = np.meshgrid(*g, indexing="ij")
+    brain = x * x + y * y + z * z < 15 ** 2
+    if method == "pdf":
+        est, m = bgremove.pdf(total, brain, VOX, OBLIQUE)
+    else:
+        est, m = getattr(bgremove, method)(total, brain, VOX)
+    assert m.sum() == brain.sum()  # no erosion
+    core = x * x + y * y + z * z < 11 ** 2
+    bg = (total - local)[core]
+    err = est[core] - local[core]
+    err -= err.mean()
+    assert np.sqrt(np.mean(err ** 2)) < 0.15 * np.sqrt(np.mean((bg - bg.mean()) ** 2))
+    assert np.corrcoef(est[core], local[core])[0, 1] > 0.7

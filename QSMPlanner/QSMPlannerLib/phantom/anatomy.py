@@ -347,7 +347,8 @@ def _paint_kernel(gm, wm, icv, t1, dist, dist_f, fine, coarse, scalp_n, coarse_f
                 vessel = max(ve, si)
                 for p in range(5):
                     if p == 3:   # T1w: the real template inside the ICV
-                        val = t1[i, j, k] * inv255 * ic + soft * tab[7, 3] + skull * tab[6, 3]
+                        val = (t1[i, j, k] * inv255 * ic + soft * tab[7, 3] * (1.0 + 0.25 * cn + 0.1 * sn)
+                               + skull * tab[6, 3] * (1.0 + 0.3 * fn))
                         val = val * (1.0 - vessel) + vessel * tab[4, 3] * min(ic + soft, 1.0)
                         out_val[p, i, j, k] = val * (1.0 + 0.02 * fn)
                         continue
@@ -357,7 +358,8 @@ def _paint_kernel(gm, wm, icv, t1, dist, dist_f, fine, coarse, scalp_n, coarse_f
                     val = bv * rest + th * tab[3, p] * ((1.0 + 0.1 * fn) if p == 0 else 1.0)
                     if indeep:
                         val += deep_val[p, a, b, cc]
-                    val += soft * tab[7, p] + skull * tab[6, p] + (c + outside) * tab[8, p]
+                    val += soft * tab[7, p] * ((1.0 + 0.15 * cn) if p == 2 else 1.0) + skull * tab[6, p] \
+                        + (c + outside) * tab[8, p]
                     val = val * (1.0 - vessel) + ve * tab[4, p] + si * tab[5, p]
                     if p == 1:
                         val = val * r2s_scale + 3.0 * (1.0 - head)

@@ -21,8 +21,8 @@ from .forward import dipole_field, gre_signal
 from .sampling import sample_map
 from .veins import make_veins
 
-# AC, PC (centres of the commissures) and a mid-sagittal point, MNI152 2009 mm
-LANDMARKS_MNI = {"AC": (0.0, 1.5, -4.5), "PC": (0.0, -24.5, -2.5), "MS": (0.0, -12.0, 40.0)}
+# AC, PC (centres of the commissures, read off the ICBM152 2009a template) and a mid-sagittal point, MNI mm
+LANDMARKS_MNI = {"AC": (0.0, 2.5, -5.0), "PC": (0.0, -25.5, -2.5), "MS": (0.0, -12.0, 40.0)}
 GRE_FOV_MM = np.array([256.0, 256.0, 128.0])
 T1_FOV_MM = np.array([200.0, 240.0, 228.0])
 T1_VOXEL_MM = np.array([1.0, 1.0, 1.2])

@@ -38,11 +38,11 @@ def synthetic_head(shape=(192, 224, 160), voxel_mm: float = 1.0, seed: int = 0,
         for value, centre, radii, chi_v in (((2 if side == "right" else 1), c, (6.0, 4.5, 3.0), 0.09),
                                             ((4 if side == "right" else 3), c + [-3 * s, -6, -3], (5, 7, 3), 0.15),
                                             ((6 if side == "right" else 5), c + [-7 * s, -5, -2], (3, 3, 3), 0.12)):
-            m = (((ras - centre) / np.array(radii, np.float32)) ** 2).sum(-1) <= 1
-            labels[m & (labels == 0)] = value
-            chi[m] += chi_v
-        gp = np.linalg.norm(ras - (c + [8 * s, 5, 5]), axis=-1) <= 5
-        chi[gp] += 0.2
+            rho = np.sqrt((((ras - centre) / np.array(radii, np.float32)) ** 2).sum(-1))
+            labels[(rho <= 1) & (labels == 0)] = value
+            chi += chi_v * np.clip((1.25 - rho) / 0.5, 0, 1)  # partial-volume edge
+        r_gp = np.linalg.norm(ras - (c + [8 * s, 5, 5]), axis=-1)
+        chi += 0.2 * np.clip((6.0 - r_gp) / 2.0, 0, 1)
         if veins_on_standard:
             u = direction_from_angles(60.0, 20.0, side)
             p = c + 40.0 * u

@@ -325,6 +325,8 @@ def search_entries(target_ras, side, risk: RiskMap, margin_mm: float = 3.0, land
     for i in order:
         if not np.isfinite(risk_v[i]) or len(chosen) >= n_best:
             break
+        if safe.any() and not safe[i]:  # when safe paths exist, only safe ones are suggested
+            break
         if all(np.degrees(np.arccos(np.clip(u[i] @ u[j], -1, 1))) >= min_separation_deg for j in chosen):
             chosen.append(i)
     cands = []

@@ -66,17 +66,50 @@ def vesselness(chi_ppm: np.ndarray, voxel_mm, sigmas_mm=(0.7, 1.0, 1.5), alpha: 
     return out
 
 
-def vessel_mask(qsm, brain_mask=None, sigmas_mm=(0.7, 1.0, 1.5), chi_min_ppm: float = 0.15,
-                contrast_min_ppm: float = 0.15, background_sigma_mm: float = 2.0,
-                vesselness_min: float = 0.2, min_voxels: int = 6, exclude=None) -> Volume:
+def _ball(radius_mm, voxel_mm):
+    r = np.ceil(radius_mm / np.asarray(voxel_mm)).astype(int)
+    g = np.ogrid[tuple(slice(-k, k + 1) for k in r)]
+    return sum((x * v) ** 2 for x, v in zip(g, voxel_mm)) <= radius_mm ** 2
+
+
+def _blob_zone(chi, brain, voxel_mm, level_ppm, radius_mm):
+    """Thick, compact paramagnetic regions (deep nuclei) grown by 1.5 mm: voxels that are not veins."""
+    smooth = ndimage.gaussian_filter(chi, 1.0 / np.asarray(voxel_mm), mode="nearest")
+    high = brain & (smooth >= level_ppm)
+    zone = np.zeros(chi.shape, bool)
+    if not high.any():
+        return zone
+    box = _bbox(high, int(np.ceil((radius_mm + 2) / min(voxel_mm))) + 1)
+    thick = ndimage.binary_opening(high[box], structure=_ball(radius_mm, voxel_mm))
+    lab, n = ndimage.label(thick)
+    for k, sl in enumerate(ndimage.find_objects(lab), start=1):
+        pts = np.argwhere(lab[sl] == k) * np.asarray(voxel_mm)
+        if len(pts) < 4:
+            continue
+        ev = np.sort(np.linalg.eigvalsh(np.cov(pts.T)))[::-1]
+        if ev[0] > 16.0 * max(ev[1], 1e-6):   # length ratio > 4: a sinus, not a nucleus
+            thick[sl][lab[sl] == k] = False
+    zone[box] = ndimage.binary_dilation(thick, structure=_ball(1.5, voxel_mm))
+    return zone
+
+
+def vessel_mask(qsm, brain_mask=None, sigmas_mm=(0.7, 1.0, 1.5), chi_min_ppm: float = 0.1,
+                contrast_min_ppm: float = 0.08, background_sigma_mm: float = 2.0,
+                vesselness_min: float = 0.1, min_voxels: int = 6, exclude=None,
+                hysteresis: float = 1.0, blob_radius_mm: float = 0.0) -> Volume:
     """Vein mask (uint8 Volume on the QSM grid, RAS geometry of ``qsm``).
 
-    A voxel is a vein where χ ≥ ``chi_min_ppm`` (veins ≈ 0.3–0.6 ppm; deep nuclei mostly lower), χ exceeds
+    A voxel is a vein where χ ≥ ``chi_min_ppm`` (veins ≈ 0.3–0.6 ppm, but reconstructed thin veins come out
+    at a third of that: partial volume and regularisation), χ exceeds
     its local background (Gaussian, ``background_sigma_mm``) by ``contrast_min_ppm`` (thin bright
     structures, not the rims of large paramagnetic nuclei such as GP/SN) and its
     multiscale Frangi bright-tube vesselness ≥ ``vesselness_min``; components smaller than ``min_voxels``
     are dropped. ``brain_mask`` (Volume/array, same grid) limits the search; ``exclude`` (Volume/array)
-    removes voxels (e.g. the segmented nuclei). ``qsm``: a χ Volume (ppm) or a QSMResult."""
+    removes voxels (e.g. the segmented nuclei). ``qsm``: a χ Volume (ppm) or a QSMResult.
+    ``hysteresis`` < 1 grows each detected vein into connected voxels passing the three thresholds scaled
+    by that factor (reconstructed veins are thinner and fainter than they are: partial volume, TV).
+    Voxels in or next to thick paramagnetic blobs (deep nuclei: survive an opening with a ball of
+    ``blob_radius_mm``, not elongated) are not veins; thick elongated ones (sinuses) are kept."""
     vol = _chi_volume(qsm)
     chi = np.nan_to_num(np.asarray(vol.data, np.float32))
     if brain_mask is None and hasattr(qsm, "mask") and isinstance(qsm.mask, Volume):
@@ -86,18 +119,33 @@ def vessel_mask(qsm, brain_mask=None, sigmas_mm=(0.7, 1.0, 1.5), chi_min_ppm: fl
     if brain.shape != chi.shape:
         raise InputError("vessel_mask: the brain mask is not on the QSM grid")
     out = np.zeros(chi.shape, np.uint8)
-    seeds = brain & (chi >= chi_min_ppm)
+    h = min(float(hysteresis), 1.0)
+    seeds = brain & (chi >= h * chi_min_ppm)
+    contrast = None
     if seeds.any() and contrast_min_ppm > 0:
         box = _bbox(seeds, int(np.ceil(3 * background_sigma_mm / vol.voxel_mm.min())) + 1)
         background = ndimage.gaussian_filter(chi[box], background_sigma_mm / vol.voxel_mm, mode="nearest")
-        seeds[box] &= (chi[box] - background) >= contrast_min_ppm
+        contrast = np.zeros(chi.shape, np.float32)
+        contrast[box] = chi[box] - background
+        seeds &= contrast >= h * contrast_min_ppm
     if exclude is not None:
         seeds &= ~np.asarray(getattr(exclude, "data", exclude)).astype(bool)
+    if seeds.any() and blob_radius_mm > 0:
+        seeds &= ~_blob_zone(chi, brain, vol.voxel_mm, 0.8 * h * chi_min_ppm, blob_radius_mm)
     if seeds.any():
         pad = int(np.ceil(3 * max(sigmas_mm) / vol.voxel_mm.min())) + 1
         box = _bbox(seeds, pad)
         v = vesselness(chi[box], vol.voxel_mm, sigmas_mm, candidates=seeds[box])
-        m = v >= vesselness_min
+        weak = v >= h * vesselness_min
+        m = weak & (v >= vesselness_min) & (chi[box] >= chi_min_ppm)
+        if contrast is not None:
+            m &= contrast[box] >= contrast_min_ppm
+        if h < 1.0 and m.any():
+            lab, n = ndimage.label(weak, structure=np.ones((3, 3, 3)))
+            keep = np.zeros(n + 1, bool)
+            keep[np.unique(lab[m])] = True
+            keep[0] = False
+            m = keep[lab]
         if min_voxels > 1 and m.any():
             lab, n = ndimage.label(m, structure=np.ones((3, 3, 3)))
             sizes = np.bincount(lab.ravel())

@@ -44,8 +44,9 @@ def head():
         stn = (d ** 2).sum(-1) <= 1
         labels[stn] = value
         chi[stn] += 0.09
-    gp = np.linalg.norm(ras - np.array([20.0, 2.0, 0.0]), axis=-1) <= 5.0
-    chi[gp] += 0.2
+    r_gp = np.linalg.norm(ras - np.array([22.0, 4.0, 2.0]), axis=-1)
+    gp = r_gp <= 5.0
+    chi += 0.2 * np.clip((6.0 - r_gp) / 2.0, 0.0, 1.0)  # nucleus with a partial-volume edge
     # vein across the standard right trajectory, 40 mm above the target, perpendicular to the path
     u = direction_from_angles(60.0, 20.0, "right")
     p = STN_R + 40.0 * u

@@ -15,7 +15,7 @@ from QSMPlannerLib.report import coordinate_rows, write_report
 @pytest.fixture(scope="module")
 def planned():
     head = synthetic_head((120, 150, 120), 1.0)
-    vm = vessel_mask(head["chi"], head["brain"])
+    vm = vessel_mask(head["chi"], head["brain"], exclude=head["labels"].data > 0)
     rm = RiskMap.from_masks(vessels=vm, ventricles=head["ventricles"], brain=head["brain"])
     landmarks = {"AC": np.array([0.0, 12.0, 0.0]), "PC": np.array([0.0, -13.0, 0.0]),
                  "MS": np.array([0.0, 0.0, 40.0])}

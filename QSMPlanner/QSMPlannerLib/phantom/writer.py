@@ -60,26 +60,33 @@ def write_patient(patient, out_dir, subject=None, progress=None) -> dict:
         "Name": f"QSMPlanner digital patient (seed {patient.seed})", "BIDSVersion": "1.9.0",
         "DatasetType": "raw", "GeneratedBy": [{"Name": GENERATOR}],
         "License": "MNI ICBM152 (see QSMPlanner Resources/Atlases/LICENSE.md); CIT168 CC BY 4.0"}))
-    progress.update(0.05, "writing GRE")
-    gre_paths = _write_gre(patient.gre, out_dir, label)
+    progress.update(0.05, "writing GRE, T1, CT and truth volumes")
+    dtypes = {"chi_ppm": np.float32, "local_field_ppm": np.float32, "total_field_ppm": np.float32,
+              "brain_mask": np.uint8, "labels_gre": np.int16, "labels_t1": np.int16}
+    jobs = [("t1", patient.t1, anat / f"sub-{label}_T1w.nii.gz", np.float32)]
+    if patient.ct is not None:
+        jobs.append(("ct", patient.ct, anat / f"sub-{label}_ct.nii.gz", np.float32))
+    for name, dt in dtypes.items():
+        vol = patient.labels_t1 if name == "labels_t1" else patient.truth[name]
+        jobs.append((name, vol, truth_dir / f"{name}.nii.gz", dt))
+    # gzip releases the GIL: the GRE echoes and the other volumes are compressed concurrently
+    from concurrent.futures import ThreadPoolExecutor
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        gre_future = pool.submit(_write_gre, patient.gre, out_dir, label)
+        futures = {name: pool.submit(write_volume, vol, path, dtype=dt) for name, vol, path, dt in jobs}
+        for name, fut in futures.items():
+            paths[name] = fut.result()
+        gre_paths = gre_future.result()
     paths["mag"], paths["phase"] = list(gre_paths["mag"]), list(gre_paths["phase"])
-    progress.update(0.5, "writing T1 and CT")
-    paths["t1"] = write_volume(patient.t1, anat / f"sub-{label}_T1w.nii.gz", dtype=np.float32)
+    progress.update(0.9, "writing the truth")
     write_text(anat / f"sub-{label}_T1w.json", _json({"Modality": "MR", "MagneticFieldStrength": 3.0,
                                                       "Description": "planning T1 (digital patient)"}))
     if patient.ct is not None:
-        paths["ct"] = write_volume(patient.ct, anat / f"sub-{label}_ct.nii.gz", dtype=np.float32)
         write_text(anat / f"sub-{label}_ct.json", _json({
             "Modality": "CT", "Units": "HU", "Localizer": "Leksell G N-localizer (right, left, anterior plates)"}))
-    progress.update(0.7, "writing the truth")
     write_text(out_dir / "derivatives" / "truth" / "dataset_description.json", _json({
         "Name": "Ground truth of the QSMPlanner digital patient", "BIDSVersion": "1.9.0",
         "DatasetType": "derivative", "GeneratedBy": [{"Name": GENERATOR}]}))
-    dtypes = {"chi_ppm": np.float32, "local_field_ppm": np.float32, "total_field_ppm": np.float32,
-              "brain_mask": np.uint8, "labels_gre": np.int16, "labels_t1": np.int16}
-    for name, dt in dtypes.items():
-        vol = patient.labels_t1 if name == "labels_t1" else patient.truth[name]
-        paths[name] = write_volume(vol, truth_dir / f"{name}.nii.gz", dtype=dt)
     lines = ["index\tname"] + [f"{int(v)}\t{n}" for v, n in sorted(patient.label_names.items())]
     paths["labels_tsv"] = truth_dir / "labels.tsv"
     write_text(paths["labels_tsv"], "\n".join(lines) + "\n")

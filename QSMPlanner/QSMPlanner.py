@@ -415,17 +415,19 @@ class QSMPlannerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def onSuggestTarget(self) -> None:
         p = self._parameterNode
         with slicer.util.tryWithErrorDisplay("Could not suggest a target.", waitCursor=True):
-            nodes = self.logic.planner().plan_trajectory(p.side, segmentation_node=p.segmentation)
+            nodes = self.logic.planner().plan_trajectory(p.side, segmentation_node=p.segmentation,
+                                                         qsm_node=p.qsmVolume)
             self._showTrajectory(nodes)
 
     def onRankEntries(self) -> None:
         p = self._parameterNode
         planner = self.logic.planner()
-        # Ranking is quick enough on the main thread for one side (a distance map and 49 paths).
+        # Quick enough on the main thread for one side (vein mask and distance map once, then ~800 rays).
         with slicer.util.tryWithErrorDisplay("Could not rank entries.", waitCursor=True):
             table = planner.rank_entries(p.side, p.qsmVolume, p.segmentation, margin_mm=p.marginMm)
             p.suggestionsTable = table
             self.ui.suggestionsTableView.setMRMLTableNode(table)
+            self.ui.statusLabel.text = table.GetAttribute("QSMPlanner.Statement") or ""
 
     def onUseSuggestion(self) -> None:
         p = self._parameterNode

@@ -193,6 +193,11 @@ class PlannerLogic:
         self.segmentation_result = None   # last NucleiSegmentation (for target suggestion)
         self.frame_result = None          # last FrameRegistration
         self.normalization = None         # last AtlasNormalization
+        self.qsm_result = None            # last QSMResult (its brain mask guides registration and risk)
+        self.electrode = "medtronic_3389"  # planning.ELECTRODES key of the lead drawn on trajectories
+        self.margin_mm = 3.0              # safety margin (mm) from instrument surfaces to vessels
+        self._risk_cache = (None, None)   # (key, RiskMap)
+        self.searches: dict = {}          # side letter -> last planning.EntrySearch
         self.messages: list[str] = []
 
     # ---- helpers ---------------------------------------------------------------------------------
@@ -347,9 +352,15 @@ class PlannerLogic:
             return reconstruct_qsm(gre, bfr=bfr, inversion=inversion, progress=progress)
 
         def apply(result):
+            self.qsm_result = result
             node = mrml.add_volume(self.scene, result.chi_ppm, output_name, kind="qsm",
                                    parent_transform=parent)
             node.SetAttribute("QSMPlanner.Method", f"{bfr}+{inversion}")
+            mask = getattr(result, "mask", None)
+            if isinstance(mask, Volume):
+                mask_node = mrml.add_volume(self.scene, mask.with_data(np.asarray(mask.data, np.uint8)),
+                                            f"{output_name} mask", kind="labelmap", parent_transform=parent)
+                node.SetAttribute("QSMPlanner.MaskNodeID", mask_node.GetID())
             for m in getattr(result, "messages", []) or []:
                 self._log(f"QSM: {m}")
             return node
@@ -365,10 +376,14 @@ class PlannerLogic:
             raise InputError("select the fixed and moving volumes", "Registration")
         fixed = mrml.volume_from_node(fixed_node, world=True)
         moving = mrml.volume_from_node(moving_node)
+        attempts = self._registration_attempts(fixed, moving, moving_node, init)
 
         def compute(progress):
-            from ..registration import register_rigid
-            return register_rigid(fixed, moving, init=init, progress=progress)
+            from ..pipeline import _rigid_with_retries
+            notes: list = []
+            result = _rigid_with_retries(fixed, moving, attempts, progress, transform_name, notes)
+            self.messages.extend(notes)
+            return result
 
         def apply(result):
             node = mrml.add_transform(self.scene, result.fixed_from_moving, transform_name)
@@ -383,6 +398,26 @@ class PlannerLogic:
                 mrml.set_parent_transform(n, node, harden=harden)
             return node
         return StageTask(f"registration {transform_name}", compute, apply)
+
+    def _registration_attempts(self, fixed: Volume, moving: Volume, moving_node, init: str) -> list:
+        """register_rigid keyword sets tried in turn (as ``pipeline.run_patient`` does): GRE magnitude with
+        the QSM brain mask and a T1 brain mask, CT with head masks (and HU clipped), else plain."""
+        from ..pipeline import _t1_brain, head_mask
+        fixed_head = head_mask(fixed, opening=1)
+        base = {"init": init}
+        if moving_node.GetAttribute("QSMPlanner.GRESeries"):
+            mask = getattr(self.qsm_result, "mask", None)
+            tries = []
+            if isinstance(mask, Volume) and mask.same_geometry(moving):
+                tries += [dict(moving_mask=mask, fixed_mask=_t1_brain(fixed)), dict(moving_mask=mask)]
+            tries.append(dict(moving_mask=head_mask(moving), fixed_mask=fixed_head))
+            return [{**base, **t} for t in tries] + [base]
+        if float(np.min(moving.data)) < -500.0:  # CT in HU
+            head = head_mask(moving, threshold=-300.0)
+            clipped = moving.with_data(np.clip(np.asarray(moving.data, np.float32), -200, 1500))
+            return [{**base, **t} for t in (dict(moving_mask=head, fixed_mask=fixed_head), dict(moving_mask=head),
+                                            dict(moving_mask=head, fixed_mask=fixed_head, image=clipped))]
+        return [base, {**base, "moving_mask": head_mask(moving), "fixed_mask": fixed_head}]
 
     def gre_nodes_for(self, any_gre_node) -> list:
         return self.gre_series_nodes(any_gre_node, "magnitude") + self.gre_series_nodes(any_gre_node, "phase")
@@ -458,7 +493,8 @@ class PlannerLogic:
         if self.segmentation_result is not None:
             try:
                 from ..planning import suggest_target
-                target_own = np.asarray(suggest_target(self.segmentation_result, side), float)
+                target_own = np.asarray(suggest_target(self.segmentation_result, side,
+                                                        landmarks=self.landmarks() or None), float)
                 node = segmentation_node or self.node(NUCLEI_NAME, "vtkMRMLSegmentationNode")
                 world = mrml.world_from_node_matrix(node) if node is not None else np.eye(4)
                 return world[:3, :3] @ target_own + world[:3, 3]
@@ -488,22 +524,56 @@ class PlannerLogic:
         world = mrml.world_from_node_matrix(node)
         return world[:3, :3] @ own + world[:3, 3]
 
-    def plan_trajectory(self, side: str, target_ras=None, entry_ras=None, segmentation_node=None) -> dict:
+    def plan_trajectory(self, side: str, target_ras=None, entry_ras=None, segmentation_node=None,
+                        qsm_node=None) -> dict:
         """Target and entry (world RAS mm) -> fiducials (Targets/Entries, one point per side), the line
-        ``Trajectory_<S>``, the electrode model ``Electrode_<S>`` (+ contacts). Missing target: suggested
-        from the segmentation; missing entry: ``standard_entry``. Returns the nodes."""
+        ``Trajectory_<S>``, the electrode model ``Electrode_<S>`` (+ contacts, ``self.electrode`` placed
+        with ``planning.place_electrode``). Missing target: suggested from the segmentation; missing entry:
+        the textbook approach (60 deg above AC-PC, 20 deg lateral; ``planning.standard_trajectory``, at the
+        brain surface when the QSM mask is known). Returns the nodes."""
         s = SIDES[side]
         target = np.asarray(target_ras if target_ras is not None else
                             self.suggest_target(side, segmentation_node), float)
-        entry = np.asarray(entry_ras if entry_ras is not None else standard_entry(target, side), float)
+        if entry_ras is None:
+            entry_ras = self._standard_entry(target, side, qsm_node, segmentation_node)
+        entry = np.asarray(entry_ras, float)
         targets = self._upsert_point(TARGETS_NAME, f"target_{s}", target, (0.95, 0.3, 0.1))
         entries = self._upsert_point(ENTRIES_NAME, f"entry_{s}", entry, (0.1, 0.8, 0.95))
         line = mrml.add_line(self.scene, entry, target, f"Trajectory_{s}")
-        body, contacts = electrode_polydata(target, entry)
+        body, contacts, placement = self._electrode(side, target, entry, segmentation_node)
         model = mrml.add_model(self.scene, body, f"Electrode_{s}", color=(0.75, 0.75, 0.8))
         contacts_model = mrml.add_model(self.scene, contacts, f"Electrode_{s}_contacts", color=(0.95, 0.75, 0.2))
         return {"targets": targets, "entries": entries, "line": line, "electrode": model,
-                "contacts": contacts_model, "target_ras": target, "entry_ras": entry}
+                "contacts": contacts_model, "target_ras": target, "entry_ras": entry, "placement": placement}
+
+    def _standard_entry(self, target, side, qsm_node=None, segmentation_node=None):
+        try:
+            from ..planning import standard_trajectory
+        except ImportError:
+            return standard_entry(target, side)
+        risk = None
+        if qsm_node is not None:
+            risk = self.risk_map(qsm_node, segmentation_node)
+        return standard_trajectory(target, side, risk, self.landmarks() or None)
+
+    def _electrode(self, side, target, entry, segmentation_node=None):
+        """(body, contacts, placement) of ``self.electrode`` on the trajectory (planning's models; the
+        generic 3389-like tube of ``electrode_polydata`` without the planning package)."""
+        try:
+            from ..planning import electrode_polydata as planning_polydata, place_electrode
+        except ImportError:
+            body, contacts = electrode_polydata(target, entry)
+            return body, contacts, None
+        seg, world = self.segmentation_result, None
+        node = segmentation_node or self.node(NUCLEI_NAME, "vtkMRMLSegmentationNode")
+        if seg is not None and node is not None:
+            world = mrml.world_from_node_matrix(node)
+        else:
+            seg = None
+        placement = place_electrode(self.electrode, target, entry, side, segmentation=seg,
+                                    world_from_segmentation=world)
+        body, contacts = planning_polydata(placement)
+        return body, contacts, placement
 
     def _upsert_point(self, list_name: str, label: str, ras, color):
         node = self.node(list_name, "vtkMRMLMarkupsFiducialNode")
@@ -531,98 +601,129 @@ class PlannerLogic:
         return out
 
     # ---- risk along trajectories -----------------------------------------------------------------
-    def vessel_mask(self, qsm: Volume, exclude_segmentation_node=None, threshold_ppm: float = 0.3) -> np.ndarray:
-        """Vessels (bool, QSM grid): the planning module's ``vessel_mask`` if available, else χ above
-        ``threshold_ppm`` outside the segmented nuclei (veins are the most paramagnetic structures)."""
-        try:
-            from ..planning import vessel_mask
-            mask = vessel_mask(qsm)
-            return np.asarray(getattr(mask, "data", mask)).astype(bool)
-        except ImportError:
-            pass
-        mask = np.asarray(qsm.data) > threshold_ppm
+    def vessel_mask(self, qsm: Volume, exclude_segmentation_node=None, brain_mask=None) -> np.ndarray:
+        """Veins (bool, QSM grid) from ``planning.vessel_mask`` (χ, local contrast and tubularity), the
+        segmented nuclei excluded (they are paramagnetic but not vessels)."""
+        from ..planning import vessel_mask
+        exclude = None
         if exclude_segmentation_node is not None:
+            exclude = np.zeros(qsm.shape3, bool)
             for name in mrml.segment_names(exclude_segmentation_node):
-                mask &= ~mrml.segment_mask(exclude_segmentation_node, name, qsm)
-        return mask
+                exclude |= mrml.segment_mask(exclude_segmentation_node, name, qsm)
+        mask = vessel_mask(qsm, brain_mask, exclude=exclude)
+        return np.asarray(getattr(mask, "data", mask)).astype(bool)
 
-    def _vessel_distance_mm(self, qsm_node, segmentation_node=None):
-        """(distance map in mm on the QSM grid, world_from_ijk of that grid)."""
-        from scipy import ndimage
+    def _qsm_brain_mask(self, qsm_node, qsm: Volume):
+        mask_id = qsm_node.GetAttribute("QSMPlanner.MaskNodeID")
+        node = self.scene.GetNodeByID(mask_id) if mask_id else None
+        if node is not None:
+            vol = mrml.volume_from_node(node)
+            if vol.same_geometry(qsm):
+                return vol.with_data(np.asarray(vol.data) > 0)
+        return None
+
+    def risk_map(self, qsm_node, segmentation_node=None):
+        """``planning.RiskMap`` (world = T1 RAS) with the veins of ``qsm_node`` and its brain mask (entry at
+        the brain surface), cached until the QSM, the segmentation or the QSM's transform changes."""
+        from ..planning import RiskMap
+        if qsm_node is None:
+            raise InputError("select the QSM volume", "Trajectory")
+        world = mrml.world_from_node_matrix(qsm_node)
+        key = (qsm_node.GetID(), qsm_node.GetMTime(), None if segmentation_node is None else
+               (segmentation_node.GetID(), segmentation_node.GetMTime()), world.round(6).tobytes())
+        if self._risk_cache[0] == key:
+            return self._risk_cache[1]
         qsm = mrml.volume_from_node(qsm_node)
-        mask = self.vessel_mask(qsm, segmentation_node)
-        dist = ndimage.distance_transform_edt(~mask, sampling=qsm.voxel_mm) if mask.any() \
-            else np.full(qsm.shape3, np.inf)
-        return dist, mrml.world_from_node_matrix(qsm_node) @ qsm.ras_from_ijk
+        brain = self._qsm_brain_mask(qsm_node, qsm)
+        vessels = self.vessel_mask(qsm, segmentation_node, brain)
+        layers = {"vessels": qsm.with_data(vessels.astype(np.uint8), name="vessels")}
+        if brain is not None:
+            layers["brain"] = brain.with_data(np.asarray(brain.data, np.uint8), name="brain")
+        risk = RiskMap.from_masks(**layers, world_from_volume={k: world for k in layers})
+        self._risk_cache = (key, risk)
+        return risk
 
-    @staticmethod
-    def _sample(dist, world_from_ijk, points_ras):
-        ijk = np.rint((np.asarray(points_ras) - world_from_ijk[:3, 3]) @ np.linalg.inv(world_from_ijk[:3, :3]).T)
-        ijk = ijk.astype(int)
-        inside = np.all((ijk >= 0) & (ijk < np.array(dist.shape)), axis=1)
-        out = np.full(len(ijk), np.nan)
-        out[inside] = dist[ijk[inside, 0], ijk[inside, 1], ijk[inside, 2]]
-        return out
+    def score(self, side: str, qsm_node, segmentation_node=None):
+        """``planning.score_trajectory`` of the current ``side`` trajectory (world RAS)."""
+        from ..planning import score_trajectory
+        s = SIDES[side]
+        traj = self.trajectories().get(s)
+        if traj is None:
+            raise InputError(f"no trajectory for the {side} side", "Trajectory")
+        return score_trajectory(traj[0], traj[1], self.risk_map(qsm_node, segmentation_node), side,
+                                self.margin_mm, landmarks=self.landmarks() or None, label="current")
 
     def distance_profile(self, side: str, qsm_node, segmentation_node=None, step_mm: float = 0.5):
-        """Distance (mm) from the trajectory to the nearest vessel, every ``step_mm`` from entry to target:
-        a table node ``Profile_<S>`` (depth_mm = distance above target, vessel_distance_mm) and a plot
-        chart ``Profile_<S> chart``. Returns (table node, chart node)."""
+        """Distance (mm) from the trajectory to the nearest vessel, every ``step_mm`` from target to entry:
+        a table node ``Profile_<S>`` (depth_mm = distance above target, vessel_distance_mm = centre line to
+        vessel, vessel_clearance_mm = instrument surfaces (lead + MER tracks) to vessel) and a plot chart
+        ``Profile_<S> chart``. Returns (table node, chart node)."""
         s = SIDES[side]
         traj = self.trajectories().get(s)
         if traj is None:
             raise InputError(f"no trajectory for the {side} side", "Trajectory")
         target, entry = traj
-        dist, world_from_ijk = self._vessel_distance_mm(qsm_node, segmentation_node)
+        risk = self.risk_map(qsm_node, segmentation_node)
         length = float(np.linalg.norm(entry - target))
         depth = np.arange(0.0, length + 1e-9, step_mm)
         pts = target + np.outer(depth / length, entry - target)
-        d = self._sample(dist, world_from_ijk, pts)
-        rows = [{"depth_mm": float(a), "vessel_distance_mm": float(b)} for a, b in zip(depth, d)]
+        centre = risk.distance("vessels", pts, outside=np.nan)
+        sc = self.score(side, qsm_node, segmentation_node)
+        prof = sc.profile
+        clearance = np.interp(depth, prof["depth_mm"], prof["vessels_clearance_mm"]) \
+            if "vessels_clearance_mm" in prof else np.full(len(depth), np.nan)
+        rows = [{"depth_mm": float(a), "vessel_distance_mm": float(b), "vessel_clearance_mm": float(c)}
+                for a, b, c in zip(depth, centre, clearance)]
         table = mrml.add_table(self.scene, rows, f"Profile_{s}")
+        table.SetAttribute("QSMPlanner.Safe", "yes" if sc.safe else "no")
         chart = None
         if hasattr(mrml.slicer, "vtkMRMLPlotSeriesNode"):
-            series = mrml._new_node(self.scene, "vtkMRMLPlotSeriesNode", f"Profile_{s} series")
-            series.SetAndObserveTableNodeID(table.GetID())
-            series.SetXColumnName("depth_mm")
-            series.SetYColumnName("vessel_distance_mm")
-            series.SetPlotType(series.PlotTypeScatter)
             chart = mrml._new_node(self.scene, "vtkMRMLPlotChartNode", f"Profile_{s} chart")
-            chart.AddAndObservePlotSeriesNodeID(series.GetID())
-            chart.SetTitle(f"Trajectory {s}: distance to nearest vessel")
+            for column, colour in (("vessel_distance_mm", (0.1, 0.4, 0.9)), ("vessel_clearance_mm", (0.9, 0.3, 0.1))):
+                series = mrml._new_node(self.scene, "vtkMRMLPlotSeriesNode", f"Profile_{s} {column}")
+                series.SetAndObserveTableNodeID(table.GetID())
+                series.SetXColumnName("depth_mm")
+                series.SetYColumnName(column)
+                series.SetPlotType(series.PlotTypeScatter)
+                series.SetColor(*colour)
+                chart.AddAndObservePlotSeriesNodeID(series.GetID())
+            chart.SetTitle(f"Trajectory {s}: distance to the nearest vessel")
             chart.SetXAxisTitle("depth above target (mm)")
-            chart.SetYAxisTitle("distance to vessel (mm)")
+            chart.SetYAxisTitle("distance (mm)")
         return table, chart
 
-    def rank_entries(self, side: str, qsm_node, segmentation_node=None, target_ras=None, margin_mm: float = 2.0,
-                     n_best: int = 5, depth_mm: float = 70.0):
-        """Candidate entries around the standard approach (lateral 5..35 deg, elevation 45..75 deg, every
-        5 deg), ranked by the smallest distance from the path to a vessel (paths closer than
-        ``margin_mm`` are marked unsafe). Returns a table node ``Suggestions_<S>`` (rank, entry R/A/S,
-        min_vessel_distance_mm, safe)."""
+    def rank_entries(self, side: str, qsm_node, segmentation_node=None, target_ras=None,
+                     margin_mm: float | None = None, n_best: int = 5):
+        """``planning.search_entries`` around the target (frontal admissible region, entries at the brain
+        surface, lead and MER tracks vs veins): a table node ``Suggestions_<S>`` (rank, entry R/A/S,
+        elevation/lateral angles, length, vessel distance and clearance, safe, risk), the standard
+        trajectory last (rank 0). The search is kept in ``self.searches[S]``."""
+        from ..planning import search_entries
         s = SIDES[side]
-        target = np.asarray(target_ras if target_ras is not None else
-                            (self.trajectories().get(s, (None,))[0] if s in self.trajectories()
-                             else self.suggest_target(side, segmentation_node)), float)
-        dist, world_from_ijk = self._vessel_distance_mm(qsm_node, segmentation_node)
-        cands = []
-        for lat in range(5, 40, 5):
-            for ele in range(45, 80, 5):
-                entry = standard_entry(target, side, depth_mm, lat, ele)
-                pts = target + np.outer(np.linspace(0.0, 1.0, int(depth_mm * 2) + 1), entry - target)
-                d = self._sample(dist, world_from_ijk, pts[4:])  # from 2 mm above the target
-                d = d[~np.isnan(d)]                               # outside the QSM: unknown
-                dmin = float(d.min()) if d.size else float("nan")  # inf: no vessel found at all
-                cands.append((dmin, lat, ele, entry))
-        # farthest from vessels first; ties (e.g. no vessel near any path) closest to the textbook angles
-        cands.sort(key=lambda c: (-np.nan_to_num(c[0], nan=-1.0, posinf=1e9), abs(c[1] - 20) + abs(c[2] - 60)))
+        if margin_mm is not None:
+            self.margin_mm = float(margin_mm)
+        if target_ras is None:
+            traj = self.trajectories().get(s)
+            target_ras = traj[0] if traj is not None else self.suggest_target(side, segmentation_node)
+        target = np.asarray(target_ras, float)
+        risk = self.risk_map(qsm_node, segmentation_node)
+        search = search_entries(target, side, risk, self.margin_mm, self.landmarks() or None, n_best=n_best)
+        self.searches[s] = search
         rows = []
-        for rank, (dmin, lat, ele, entry) in enumerate(cands[:n_best], start=1):
-            rows.append({"rank": rank, "R": entry[0], "A": entry[1], "S": entry[2],
-                         "lateral_deg": float(lat), "elevation_deg": float(ele),
-                         "min_vessel_distance_mm": dmin,
-                         "safe": "yes" if not np.isnan(dmin) and dmin >= margin_mm else "no"})
-        return mrml.add_table(self.scene, rows, f"Suggestions_{s}")
+        scored = [(k, c) for k, c in enumerate(search.candidates, start=1)]
+        if search.standard is not None:
+            scored.append((0, search.standard))
+        for rank, c in scored:
+            rows.append({"rank": rank, "R": c.entry_ras[0], "A": c.entry_ras[1], "S": c.entry_ras[2],
+                         "elevation_deg": c.elevation_deg, "lateral_deg": c.lateral_deg,
+                         "length_mm": c.length_mm, "min_vessel_distance_mm": c.vessel_distance_mm,
+                         "vessel_clearance_mm": c.vessel_clearance_mm,
+                         "safe": "yes" if c.safe else "no", "risk": c.risk,
+                         "label": c.label or ("standard" if rank == 0 else f"candidate {rank}")})
+        table = mrml.add_table(self.scene, rows, f"Suggestions_{s}")
+        table.SetAttribute("QSMPlanner.Statement", search.statement())
+        self._log(f"Entries {s}: {search.statement()}")
+        return table
 
     def probe_eye_slice(self, slice_node, side: str, depth_mm: float = 0.0):
         """Point ``slice_node`` perpendicular to the trajectory, ``depth_mm`` above the target (probe's-eye

@@ -162,17 +162,24 @@ def test_targets_are_stn_centroids_in_t1_space_and_electrodes_follow_the_line(pa
         line = mrml.fiducials_to_dict(plan["line"])
         np.testing.assert_allclose(line["target"], plan["target_ras"])
         np.testing.assert_allclose(line["entry"], plan["entry_ras"])
-        assert np.linalg.norm(plan["entry_ras"] - plan["target_ras"]) == pytest.approx(70.0)
+        # textbook approach without a brain mask: 80 mm, 60 deg above AC-PC, 20 deg lateral (outward)
+        length = np.linalg.norm(plan["entry_ras"] - plan["target_ras"])
+        assert length == pytest.approx(80.0)
+        np.testing.assert_allclose(plan["entry_ras"], standard_entry(plan["target_ras"], side, depth_mm=80.0),
+                                   atol=1e-6)
         assert np.sign(plan["entry_ras"][0] - plan["target_ras"][0]) == (-1 if s == "L" else 1)
-        # the lead: its axis is the trajectory, its tip the target, radius 0.635 mm
+        # the lead (Medtronic 3389, 1.27 mm): its axis is the trajectory, contacts centred on the target
         pts = vtk_to_numpy(plan["electrode"].GetPolyData().GetPoints().GetData())
-        axis = (plan["entry_ras"] - plan["target_ras"]) / 70.0
+        axis = (plan["entry_ras"] - plan["target_ras"]) / length
         rel = pts - plan["target_ras"]
         along = rel @ axis
         radial = np.linalg.norm(rel - np.outer(along, axis), axis=1)
-        assert along.min() == pytest.approx(0.0, abs=1e-4) and along.max() == pytest.approx(90.0, abs=1e-4)
-        assert radial.max() == pytest.approx(0.635, abs=1e-3)
-        assert plan["contacts"].GetPolyData().GetNumberOfPoints() > 0
+        assert -8.0 < along.min() < -2.0 and along.max() > 80.0
+        assert radial.max() == pytest.approx(0.635, abs=0.02)
+        cpts = vtk_to_numpy(plan["contacts"].GetPolyData().GetPoints().GetData())
+        c_along = (cpts - plan["target_ras"]) @ axis
+        assert abs(0.5 * (c_along.min() + c_along.max())) < 0.5          # contact span centred on the target
+        assert plan["placement"].model.key == "medtronic_3389" and len(plan["placement"].contacts) == 4
     traj = planned.logic.trajectories()
     assert set(traj) == {"L", "R"}
 
@@ -187,13 +194,26 @@ def test_ranked_entries_avoid_the_vein_that_blocks_the_textbook_path(patient, pl
     near = np.abs(depth - 25.0) < 1.0
     assert np.nanmin(dist[near]) < 1.3
     assert np.nanmax(dist[depth < 10]) > 5.0
-    ranked = mrml.table_to_rows(logic.rank_entries("left", planned.qsm, planned.seg, margin_mm=2.0))
-    assert [r["rank"] for r in ranked] == [1, 2, 3, 4, 5]
-    assert ranked[0]["safe"] == "yes" and ranked[0]["min_vessel_distance_mm"] >= 2.0
-    assert ranked[0]["min_vessel_distance_mm"] > np.nanmin(dist[depth > 2.0]) + 1.0
-    assert not (ranked[0]["lateral_deg"] == 20.0 and ranked[0]["elevation_deg"] == 60.0)
-    d = [r["min_vessel_distance_mm"] for r in ranked]
-    assert d == sorted(d, reverse=True)
+    clearance = np.array([r["vessel_clearance_mm"] for r in prof])
+    inside = np.isfinite(dist)                                     # the QSM grid ends below the entry
+    assert inside[:40].all() and np.all(clearance[inside] <= dist[inside] + 1e-6)  # surfaces nearer than the axis
+    assert table.GetAttribute("QSMPlanner.Safe") == "no"
+    rows = mrml.table_to_rows(logic.rank_entries("left", planned.qsm, planned.seg, margin_mm=2.0))
+    ranked = [r for r in rows if r["rank"] > 0]
+    standard = [r for r in rows if r["rank"] == 0]
+    assert [r["rank"] for r in ranked] == list(range(1, len(ranked) + 1)) and len(ranked) >= 3
+    assert len(standard) == 1 and standard[0]["safe"] == "no"         # the vein blocks the textbook path
+    assert standard[0]["elevation_deg"] == pytest.approx(60.0, abs=0.1)
+    for r in ranked:                                                   # every suggestion keeps the margin
+        assert r["safe"] == "yes" and r["vessel_clearance_mm"] >= 2.0
+        assert r["min_vessel_distance_mm"] > np.nanmin(dist[depth > 2.0]) + 1.0
+    risks = [r["risk"] for r in ranked]
+    assert risks == sorted(risks)
+    assert "2 mm" in table_statement(logic, "L")
+
+
+def table_statement(logic, s):
+    return logic.node(f"Suggestions_{s}", "vtkMRMLTableNode").GetAttribute("QSMPlanner.Statement")
 
 
 def test_probe_eye_slice_is_perpendicular_to_the_trajectory(patient, planned):

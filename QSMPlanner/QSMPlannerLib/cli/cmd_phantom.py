@@ -53,9 +53,11 @@ def run(args) -> int:
     patient = make_patient(seed=args.seed, small=args.small, tilt_deg=args.tilt, voxel_mm=voxel,
                            field_t=args.field, n_echoes=args.echoes, snr=args.snr,
                            progress=progress.sub(0.0, 0.85))
+    t1 = time.time()
     paths = write_patient_atomic(patient, args.out, progress=progress.sub(0.85, 1.0))
     progress.update(1.0, "done")
     print(f"digital patient seed {args.seed}: GRE {patient.gre.shape3} x {patient.gre.n_echoes} echoes, "
-          f"T1 {patient.t1.shape3}, CT {patient.ct.shape3} -> {args.out} ({time.time() - t0:.1f} s)")
+          f"T1 {patient.t1.shape3}, CT {patient.ct.shape3} -> {args.out} "
+          f"(built in {t1 - t0:.1f} s, written in {time.time() - t1:.1f} s)")
     print(f"truth: {paths['truth_dir']}")
     return 0

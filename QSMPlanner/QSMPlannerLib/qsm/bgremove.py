@@ -107,7 +107,9 @@ def _cg(apply_a, b, x0=None, tol=1e-3, max_iter=200):
     p = r.copy()
     rs = float(np.vdot(r, r))
     b_norm = max(float(np.sqrt(np.vdot(b, b))), 1e-30)
+    _cg.iterations = 0
     for _ in range(max_iter):
+        _cg.iterations += 1
         if np.sqrt(rs) <= tol * b_norm:
             break
         ap = apply_a(p)

@@ -107,6 +107,8 @@ def reconstruct_qsm(gre, mask: Volume | None = None, bfr: str = "vsharp", invers
         raise InputError(f"unknown background removal {bfr!r} (choose from {', '.join(BFR_METHODS)})")
     if inversion not in INVERSION_METHODS:
         raise InputError(f"unknown inversion {inversion!r} (choose from {', '.join(INVERSION_METHODS)})")
+    if reference not in ("mean", "csf"):
+        raise InputError(f"unknown reference {reference!r} (choose mean or csf)")
     if unwrap not in UNWRAP_METHODS:
         raise InputError(f"unknown unwrapping {unwrap!r} (choose from {', '.join(UNWRAP_METHODS)})")
     check_gre(gre)
@@ -211,7 +213,7 @@ def reconstruct_qsm(gre, mask: Volume | None = None, bfr: str = "vsharp", invers
 
     if reference == "csf":
         from .reference import csf_mask
-        ref_mask = csf_mask(mag, m_local)
+        ref_mask = csf_mask(mag, te, m_local)
         if ref_mask.sum() < 20:
             messages.append("too few CSF voxels for a CSF reference: whole-brain mean used")
             ref_mask = m_local

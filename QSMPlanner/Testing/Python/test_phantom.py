@@ -217,8 +217,12 @@ def test_cli_writes_an_oblique_7t_patient_and_refuses_foreign_dirs(tmp_path, cap
     from QSMPlannerLib.cli import main
     out = tmp_path / "bids"
     assert main(["phantom", str(out), "--small", "--seed", "1", "--tilt", "20", "--field", "7",
-                 "--echoes", "3", "--snr", "50"]) == 0
+                 "--echoes", "3", "--snr", "50", "--voxel", "1.5,1.5,2"]) == 0
     anat = out / "sub-phantom1" / "anat"
+    from QSMPlannerLib.io.volumes import read_volume
+    mag = read_volume(anat / "sub-phantom1_echo-1_part-mag_MEGRE.nii.gz")
+    np.testing.assert_allclose(mag.voxel_mm, [3.0, 3.0, 4.0], atol=1e-5)    # --small doubles --voxel
+    np.testing.assert_allclose(np.array(mag.shape3) * mag.voxel_mm, [256, 256, 128], atol=4.0)
     assert len(list(anat.glob("*_part-phase_MEGRE.nii.gz"))) == 3
     meta = json.loads((anat / "sub-phantom1_echo-1_part-mag_MEGRE.json").read_text())
     assert meta["MagneticFieldStrength"] == 7.0

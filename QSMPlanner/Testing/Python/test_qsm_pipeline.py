@@ -53,5 +53,23 @@ def test_bad_input_is_rejected(sims):
         reconstruct_qsm(gre, mask=Volume(np.zeros(gre.shape3, np.uint8), gre.ras_from_ijk))
     with pytest.raises(InputError, match="geometry"):
         reconstruct_qsm(gre, mask=Volume(np.ones((4, 4, 4), np.uint8), np.eye(4)))
+    with pytest.raises(InputError, match="reference"):
+        reconstruct_qsm(gre, reference="white matter")
+    with pytest.raises(InputError, match="background removal"):
+        reconstruct_qsm(gre, bfr="sharp")
     with pytest.raises(InputError, match="shapes"):
         reconstruct_qsm(dataclasses.replace(gre, phase_rad=gre.phase_rad[:-1]))
+
+
+def test_csf_reference_falls_back_to_brain_mean_without_csf(sims):
+    res = reconstruct_qsm(sims[0.0].gre, inversion="tkd", reference="csf")
+    assert any("CSF" in m for m in res.messages)
+    m = res.mask.data > 0
+    assert abs(res.chi_ppm.data[m].mean()) < 1e-3  # no CSF in this head: whole-brain mean used
+
+
+def test_keep_dir_writes_intermediates(sims, tmp_path):
+    reconstruct_qsm(sims[0.0].gre, inversion="tkd", keep_dir=tmp_path)
+    names = {p.name for p in tmp_path.iterdir()}
+    assert {"mask_magnitude.nii.gz", "total_field_ppm.nii.gz", "local_field_ppm.nii.gz",
+            "chi_ppm.nii.gz", "fit_residual_rad.nii.gz"} <= names

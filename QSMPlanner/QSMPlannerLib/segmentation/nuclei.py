@@ -27,6 +27,9 @@ from ..volume import Volume
 from . import structures as S
 
 BACKGROUND = 0
+DEBUG = False
+SMOOTH_SIGMA_VOX = 0.0   # smoothing of χ (voxels) for the competition
+LOCALIZE_SMOOTH = 0.0    # smoothing of χ (voxels) for the localization
 
 
 @dataclass
@@ -44,6 +47,7 @@ class NucleiSegmentation:
     qsm: Volume | None = None
     prior: Volume | None = None
     timings: dict = field(default_factory=dict)
+    localized: Volume | None = None   # the prior after localization on the QSM (values 1..6)
 
     def mask(self, name: str) -> np.ndarray:
         return np.asarray(self.labelmap.data) == S.VALUES[name]
@@ -187,7 +191,7 @@ def _search(chi, window, masks: dict, fixed: np.ndarray, values: list, center, s
     return best
 
 
-def _localize(chi, masks: dict, pinned: dict, voxel_mm, progress) -> dict:
+def _localize(chi, masks: dict, pinned: dict, voxel_mm, progress, valid=None) -> dict:
     """Move the prior masks onto the QSM. ``pinned`` {value: mask of allowed voxels} restrict a
     structure to stay around the surgeon's seed/box. Returns {value: localized mask}."""
     out = dict(masks)
@@ -205,6 +209,8 @@ def _localize(chi, masks: dict, pinned: dict, voxel_mm, progress) -> dict:
             continue
         center = np.argwhere(union).mean(axis=0)
         window = ndi.binary_dilation(union, iterations=r_side + max(1, int(round(3.0 / vox))))
+        if valid is not None:
+            window &= valid
         fixed = _compose(np.zeros(chi.shape, np.uint8), {v: out[v] for v in out if v not in free})
         # coarse then fine translation, a few isotropic scales
         _, s, sh = _search(chi, window, out, fixed, free, center, (0.85, 1.0, 1.15, 1.3), r_side, 2)
@@ -220,6 +226,8 @@ def _localize(chi, masks: dict, pinned: dict, voxel_mm, progress) -> dict:
             progress.update(0.8 + 0.1 * it, "localizing each nucleus")
             center = np.argwhere(out[v]).mean(axis=0)
             window = ndi.binary_dilation(out[v], iterations=r_one + max(1, int(round(3.0 / vox))))
+            if valid is not None:
+                window &= valid
             fixed = _compose(np.zeros(chi.shape, np.uint8), {u: out[u] for u in out if u != v})
             fixed[out[v]] = 0
             constraint = None
@@ -227,17 +235,18 @@ def _localize(chi, masks: dict, pinned: dict, voxel_mm, progress) -> dict:
                 pin = pinned[v]
                 constraint = (lambda moved, pin=pin, v=v:
                               moved[v].any() and pin[moved[v]].mean() > 0.5)
-            _, s, sh = _search(chi, window, out, fixed, [v], center, (0.9, 1.0, 1.1), r_one, 1,
-                               constraint)
+            _, s, sh = _search(chi, window, out, fixed, [v], center, (0.9, 1.0, 1.1),
+                               r_one if it == 0 else 1, 1, constraint)
             out[v] = _transform_mask(out[v], center, s, sh)
     return out
 
 
-ICM = {"beta": 0.6, "alpha_per_mm": 1.5, "tol_mm": 0.5, "n_iter": 6, "pooled_sigma": (0.01, 0.05)}
+ICM = {"beta": 0.6, "alpha_per_mm": 1.5, "tol_mm": 0.5, "n_iter": 6, "pooled_sigma": (0.01, 0.025)}
 
 
 def _icm(chi, loc: dict, sigma: float, voxel_mm, allowed: dict, forced: dict, n_iter: int = 6,
-         beta: float = 0.6, alpha_per_mm: float = 1.5, tol_mm: float = 1.0, pooled_sigma=False):
+         beta: float = 0.6, alpha_per_mm: float = 1.5, tol_mm: float = 1.0, pooled_sigma=False,
+         class_sigma=False):
     """Region competition (background + nuclei) by iterated conditional modes. Returns labels, means."""
     values = sorted(loc)
     classes = [BACKGROUND] + values
@@ -262,9 +271,20 @@ def _icm(chi, loc: dict, sigma: float, voxel_mm, allowed: dict, forced: dict, n_
             near = ndi.binary_dilation(labels > 0, iterations=3)
             sigma = float(np.clip(np.std((chi - fitted)[near]), pooled_sigma[0], pooled_sigma[1]))
             inv2s2 = 1.0 / (2.0 * sigma ** 2)
+        sig = {c: sigma for c in classes}
+        if class_sigma:
+            for c in classes:
+                sel = labels == c
+                if c == BACKGROUND:
+                    sel &= ndi.binary_dilation(labels > 0, iterations=3)
+                if sel.sum() >= 10:
+                    sig[c] = float(np.clip(np.std(chi[sel]), class_sigma[0], class_sigma[1]))
         costs = []
         for c in classes:
-            cost = (chi - means[c]) ** 2 * inv2s2
+            if class_sigma:
+                cost = (chi - means[c]) ** 2 / (2.0 * sig[c] ** 2) + np.log(sig[c] / sigma)
+            else:
+                cost = (chi - means[c]) ** 2 * inv2s2
             same = ndi.convolve((labels == c).astype(np.float32), kernel, mode="constant")
             cost = cost - beta * same
             if c != BACKGROUND:
@@ -282,6 +302,7 @@ def _icm(chi, loc: dict, sigma: float, voxel_mm, allowed: dict, forced: dict, n_
                 sel &= ndi.binary_dilation(labels > 0, iterations=3)
             if sel.sum() >= 5:
                 means[c] = float(np.mean(chi[sel]))
+        if DEBUG: print("ICM", it, changed, round(sigma, 4), {k: round(v, 3) for k, v in means.items()})
         if changed == 0:
             break
     return labels, means
@@ -390,7 +411,8 @@ def segment_nuclei(qsm: Volume, prior_labels: Volume, seeds: dict | None = None,
     hi = np.minimum(pts.max(axis=0) + margin + 1, qsm.shape3)
     crop = tuple(slice(a, b) for a, b in zip(lo, hi))
     chi_raw = np.nan_to_num(chi_full[crop].astype(np.float64))
-    chi = ndi.gaussian_filter(chi_raw, sigma=0.6 / 1.0)  # light smoothing against noise (voxels)
+    chi = ndi.gaussian_filter(chi_raw, sigma=SMOOTH_SIGMA_VOX) if SMOOTH_SIGMA_VOX else chi_raw
+    chi_loc = ndi.gaussian_filter(chi_raw, sigma=LOCALIZE_SMOOTH) if LOCALIZE_SMOOTH else chi_raw
     prior = prior_full[crop]
     seed_info = _parse_seeds(seeds, qsm, lo)
 
@@ -428,7 +450,8 @@ def segment_nuclei(qsm: Volume, prior_labels: Volume, seeds: dict | None = None,
             messages.append(f"{S.NAMES[v]}: absent from the prior and not seeded: left empty")
 
     prog.update(0.05, "localizing the prior")
-    loc = _localize(chi, masks, pinned, voxel_mm, prog.sub(0.05, 0.6))
+    valid = (chi_raw > S.CHI_VALID_PPM[0]) & (chi_raw < S.CHI_VALID_PPM[1])
+    loc = _localize(chi_loc, masks, pinned, voxel_mm, prog.sub(0.05, 0.6), valid)
     t_loc = time.perf_counter()
 
     # noise and allowed regions
@@ -440,9 +463,9 @@ def segment_nuclei(qsm: Volume, prior_labels: Volume, seeds: dict | None = None,
     allowed = {}
     for v, m in loc.items():
         k = S.kind(S.NAMES[v])
-        lo_chi, hi_chi = S.CHI_RANGE_PPM[k]
+        lo_chi, hi_chi = S.VOXEL_CHI_PPM[k]
         a = ndi.binary_dilation(m, iterations=reach) if m.any() else np.zeros(shape, bool)
-        a &= chi <= hi_chi
+        a &= (chi <= hi_chi) & (chi >= lo_chi)
         if v in pinned:
             a &= pinned[v] | m
         allowed[v] = a
@@ -480,6 +503,12 @@ def segment_nuclei(qsm: Volume, prior_labels: Volume, seeds: dict | None = None,
             problems.append(f"contrast-to-noise {cnr:.1f} < {S.MIN_CNR}")
         if frac < 0.6:
             problems.append(f"fragmented (largest piece {100 * frac:.0f}%)")
+        if v not in seed_info and masks[v].any():
+            shift_mm = np.linalg.norm((np.argwhere(m).mean(axis=0)
+                                       - np.argwhere(masks[v]).mean(axis=0)) * voxel_mm)
+            if shift_mm > S.MAX_SHIFT_FROM_PRIOR_MM:
+                problems.append(f"centroid {shift_mm:.1f} mm from the prior's "
+                                f"(> {S.MAX_SHIFT_FROM_PRIOR_MM:.0f})")
         comp = _compactness(m, voxel_mm)
         if comp < S.MIN_COMPACTNESS:
             problems.append(f"compactness {comp:.2f} < {S.MIN_COMPACTNESS}")
@@ -519,5 +548,7 @@ def segment_nuclei(qsm: Volume, prior_labels: Volume, seeds: dict | None = None,
     messages.append(f"noise σ ≈ {sigma_noise:.4f} ppm; background χ ≈ {bg_level:.4f} ppm")
     if not (labelmap > 0).any():
         raise ProcessingError("segmentation produced no nucleus")
+    localized = np.zeros(qsm.shape3, np.uint8)
+    localized[crop] = _compose(np.zeros(shape, np.uint8), loc)
     return NucleiSegmentation(qsm.with_data(labelmap, name="nuclei"), names, messages, source, qsm,
-                              prior_vol, timings)
+                              prior_vol, timings, qsm.with_data(localized, name="localized prior"))

@@ -218,6 +218,9 @@ def _static_model(spacing: float) -> dict:
     it = max(1, int(round(2 / spacing)))
     icv = ndimage.binary_fill_holes(ndimage.binary_closing(t1 > 0.02, iterations=it))
     brain = ndimage.binary_fill_holes(ndimage.binary_opening((gm + wm) > 0.5) | (lab > 0))
+    # cisterns open to the outside (e.g. around the vein of Galen) would leave holes: like a magnitude
+    # brain mask, include everything deeper than ~2.5 mm inside the intracranial volume
+    brain |= ndimage.binary_erosion(icv, iterations=max(1, int(round(2.5 / spacing))))
     u8 = lambda a: np.clip(np.rint(a * 255.0), 0, 255).astype(np.uint8)
     out = {"grid": grid, "gm": u8(gm), "wm": u8(wm), "t1": u8(t1), "cit": lab}
     del gm, wm, t1

@@ -220,7 +220,13 @@ def run_patient(gre, t1: Volume, ct: Volume | None = None, landmarks: dict | Non
     # 5. risk structures
     t0 = time.perf_counter()
     sub["risk"].update(0.0, "veins from QSM")
-    vessels = vessel_mask(chi, qsm_res.mask, exclude=np.asarray(seg.labelmap.data) > 0)
+    r2 = None
+    try:
+        from .planning import r2star_map
+        r2 = r2star_map(gre, qsm_res.mask)
+    except InputError as exc:
+        messages.append(f"veins from QSM only ({exc})")
+    vessels = vessel_mask(chi, qsm_res.mask, exclude=np.asarray(seg.labelmap.data) > 0, r2star=r2)
     ventricles = sulci = None
     try:
         from .registration import resample

@@ -12,6 +12,22 @@ from ..errors import InputError
 from ..volume import Volume
 
 
+def r2star_map(gre, mask=None) -> Volume:
+    """R2* (1/s) from a multi-echo GRE magnitude by a log-linear fit over the echoes (GRE grid, clipped to
+    0..200 s⁻¹; 0 outside ``mask`` when given). Needs at least two echoes."""
+    mag = np.asarray(gre.magnitude, np.float32)
+    te = np.asarray(gre.te_s, float)
+    if mag.ndim != 4 or mag.shape[-1] < 2:
+        raise InputError("R2* needs at least two echoes")
+    logm = np.log(np.maximum(mag, 1e-3))
+    tc = te - te.mean()
+    slope = np.tensordot(logm, tc.astype(np.float32), axes=([3], [0])) / float((tc ** 2).sum())
+    r2 = np.clip(-slope, 0.0, 200.0).astype(np.float32)
+    if mask is not None:
+        r2 *= np.asarray(getattr(mask, "data", mask)) > 0
+    return Volume(r2, np.asarray(gre.ras_from_ijk, float), "R2* (1/s)")
+
+
 def _chi_volume(qsm) -> Volume:
     vol = getattr(qsm, "chi_ppm", qsm)
     if not isinstance(vol, Volume) or np.asarray(vol.data).ndim != 3:
@@ -96,7 +112,9 @@ def _blob_zone(chi, brain, voxel_mm, level_ppm, radius_mm):
 def vessel_mask(qsm, brain_mask=None, sigmas_mm=(0.7, 1.0, 1.5), chi_min_ppm: float = 0.1,
                 contrast_min_ppm: float = 0.08, background_sigma_mm: float = 2.0,
                 vesselness_min: float = 0.1, min_voxels: int = 6, exclude=None,
-                hysteresis: float = 1.0, blob_radius_mm: float = 0.0) -> Volume:
+                hysteresis: float = 1.0, blob_radius_mm: float = 0.0, r2star=None,
+                r2star_contrast_hz: float = 8.0, r2star_vesselness_min: float = 0.3,
+                r2star_chi_min_ppm: float = 0.03) -> Volume:
     """Vein mask (uint8 Volume on the QSM grid, RAS geometry of ``qsm``).
 
     A voxel is a vein where χ ≥ ``chi_min_ppm`` (veins ≈ 0.3–0.6 ppm, but reconstructed thin veins come out
@@ -109,7 +127,10 @@ def vessel_mask(qsm, brain_mask=None, sigmas_mm=(0.7, 1.0, 1.5), chi_min_ppm: fl
     ``hysteresis`` < 1 grows each detected vein into connected voxels passing the three thresholds scaled
     by that factor (reconstructed veins are thinner and fainter than they are: partial volume, TV).
     Voxels in or next to thick paramagnetic blobs (deep nuclei: survive an opening with a ball of
-    ``blob_radius_mm``, not elongated) are not veins; thick elongated ones (sinuses) are kept."""
+    ``blob_radius_mm``, not elongated) are not veins; thick elongated ones (sinuses) are kept.
+    ``r2star`` (Volume, 1/s, same grid; see ``r2star_map``): deoxygenated blood also decays fast, so bright
+    R2* tubes (R2* ≥ ``r2star_contrast_hz`` above its 2 mm background, vesselness ≥
+    ``r2star_vesselness_min``) with χ ≥ ``r2star_chi_min_ppm`` are veins too (the SWI idea)."""
     vol = _chi_volume(qsm)
     chi = np.nan_to_num(np.asarray(vol.data, np.float32))
     if brain_mask is None and hasattr(qsm, "mask") and isinstance(qsm.mask, Volume):
@@ -153,6 +174,26 @@ def vessel_mask(qsm, brain_mask=None, sigmas_mm=(0.7, 1.0, 1.5), chi_min_ppm: fl
             keep[0] = False
             m = keep[lab]
         out[box] = m
+    if r2star is not None:
+        r2 = np.nan_to_num(np.asarray(getattr(r2star, "data", r2star), np.float32)) * brain
+        if r2.shape != chi.shape:
+            raise InputError("vessel_mask: the R2* map is not on the QSM grid")
+        background = ndimage.gaussian_filter(r2, background_sigma_mm / vol.voxel_mm, mode="nearest")
+        cand = brain & ((r2 - background) >= r2star_contrast_hz) & (chi >= r2star_chi_min_ppm)
+        if exclude is not None:
+            cand &= ~np.asarray(getattr(exclude, "data", exclude)).astype(bool)
+        if cand.any():
+            pad = int(np.ceil(3 * max(sigmas_mm) / vol.voxel_mm.min())) + 1
+            box = _bbox(cand, pad)
+            v = vesselness(r2[box] / 100.0, vol.voxel_mm, sigmas_mm, candidates=cand[box])
+            m2 = v >= r2star_vesselness_min
+            if min_voxels > 1 and m2.any():
+                lab, n = ndimage.label(m2, structure=np.ones((3, 3, 3)))
+                sizes = np.bincount(lab.ravel())
+                keep = sizes >= min_voxels
+                keep[0] = False
+                m2 = keep[lab]
+            out[box] |= m2.astype(np.uint8)
     res = Volume(out, vol.ras_from_ijk.copy(), "vessels",
                  {"method": "Frangi bright-tube vesselness on chi", "chi_min_ppm": chi_min_ppm,
                   "vesselness_min": vesselness_min, "sigmas_mm": list(sigmas_mm)})

@@ -160,3 +160,26 @@ def test_speed_search_and_rescore(head, risk):
     for k in range(10):
         score_trajectory(target, entry + [k * 0.5, 0, 0], risk, "right")
     assert (time.perf_counter() - t0) / 10 < 0.1
+
+
+def test_r2star_cue_finds_a_vein_faint_in_chi(head):
+    from QSMPlannerLib.planning import r2star_map
+    from QSMPlannerLib.io.gre import MultiEchoGRE
+    chi = head["chi"]
+    ras = chi.voxel_ras_grid()
+    a, b = np.array([-30.0, -40.0, 30.0]), np.array([-30.0, 20.0, 35.0])
+    faint = _segment_distance(ras.reshape(-1, 3), a, b).reshape(chi.shape3) <= 1.2
+    data = chi.data.copy()
+    data[faint] += 0.06                                      # under-reconstructed vein: faint in chi
+    chi2 = chi.with_data(data)
+    te = np.array([0.005, 0.012, 0.019, 0.026])
+    r2 = np.where(faint, 60.0, 20.0) * head["brain"].data    # but fast decay (deoxygenated blood)
+    mag = 1000.0 * np.exp(-r2[..., None] * te)
+    gre = MultiEchoGRE(magnitude=mag.astype(np.float32), phase_rad=np.zeros_like(mag, np.float32), te_s=te,
+                       b0_tesla=3.0, ras_from_ijk=chi.ras_from_ijk, b0_dir_ijk=np.array([0.0, 0, 1]))
+    r2map = r2star_map(gre, head["brain"])
+    assert np.allclose(r2map.data[faint & (head["brain"].data > 0)], 60.0, atol=0.01)
+    without = vessel_mask(chi2, head["brain"]).data.astype(bool)
+    with_r2 = vessel_mask(chi2, head["brain"], r2star=r2map).data.astype(bool)
+    assert without[faint].mean() < 0.05 and with_r2[faint].mean() > 0.5
+    assert with_r2[head["vein"]].mean() > 0.6 and not with_r2[head["labels"].data > 0].any()

@@ -339,6 +339,11 @@ def run_patient(gre, t1: Volume, ct: Volume | None = None, landmarks: dict | Non
     paths["plan.json"] = out_dir / "plan.json"
     write_text(out_dir / "plan.csv", plan_csv_text(plan))
     paths["plan.csv"] = out_dir / "plan.csv"
+    for path in paths.values():  # temp files are created 0600; outputs are for sharing
+        try:
+            path.chmod(0o644)
+        except OSError:
+            pass
     out_prog.update(1.0, "done")
     return {"plan": plan, "paths": paths, "qsm": qsm_res, "t1_from_gre": t1_from_gre, "t1_from_ct": t1_from_ct,
             "xyz_from_t1": xyz_from_t1, "segmentation": seg, "vessels": vessels, "risk": risk, "sides": sides,

@@ -140,6 +140,8 @@ def write_report(path, plan: dict, *, qsm: Volume | None = None, world_from_qsm=
                  "World coordinates are RAS mm of the planning T1 (as in 3D Slicer). AC-PC coordinates are mm from "
                  "the mid-commissural point (+x right, +y anterior, +z superior). Leksell X, Y, Z are frame mm "
                  "(+X left, +Y anterior, +Z inferior, centre 100/100/100) with ring/arc for the stated mounting. "
+                 "Veins: Frangi vesselness on QSM χ plus bright R2* tubes from the GRE magnitude decay; safety "
+                 "clearances are measured from the lead and microelectrode (Ben-gun) surfaces. "
                  "For research use; verify every coordinate before surgery.</p>")
     sides = plan.get("sides") or {}
     # summary

@@ -109,17 +109,27 @@ def _t1_brain(t1: Volume):
 
 
 def _rigid_with_retries(fixed, moving, attempts, progress, what, messages):
-    """register_rigid with the first attempt's masks, then the others if its checks fail; raises the
-    last ProcessingError when every attempt fails."""
+    """register_rigid with the first attempt's settings, then the others if its checks fail; raises the
+    last ProcessingError when every attempt fails. An attempt with ``reverse=True`` registers the fixed
+    image to the moving one (masks swapped) and inverts the result; ``image`` replaces the moving image."""
     from .registration import register_rigid
+    from .registration.rigid import RigidResult
     last = None
     for k, kw in enumerate(attempts):
         kw = dict(kw)
         image = kw.pop("image", moving)
+        reverse = kw.pop("reverse", False)
         try:
-            res = register_rigid(fixed, image, progress=progress, **kw)
+            if reverse:
+                res = register_rigid(image, fixed, fixed_mask=kw.get("moving_mask"),
+                                     moving_mask=kw.get("fixed_mask"), progress=progress)
+                res = RigidResult(np.linalg.inv(res.fixed_from_moving), res.metric_initial, res.metric_final,
+                                  res.converged, res.iterations, dict(res.qc, reversed=True))
+            else:
+                res = register_rigid(fixed, image, progress=progress, **kw)
             if k:
-                messages.append(f"{what}: registered on attempt {k + 1} (masks {sorted(kw)})")
+                messages.append(f"{what}: registered on attempt {k + 1} ({'reversed, ' if reverse else ''}"
+                                f"masks {sorted(kw)})")
             return res
         except ProcessingError as exc:
             last = exc
@@ -180,7 +190,8 @@ def run_patient(gre, t1: Volume, ct: Volume | None = None, landmarks: dict | Non
     if t1_from_gre is None:
         reg = _rigid_with_retries(t1, mag, [dict(moving_mask=qsm_res.mask, fixed_mask=_t1_brain(t1)),
                                             dict(moving_mask=qsm_res.mask),
-                                            dict(moving_mask=head_mask(mag), fixed_mask=t1_head)],
+                                            dict(moving_mask=head_mask(mag), fixed_mask=t1_head),
+                                            dict(moving_mask=head_mask(mag), fixed_mask=t1_head, reverse=True)],
                                   sub["register"].sub(0, 0.6), "GRE magnitude -> T1", messages)
         t1_from_gre, reg_qc = reg.fixed_from_moving, reg.qc
     t1_from_gre = np.asarray(t1_from_gre, float)
@@ -188,8 +199,9 @@ def run_patient(gre, t1: Volume, ct: Volume | None = None, landmarks: dict | Non
     if ct is not None and t1_from_ct is None:
         ct_head = head_mask(ct, threshold=-300.0)
         clipped = ct.with_data(np.clip(np.asarray(ct.data, np.float32), -200, 1500))
-        reg_ct = _rigid_with_retries(t1, ct, [dict(moving_mask=ct_head, fixed_mask=t1_head),
-                                              dict(moving_mask=ct_head),
+        reg_ct = _rigid_with_retries(t1, ct, [dict(moving_mask=ct_head, fixed_mask=t1_head, reverse=True),
+                                              dict(moving_mask=ct_head, fixed_mask=t1_head),
+                                              dict(reverse=True),
                                               dict(moving_mask=ct_head, fixed_mask=t1_head, image=clipped)],
                                      sub["register"].sub(0.6, 1.0), "CT -> T1", messages)
         t1_from_ct = np.asarray(reg_ct.fixed_from_moving, float)

@@ -35,20 +35,21 @@ CONFIG = {
     "relaxation": 0.8,
     "search_mm": 8.0,
     "search_angles_deg": (-40.0, -20.0, 0.0, 20.0, 40.0),
-    "search_keep": 6,            # candidates optimised at the search level
+    "search_keep": 4,            # candidates optimised at the search level
     "mid_keep": 2,               # candidates optimised again at 4 mm
     "levels_mm": (8.0, 4.0, 2.0),
     "level_iters": (100, 150, 150),
     "level_step_mm": (4.0, 2.0, 1.0),
     "level_min_step_mm": (0.1, 0.05, 0.02),
-    "level_samples": (None, 40000, 40000),   # None = every voxel
+    "level_samples": (None, 20000, 40000),   # None = every voxel
     "final_samples": 120000,
     "final_edge_percentile": 75.0,           # full-res samples where |grad fixed| is in the top 25 %
     "final_iters": 200,
-    "final_step_mm": 0.5,
+    "final_relaxation": 0.6,
+    "final_step_mm": 0.25,
     "final_min_step_mm": 0.005,
     "restart_perturbation": (3.0, 3.0),      # mm, deg at the 2 mm level
-    "restart_tolerance_mm": 1.0,
+    "restart_tolerance_mm": 1.5,
     "pyramid_tolerance_mm": 1.5,
 }
 
@@ -76,7 +77,7 @@ def _normalise(vol: Volume, mask: Volume | None):
     sel = data[np.asarray(mask.data) > 0] if mask is not None else data[data > 0]
     if sel.size == 0:
         sel = data.ravel()
-    lo, hi = np.percentile(sel, [0.5, 99.5])
+    lo, hi = np.percentile(sel[::max(1, sel.size // 200000)], [0.5, 99.5])
     data = np.clip((data - lo) / max(hi - lo, 1e-6), 0, 1).astype(np.float32)
     img = Volume(data, vol.ras_from_ijk).to_sitk()
     m = None
@@ -100,23 +101,49 @@ def _euler_ras(tx) -> np.ndarray:
 class _Level:
     """One pyramid level: fixed/moving (and masks) smoothed and resampled to ``mm`` isotropic."""
 
-    def __init__(self, f_img, m_img, f_mask, m_mask, mm):
+    def __init__(self, f_img, m_img, f_mask, m_mask, mm, smooth=False):
         self.mm = mm
-        self.f, self.fm = _down(f_img, f_mask, mm)
-        self.m, self.mm_mask = _down(m_img, m_mask, mm)
+        down = _down_smooth if smooth else _down
+        self.f, self.fm = down(f_img, f_mask, mm)
+        self.m, self.mm_mask = down(m_img, m_mask, mm)
         self._n = None
 
-    def with_edge_mask(self, percentile):
+    def with_edge_mask(self, percentile, tx=None):
         """Restrict fixed samples to strong edges (top ``100 - percentile`` % gradient magnitude,
-        inside the fixed mask if any): far more registration information per sample."""
+        inside the fixed mask if any, and inside the moving field of view mapped by ``tx``): far
+        more registration information per sample, none wasted outside a partial-coverage slab."""
         import SimpleITK as sitk
-        g = sitk.GetArrayFromImage(sitk.GradientMagnitudeRecursiveGaussian(self.f, float(min(self.f.GetSpacing()))))
-        inside = sitk.GetArrayViewFromImage(self.fm) > 0 if self.fm is not None else np.ones(g.shape, bool)
+        g = sitk.GetArrayFromImage(sitk.GradientMagnitude(self.f))
+        inside = sitk.GetArrayFromImage(self.fm) > 0 if self.fm is not None else np.ones(g.shape, bool)
+        if tx is not None:
+            ones = sitk.Image(self.m.GetSize(), sitk.sitkUInt8) + 1
+            ones.CopyInformation(self.m)
+            fov = sitk.Resample(ones, self.f, tx, sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
+            # keep samples >= ~4 mm inside the moving field of view (no overlap-change effects)
+            radius = [max(1, int(round(4.0 / sp))) for sp in self.f.GetSpacing()]
+            fov = sitk.GetArrayViewFromImage(sitk.BinaryErode(fov, radius)) > 0
+            if fov[inside].sum() > 1000:
+                inside &= fov
         thr = np.percentile(g[inside], percentile)
         m = sitk.GetImageFromArray(((g > thr) & inside).astype(np.uint8))
         m.CopyInformation(self.f)
         self.fm = m
         self._n = None
+        return self
+
+    def with_fov_mask(self, tx, erode_mm=4.0):
+        """Restrict fixed samples to the moving field of view mapped by ``tx`` (eroded)."""
+        import SimpleITK as sitk
+        ones = sitk.Image(self.m.GetSize(), sitk.sitkUInt8) + 1
+        ones.CopyInformation(self.m)
+        fov = sitk.Resample(ones, self.f, tx, sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
+        radius = [max(1, int(round(erode_mm / sp))) for sp in self.f.GetSpacing()]
+        fov = sitk.BinaryErode(fov, radius)
+        if self.fm is not None:
+            fov = sitk.And(fov, self.fm)
+        if sitk.GetArrayViewFromImage(fov).sum() > 1000:
+            self.fm = fov
+            self._n = None
         return self
 
     def n_voxels(self):
@@ -128,16 +155,30 @@ class _Level:
 
 
 def _down(img, mask, mm):
+    """Box-average (BinShrink) by whole factors to about ``mm`` per voxel (cheap anti-aliasing)."""
     import SimpleITK as sitk
     sp = np.array(img.GetSpacing())
     if mm is None or mm <= sp.min() * 1.01:
+        return img, mask
+    factors = [max(1, int(mm / s + 1e-3)) for s in sp]
+    out = sitk.BinShrink(img, factors)
+    out_mask = None
+    if mask is not None:
+        out_mask = sitk.Cast(sitk.BinShrink(sitk.Cast(mask, sitk.sitkFloat32), factors) > 0.5, sitk.sitkUInt8)
+    return _down_smooth(out, out_mask, mm)  # then a light Gaussian on the small image
+
+
+def _down_smooth(img, mask, mm):
+    """Gaussian-smoothed resampling to ``mm`` isotropic (same extent), for the coarse levels."""
+    import SimpleITK as sitk
+    sp = np.array(img.GetSpacing())
+    if mm is None or mm <= sp.min() * 0.99:
         return img, mask
     size = np.array(img.GetSize())
     new_sp = np.maximum(sp, mm)
     new_size = [max(2, int(np.ceil(s * p / q))) for s, p, q in zip(size, sp, new_sp)]
     sigma = [max(float(np.sqrt(max(q * q - p * p, 0.0)) / 2.0), 0.01 * p) for p, q in zip(sp, new_sp)]
-    sm = sitk.SmoothingRecursiveGaussian(img, sigma) if max(sigma) > 0 else img
-    # keep the physical centre of the first voxel shifted by half the growth (same extent)
+    sm = sitk.SmoothingRecursiveGaussian(img, sigma)
     d = np.array(img.GetDirection()).reshape(3, 3)
     origin = np.array(img.GetOrigin()) + d @ ((new_sp - sp) / 2.0)
     ref = sitk.Image([int(s) for s in new_size], sitk.sitkFloat32)
@@ -154,6 +195,8 @@ def _down(img, mask, mm):
 def _method(level: _Level, n_samples=None):
     import SimpleITK as sitk
     r = sitk.ImageRegistrationMethod()
+    if level.mm is not None:  # small images: one thread avoids sync stalls on a busy machine
+        r.SetNumberOfThreads(1)
     r.SetMetricAsMattesMutualInformation(numberOfHistogramBins=CONFIG["bins"])
     total = level.n_voxels()
     if n_samples is None or n_samples >= total:
@@ -183,13 +226,13 @@ def _evaluate(level: _Level, tx, n_samples=None) -> float:
         return 0.0
 
 
-def _optimise(level: _Level, tx, iters, step, min_step, n_samples=None, counter=None):
+def _optimise(level: _Level, tx, iters, step, min_step, n_samples=None, counter=None, relaxation=None):
     """Regular-step gradient descent of an Euler3D in place; returns (metric, stop description)."""
     import SimpleITK as sitk
     r = _method(level, n_samples)
     r.SetOptimizerAsRegularStepGradientDescent(learningRate=step, minStep=min_step,
                                                numberOfIterations=int(iters),
-                                               relaxationFactor=CONFIG["relaxation"],
+                                               relaxationFactor=relaxation or CONFIG["relaxation"],
                                                gradientMagnitudeTolerance=1e-8)
     r.SetOptimizerScalesFromPhysicalShift()
     r.SetInitialTransform(tx, inPlace=True)
@@ -200,6 +243,28 @@ def _optimise(level: _Level, tx, iters, step, min_step, n_samples=None, counter=
     except RuntimeError as e:
         return 0.0, "error: " + str(e).splitlines()[-1]
     return float(r.GetMetricValue()), r.GetOptimizerStopConditionDescription()
+
+
+def _inverse(tx):
+    """Inverse of an Euler3D (same centre convention), as an Euler3D."""
+    import SimpleITK as sitk
+    a = np.array(tx.GetMatrix()).reshape(3, 3)
+    c = np.array(tx.GetCenter())
+    off = np.array(tx.GetTranslation()) + c - a @ c  # x -> a x + off
+    inv = sitk.Euler3DTransform()
+    inv.SetCenter(c.tolist())
+    inv.SetMatrix(a.T.ravel().tolist())
+    inv_off = -a.T @ off
+    inv.SetTranslation((inv_off - c + a.T @ c).tolist())
+    return inv
+
+
+def _slab_points(img, fixed_from_moving_tx):
+    """Fixed-space points spanning a slab's field of view (its box shrunk to 80 %)."""
+    size = np.array(img.GetSize()) - 1.0
+    corners = [np.array(c) * size * 0.8 + size * 0.1 for c in itertools.product((0, 1), repeat=3)]
+    pm = [img.TransformContinuousIndexToPhysicalPoint(c.tolist()) for c in corners + [size / 2]]
+    return np.array([fixed_from_moving_tx.TransformPoint(p) for p in pm])
 
 
 def _box_points(img, mask):
@@ -269,14 +334,18 @@ def _register(fixed, moving, fixed_mask, moving_mask, init, progress):
     cfg = CONFIG
     prog = as_progress(progress)
     t0 = time.perf_counter()
+    c0 = time.process_time()
     if init not in ("moments", "geometry"):
         raise ValueError("init must be 'moments' or 'geometry'")
     f_img, f_mask = _normalise(fixed, fixed_mask)
     m_img, m_mask = _normalise(moving, moving_mask)
     prog.update(0.02, "pyramid")
-    levels = [_Level(f_img, m_img, f_mask, m_mask, mm) for mm in cfg["levels_mm"]]
-    full = _Level(f_img, m_img, f_mask, m_mask, None).with_edge_mask(cfg["final_edge_percentile"])
-    timing = {"pyramid": time.perf_counter() - t0}
+    full = _Level(f_img, m_img, f_mask, m_mask, None)
+    levels, src = [], full
+    for mm in sorted(cfg["levels_mm"]):  # each level from the next finer one (cheaper smoothing)
+        src = _Level(src.f, src.m, src.fm, src.mm_mask, mm, smooth=src is not full)
+        levels.insert(0, src)
+    timing = {"pyramid": time.process_time() - c0}
     search = levels[0]
     # centring (moments on the masked coarse images: cheap and noise-robust)
     mode = sitk.CenteredTransformInitializerFilter.MOMENTS if init == "moments" \
@@ -292,9 +361,10 @@ def _register(fixed, moving, fixed_mask, moving_mask, init, progress):
     identity_metric = _evaluate(levels[1], sitk.Euler3DTransform())
     # coarse search: rotations x (slab) shifts along the thin axis
     thin, gap = _thin_axis(m_img, f_img)
-    shifts = [0.0] if thin is None else list(np.arange(-gap / 2, gap / 2 + 1e-6, max(gap / 6, 5.0)))
+    shifts = [0.0] if thin is None else list(np.arange(-gap / 2, gap / 2 + 1e-6, max(gap / 4, 5.0)))
     angles = np.deg2rad(cfg["search_angles_deg"])
     scored = []
+    evaluator = _method(search)
     for k, (ax, ay, az) in enumerate(itertools.product(angles, angles, angles)):
         if k % 25 == 0:
             prog.check()
@@ -303,7 +373,11 @@ def _register(fixed, moving, fixed_mask, moving_mask, init, progress):
             tx.SetRotation(float(ax), float(ay), float(az))
             if s:
                 tx.SetTranslation((np.array(tx.GetTranslation()) + s * thin).tolist())
-            scored.append((_evaluate(search, tx), tx))
+            evaluator.SetInitialTransform(tx, inPlace=False)
+            try:
+                scored.append((float(evaluator.MetricEvaluate(search.f, search.m)), tx))
+            except RuntimeError:
+                pass
     scored.sort(key=lambda x: x[0])
     pts = _box_points(f_img, f_mask)
     starts = []
@@ -312,7 +386,7 @@ def _register(fixed, moving, fixed_mask, moving_mask, init, progress):
             starts.append((v, tx))
         if len(starts) >= cfg["search_keep"]:
             break
-    timing["search"] = time.perf_counter() - t0
+    timing["search"] = time.process_time() - c0
     prog.update(0.2, "multi-start")
     n_iter = [0]
     local = []
@@ -334,10 +408,12 @@ def _register(fixed, moving, fixed_mask, moving_mask, init, progress):
     best4 = mid[0][1]
     alternative_margin = float(mid[1][0] - mid[0][0]) if len(mid) > 1 else float("nan")
     alternative_distance = _distance_mm(mid[0][1], mid[1][1], pts) if len(mid) > 1 else float("nan")
-    metric_initial = _evaluate(full, base, cfg["final_samples"])
-    timing["multistart"] = time.perf_counter() - t0
+    timing["multistart"] = time.process_time() - c0
     prog.update(0.5, "2 mm restarts")
     # restart consistency at 2 mm: two opposite perturbations of the 4 mm optimum must agree
+    if thin is not None:  # slab: samples and consistency points inside its field of view
+        levels[2].with_fov_mask(best4)
+        pts = _slab_points(m_img, _inverse(best4))
     runs = []
     for sign in (1.0, -1.0):
         t = _perturbed(best4, *cfg["restart_perturbation"], sign)
@@ -348,12 +424,23 @@ def _register(fixed, moving, fixed_mask, moving_mask, init, progress):
     restart_mm = _distance_mm(runs[0][1], runs[1][1], pts)
     runs.sort(key=lambda x: x[0])
     tx2 = runs[0][1]
-    timing["restarts"] = time.perf_counter() - t0
+    timing["restarts"] = time.process_time() - c0
     prog.update(0.7, "full resolution")
-    tx = sitk.Euler3DTransform(tx2)
+    swap = thin is not None  # partial coverage: sample in the slab, which the fixed image contains
+    if swap:
+        full = _Level(m_img, f_img, m_mask, f_mask, None)
+        tx = _inverse(tx2)
+        start = _inverse(base)
+    else:
+        tx, start = sitk.Euler3DTransform(tx2), base
+    full.with_edge_mask(cfg["final_edge_percentile"], tx)
+    metric_initial = _evaluate(full, start, cfg["final_samples"])  # same samples as the final metric
     metric_final, stop = _optimise(full, tx, cfg["final_iters"], cfg["final_step_mm"],
-                                   cfg["final_min_step_mm"], cfg["final_samples"], n_iter)
-    timing["full"] = time.perf_counter() - t0
+                                   cfg["final_min_step_mm"], cfg["final_samples"], n_iter,
+                                   cfg["final_relaxation"])
+    if swap:
+        tx = _inverse(tx)
+    timing["full"] = time.process_time() - c0
     pyramid_mm = _distance_mm(tx, tx2, pts)
     converged = not stop.startswith("error") and "Maximum number of iterations" not in stop
     fixed_from_moving = _euler_ras(tx)
@@ -365,7 +452,7 @@ def _register(fixed, moving, fixed_mask, moving_mask, init, progress):
     qc = {"identity_metric": identity_metric, "shift_mm": shift, "angle_deg": angle, "stop": stop,
           "restart_disagreement_mm": restart_mm, "pyramid_change_mm": pyramid_mm,
           "alternative_margin": alternative_margin, "alternative_distance_mm": alternative_distance,
-          "n_search": len(scored), "runs2": qc_runs, "timing": timing, "seconds": time.perf_counter() - t0}
+          "n_search": len(scored), "runs2": qc_runs, "timing": timing, "seconds": time.perf_counter() - t0, "cpu_seconds": time.process_time() - c0}
     if f_mask is not None and m_mask is not None:
         mm_res = sitk.Resample(m_mask, f_mask, tx, sitk.sitkNearestNeighbor)
         a = sitk.GetArrayViewFromImage(f_mask) > 0

@@ -112,9 +112,8 @@ def csf_structures(image: Volume, brain_mask, deep_mm: float = 15.0, min_ventric
         raise InputError("csf_structures: empty brain mask")
     t = threshold_multiotsu(vals, classes=3)
     csf = brain & ((data < t[0]) if csf_dark else (data > t[-1]))
-    csf = ndimage.binary_opening(csf)
     depth = ndimage.distance_transform_edt(brain, sampling=image.voxel_mm)
-    lab, n = ndimage.label(csf)
+    lab, n = ndimage.label(ndimage.binary_opening(csf))  # ventricles: thick CSF (sulci are thin)
     ventricles = np.zeros(data.shape, bool)
     if n:
         idx = np.arange(1, n + 1)
@@ -123,6 +122,6 @@ def csf_structures(image: Volume, brain_mask, deep_mm: float = 15.0, min_ventric
         keep = np.zeros(n + 1, bool)
         keep[1:] = (np.asarray(maxdepth) > deep_mm) & (np.asarray(sizes) >= min_ventricle_ml)
         ventricles = keep[lab]
-    sulci = csf & ~ventricles & (depth <= deep_mm)
+    sulci = csf & ~ndimage.binary_dilation(ventricles) & (depth <= deep_mm)
     return (Volume(ventricles.astype(np.uint8), image.ras_from_ijk.copy(), "ventricles"),
             Volume(sulci.astype(np.uint8), image.ras_from_ijk.copy(), "sulci"))

@@ -183,3 +183,25 @@ def test_r2star_cue_finds_a_vein_faint_in_chi(head):
     with_r2 = vessel_mask(chi2, head["brain"], r2star=r2map).data.astype(bool)
     assert without[faint].mean() < 0.05 and with_r2[faint].mean() > 0.5
     assert with_r2[head["vein"]].mean() > 0.6 and not with_r2[head["labels"].data > 0].any()
+
+
+def test_csf_structures_split_ventricles_and_sulci():
+    from QSMPlannerLib.planning import csf_structures
+    from QSMPlannerLib.planning.synthetic import synthetic_head
+    head = synthetic_head((100, 120, 100), 1.5)
+    brain = head["brain"].data > 0
+    vent = head["ventricles"].data > 0
+    ras = head["brain"].voxel_ras_grid()
+    # a sulcus: a CSF slit from the convexity 12 mm deep, at R = 30
+    from scipy import ndimage
+    depth_in = ndimage.distance_transform_edt(brain, sampling=head["brain"].voxel_mm)
+    sulcus = brain & (np.abs(ras[..., 0] - 30) < 1.6) & (depth_in < 12) & (ras[..., 2] > 20)
+    rng = np.random.default_rng(0)
+    t1 = np.where(brain, 100.0, 0.0)
+    t1[vent | sulcus] = 25.0
+    t1[brain & ~vent & ~sulcus & (ras[..., 2] < 0)] = 80.0   # grey-ish lower half: a third class
+    t1 += rng.normal(0, 3, t1.shape)
+    v, s = csf_structures(head["brain"].with_data(t1.astype(np.float32)), head["brain"])
+    v, s = v.data > 0, s.data > 0
+    assert (v & vent).sum() / vent.sum() > 0.7 and (v & ~vent).sum() < 0.1 * vent.sum()
+    assert (s & sulcus).sum() / sulcus.sum() > 0.5 and not (s & vent).any()

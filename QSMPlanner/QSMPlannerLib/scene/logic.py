@@ -192,7 +192,8 @@ class PlannerLogic:
         self.scene = scene
         self.segmentation_result = None   # last NucleiSegmentation (for target suggestion)
         self.frame_result = None          # last FrameRegistration
-        self.normalization = None         # last AtlasNormalization
+        self.normalization = None         # last AtlasNormalization (of the T1 node in _normalized_t1)
+        self._normalized_t1 = None
         self.qsm_result = None            # last QSMResult (its brain mask guides registration and risk)
         self.electrode = "medtronic_3389"  # planning.ELECTRODES key of the lead drawn on trajectories
         self.margin_mm = 3.0              # safety margin (mm) from instrument surfaces to vessels
@@ -386,18 +387,32 @@ class PlannerLogic:
             return result
 
         def apply(result):
-            node = mrml.add_transform(self.scene, result.fixed_from_moving, transform_name)
+            node = self.set_transform(moving_node, result.fixed_from_moving, transform_name, moved_nodes, harden)
             node.SetAttribute("QSMPlanner.MetricFinal", repr(float(result.metric_final)))
-            for n in (moving_node, *moved_nodes):
-                if n is None:
-                    continue
-                frame = n.GetAttribute(FRAME_ATTRIBUTE)
-                if harden and frame:  # the frame pose refers to the node's coordinates: follow them
-                    moved = np.array(json.loads(frame)) @ np.linalg.inv(result.fixed_from_moving)
-                    n.SetAttribute(FRAME_ATTRIBUTE, json.dumps(moved.tolist()))
-                mrml.set_parent_transform(n, node, harden=harden)
             return node
         return StageTask(f"registration {transform_name}", compute, apply)
+
+    def set_transform(self, moving_node, fixed_from_moving, transform_name: str, moved_nodes=(),
+                      harden: bool = False):
+        """A linear transform node ``transform_name`` (fixed_from_moving, RAS 4x4: the moving node's RAS to
+        the world) observed by ``moving_node``, ``moved_nodes`` and their QSM masks, or hardened into them
+        (``harden``; a frame pose stored on a hardened node follows it). Used by ``registration_task`` and
+        for known transforms (e.g. read with ``registration.read_transform``)."""
+        fixed_from_moving = np.asarray(fixed_from_moving, float)
+        node = mrml.add_transform(self.scene, fixed_from_moving, transform_name)
+        nodes = [n for n in (moving_node, *moved_nodes) if n is not None]
+        for n in list(nodes):  # a QSM's brain mask goes with it
+            mask_id = n.GetAttribute("QSMPlanner.MaskNodeID")
+            mask_node = self.scene.GetNodeByID(mask_id) if mask_id else None
+            if mask_node is not None and mask_node not in nodes:
+                nodes.append(mask_node)
+        for n in nodes:
+            frame = n.GetAttribute(FRAME_ATTRIBUTE)
+            if harden and frame:  # the frame pose refers to the node's coordinates: follow them
+                moved = np.array(json.loads(frame)) @ np.linalg.inv(fixed_from_moving)
+                n.SetAttribute(FRAME_ATTRIBUTE, json.dumps(moved.tolist()))
+            mrml.set_parent_transform(n, node, harden=harden)
+        return node
 
     def _registration_attempts(self, fixed: Volume, moving: Volume, moving_node, init: str) -> list:
         """register_rigid keyword sets tried in turn (as ``pipeline.run_patient`` does): GRE magnitude with
@@ -423,11 +438,37 @@ class PlannerLogic:
         return self.gre_series_nodes(any_gre_node, "magnitude") + self.gre_series_nodes(any_gre_node, "phase")
 
     # ---- segmentation ----------------------------------------------------------------------------
+    def set_normalization(self, normalization, t1_node):
+        """Use ``normalization`` (registration.AtlasNormalization of ``t1_node``'s world image) for the
+        atlas prior of later segmentations instead of normalizing the T1 again."""
+        self.normalization = normalization
+        self._normalized_t1 = self._t1_key(t1_node)
+
+    @staticmethod
+    def _t1_key(t1_node):
+        """What a normalization depends on: the node, its voxels and its place in the world."""
+        if t1_node is None:
+            return None
+        image = t1_node.GetImageData()
+        return (t1_node.GetID(), image.GetMTime() if image is not None else 0,
+                mrml.world_from_node_matrix(t1_node).round(6).tobytes())
+
+    def normalization_from_affine(self, t1_from_mni, t1_node):
+        """A known affine MNI -> T1 (RAS 4x4) as the atlas normalization (no deformable part)."""
+        from ..registration.atlas import AtlasNormalization
+        from ..registration.transform_io import sitk_affine_from_ras
+        norm = AtlasNormalization(sitk_affine_from_ras(np.asarray(t1_from_mni, float)),
+                                  mrml.volume_from_node(t1_node, world=True))
+        self.set_normalization(norm, t1_node)
+        return norm
+
     def segmentation_task(self, qsm_node, t1_node=None, prior_node=None,
-                          output_name: str = NUCLEI_NAME) -> StageTask:
+                          output_name: str = NUCLEI_NAME, renormalize: bool = False) -> StageTask:
         """Segment STN/SN/RN on the QSM. The prior (CIT168 labels on the QSM grid) comes from
         ``prior_node`` (a labelmap or segmentation on the QSM grid) or from normalizing ``t1_node`` to
         MNI and carrying the atlas into the QSM through its transform."""
+        if qsm_node is None:
+            raise InputError("select the QSM volume", "Segmentation")
         qsm = mrml.volume_from_node(qsm_node)
         qsm_world = mrml.volume_from_node(qsm_node, world=True)
         parent = qsm_node.GetParentTransformNode()
@@ -437,14 +478,19 @@ class PlannerLogic:
         elif t1_node is None:
             raise InputError("select the T1 (for the atlas prior) or a prior label map", "Segmentation")
         t1 = mrml.volume_from_node(t1_node, world=True) if t1_node is not None and prior is None else None
+        # a normalization of this T1 already computed (or given) is reused: it is the slow part
+        reuse = self.normalization if (not renormalize and prior is None and self.normalization is not None
+                                       and self._normalized_t1 == self._t1_key(t1_node)) else None
 
         def compute(progress):
             from ..segmentation import segment_nuclei
             labels = prior
             norm = None
             if labels is None:
-                from ..registration import normalize_to_mni
-                norm = normalize_to_mni(t1, progress=progress.sub(0.0, 0.7))
+                norm = reuse
+                if norm is None:
+                    from ..registration import normalize_to_mni
+                    norm = normalize_to_mni(t1, progress=progress.sub(0.0, 0.7))
                 warped = norm.warp_labels(qsm_world)
                 labels = Volume(np.asarray(warped.data), qsm.ras_from_ijk, "prior")
                 progress = progress.sub(0.7, 1.0)
@@ -452,7 +498,8 @@ class PlannerLogic:
 
         def apply(result):
             norm, seg = result
-            self.normalization = norm or self.normalization
+            if norm is not None and norm is not self.normalization:
+                self.set_normalization(norm, t1_node)
             self.segmentation_result = seg
             names = seg.names if isinstance(seg.names, dict) else {i + 1: n for i, n in enumerate(seg.names)}
             node = mrml.add_segmentation(self.scene, seg.labelmap, names, output_name,

@@ -587,7 +587,7 @@ def save_mrb(scene, path) -> Path:
             file_path = data_dir / _file_name(node, used, _default_extension(node, storage))
             storage.SetFileName(str(file_path))
             if hasattr(storage, "SetUseCompression"):
-                storage.SetUseCompression(1)
+                storage.SetUseCompression(0)
             if not storage.WriteData(node):
                 raise ProcessingError(f"could not write node {node.GetName()!r} to {file_path}")
         mrml_path = work / (path.stem + ".mrml")

@@ -2,7 +2,7 @@
 patient loaded as nodes, geometry (IJK->RAS, oblique), observed vs hardened transforms, markups, segments,
 trajectory and electrode, ranked entries away from a vein, frame coordinates, background tasks with
 cancel, the scene saved as .mrb and read back, and offscreen pictures drawn by Slicer's displayable
-managers. Stages of other packages (phantom, qsm, registration, segmentation, stereotaxy) run when present.
+managers, on a small synthetic patient (fast). The real stages on the digital patient: test_module_flow.py.
 """
 import os
 import threading
@@ -345,53 +345,7 @@ def test_offscreen_slice_and_3d_pictures_show_qsm_nuclei_and_trajectory(planned,
     assert (tmp_path / "slice.png").stat().st_size > 1000
 
 
-# ---- stages of the other packages, on the digital patient, when they exist -----------------------
-@pytest.fixture(scope="module")
-def phantom_scene():
-    phantom = pytest.importorskip("QSMPlannerLib.phantom")
-    scene = mrml.new_scene()
-    logic = PlannerLogic(scene)
-    nodes = logic.run(logic.digital_patient_task(seed=0, small=True))
-    return SimpleNamespace(scene=scene, logic=logic, nodes=nodes, patient=logic.patient, phantom=phantom)
-
-
-def test_digital_patient_as_nodes(phantom_scene):
-    p, n = phantom_scene.patient, phantom_scene.nodes
-    np.testing.assert_allclose(mrml.ras_from_ijk_of(n["gre_magnitude"][0]), p.gre.ras_from_ijk, atol=1e-6)
-    np.testing.assert_allclose(mrml.ras_from_ijk_of(n["T1"]), p.t1.ras_from_ijk, atol=1e-6)
-    assert len(n["gre_magnitude"]) == p.gre.n_echoes
-    lm = phantom_scene.logic.landmarks()
-    for k in ("AC", "PC", "MS"):
-        np.testing.assert_allclose(lm[k], p.landmarks[k], atol=1e-6)
-
-
-def test_qsm_stage_on_the_digital_patient(phantom_scene):
-    pytest.importorskip("QSMPlannerLib.qsm")
-    logic, n = phantom_scene.logic, phantom_scene.nodes
-    node = logic.run(logic.qsm_task(n["gre_magnitude"][0], n["gre_phase"][0], bfr="vsharp", inversion="tkd"))
-    vol = mrml.volume_from_node(node)
-    np.testing.assert_allclose(vol.ras_from_ijk, phantom_scene.patient.gre.ras_from_ijk, atol=1e-6)
-    truth = phantom_scene.patient.truth["chi_ppm"].data
-    labels = phantom_scene.patient.truth["labels_gre"].data
-    nuclei = np.isin(labels, [7, 8, 9, 16, 107, 108, 109, 116])
-    wm = labels == 203
-    # deep nuclei are more paramagnetic than white matter in the reconstruction, as in the truth
-    assert vol.data[nuclei].mean() - vol.data[wm].mean() > 0.3 * (truth[nuclei].mean() - truth[wm].mean())
-
-
-def test_frame_stage_on_the_digital_patient(phantom_scene):
-    pytest.importorskip("QSMPlannerLib.stereotaxy")
-    logic, n = phantom_scene.logic, phantom_scene.nodes
-    if "CT" not in n:
-        pytest.skip("no CT in the digital patient")
-    frame = logic.run(logic.frame_task(n["CT"]))
-    assert frame.fre_mm < 1.0
-    true_xyz = np.asarray(phantom_scene.patient.transforms["xyz_from_ct"])
-    ct_node = n["CT"]
-    xyz_from_ct = logic.xyz_from_world(ct_node) @ mrml.world_from_node_matrix(ct_node)
-    c = mrml.volume_from_node(ct_node).center_ras
-    np.testing.assert_allclose(xyz_from_ct[:3, :3] @ c + xyz_from_ct[:3, 3], true_xyz[:3, :3] @ c + true_xyz[:3, 3],
-                               atol=1.0)
+# The stages on the real digital patient: test_module_flow.py.
 
 
 # ---- each stage's result -> nodes mapping (the apply step), with the stage's result given --------

@@ -1,0 +1,94 @@
+"""The whole panel flow on the digital patient, as a user would click it: GRE -> QSM -> registrations ->
+nuclei -> targets and ranked entries -> frame -> coordinate table. Shared by the headless test, the
+README screenshots and the in-Slicer self test, so all three show the same computation.
+
+World = the T1's RAS (mm). The GRE echoes, QSM and nuclei stay on the GRE grid under the observed transform
+``T1_from_GRE``; the CT is registered to the T1 after its frame registration and (``harden_ct``) hardened,
+the frame pose following it.
+"""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from ..errors import ProcessingError
+from . import mrml
+from .logic import CT_NAME, T1_FROM_CT, T1_FROM_GRE, T1_NAME, PlannerLogic
+
+
+def run_whole_flow(logic: PlannerLogic | None = None, seed: int = 0, small: bool = True,
+                   atlas: str = "affine", ct_registration: str = "register-or-known", harden_ct: bool = True,
+                   mounting: str = "lateral-right", log=print) -> dict:
+    """Run every stage through ``logic`` (a new scene if None) on ``phantom.make_patient(seed, small)``.
+
+    ``atlas``: "affine" uses the digital patient's known MNI->T1 affine for the CIT168 prior (seconds);
+    "normalize" runs ``registration.normalize_to_mni`` on the T1 (minutes), as a user's data would.
+    ``ct_registration``: "register" (CT -> T1 rigid registration; its failure raises), "known" (the digital
+    patient's true T1_from_CT, as a transform file would give it), "register-or-known" (the known one,
+    with a message in ``logic.messages``, when the registration fails its checks).
+    Returns {"logic", "patient", "nodes" (loaded inputs), "qsm", "gre_transform", "ct_transform",
+    "segmentation", "plans" {side: plan_trajectory nodes}, "suggestions" {side: table}, "profiles",
+    "frame", "table", "timings_s"}."""
+    logic = logic or PlannerLogic(mrml.new_scene())
+    timings = {}
+    out = {"logic": logic, "timings_s": timings}
+
+    def stage(name, fn):
+        t0 = time.perf_counter()
+        result = fn()
+        timings[name] = round(time.perf_counter() - t0, 2)
+        log(f"{name}: {timings[name]:.1f} s")
+        return result
+
+    nodes = stage("digital patient", lambda: logic.run(logic.digital_patient_task(seed=seed, small=small)))
+    patient = logic.patient
+    mag, pha, t1, ct = nodes["gre_magnitude"][0], nodes["gre_phase"][0], nodes[T1_NAME], nodes.get(CT_NAME)
+    out.update(patient=patient, nodes=nodes)
+
+    qsm = stage("QSM", lambda: logic.run(logic.qsm_task(mag, pha, bfr="vsharp", inversion="tv")))
+    moved = [n for n in logic.gre_nodes_for(mag) if n is not mag] + [qsm]
+    gre_t = stage("GRE -> T1", lambda: logic.run(logic.registration_task(t1, mag, T1_FROM_GRE, moved)))
+    out.update(qsm=qsm, gre_transform=gre_t)
+
+    frame = ct_t = None
+    if ct is not None:
+        frame = stage("frame", lambda: logic.run(logic.frame_task(ct)))
+        def register_ct():
+            known = patient.transforms["t1_from_ct"]
+            if ct_registration == "known":
+                return logic.set_transform(ct, known, T1_FROM_CT, harden=harden_ct)
+            try:
+                return logic.run(logic.registration_task(t1, ct, T1_FROM_CT, harden=harden_ct))
+            except ProcessingError as exc:
+                if ct_registration != "register-or-known":
+                    raise
+                logic.messages.append(f"CT -> T1 registration failed ({exc}); the digital patient's known "
+                                      f"T1_from_CT is used")
+                log(logic.messages[-1])
+                return logic.set_transform(ct, known, T1_FROM_CT, harden=harden_ct)
+        ct_t = stage("CT -> T1", register_ct)
+    out.update(frame=frame, ct_transform=ct_t)
+
+    if atlas == "affine":
+        logic.normalization_from_affine(patient.transforms["t1_from_mni"], t1)
+    elif atlas != "normalize":
+        raise ValueError(f"atlas must be 'affine' or 'normalize', not {atlas!r}")
+    seg = stage("segmentation", lambda: logic.run(logic.segmentation_task(qsm, t1)))
+    out["segmentation"] = seg
+
+    def plan_sides():
+        plans, suggestions, profiles = {}, {}, {}
+        for side in ("left", "right"):
+            first = logic.plan_trajectory(side, segmentation_node=seg, qsm_node=qsm)
+            table = logic.rank_entries(side, qsm, seg, target_ras=first["target_ras"])
+            best = [r for r in mrml.table_to_rows(table) if r["rank"] == 1]
+            entry = np.array([best[0]["R"], best[0]["A"], best[0]["S"]]) if best else None
+            plans[side] = logic.plan_trajectory(side, target_ras=first["target_ras"], entry_ras=entry,
+                                                segmentation_node=seg, qsm_node=qsm)
+            suggestions[side] = table
+            profiles[side] = logic.distance_profile(side, qsm, seg)[0]
+        return plans, suggestions, profiles
+    out["plans"], out["suggestions"], out["profiles"] = stage("trajectories", plan_sides)
+    out["table"] = stage("coordinates", lambda: logic.coordinates_table(ct, mounting))
+    return out

@@ -73,6 +73,8 @@ CAVITIES = (("sphenoid sinus", (0.0, 14.0, -44.0), (13.0, 12.0, 10.0)),
             ("mastoid R", (52.0, -32.0, -46.0), (9.0, 12.0, 10.0)))
 FRONTAL_SINUS_DIR = (0.0, 0.97, -0.24)   # from the head centre, where the frontal sinus sits in bone
 HEAD_CENTRE_MNI = np.array([0.0, -18.0, 10.0])
+PINEAL_MNI = (0.0, -31.0, 0.0)
+CALCIFICATION = (-0.30, 80.0, 0.5, None, 350.0)   # χ ppm, R2*, PD, (T1w), HU
 
 
 def label_names() -> dict:
@@ -221,6 +223,7 @@ def _static_model(spacing: float) -> dict:
     # cisterns open to the outside (e.g. around the vein of Galen) would leave holes: like a magnitude
     # brain mask, include everything deeper than ~2.5 mm inside the intracranial volume
     brain |= ndimage.binary_erosion(icv, iterations=max(1, int(round(2.5 / spacing))))
+    brain &= ndimage.binary_erosion(icv, iterations=1)   # never up to the skull
     u8 = lambda a: np.clip(np.rint(a * 255.0), 0, 255).astype(np.uint8)
     out = {"grid": grid, "gm": u8(gm), "wm": u8(wm), "t1": u8(t1), "cit": lab}
     del gm, wm, t1
@@ -326,7 +329,7 @@ def _paint_kernel(gm, wm, icv, t1, dist, dist_f, fine, coarse, scalp_n, coarse_f
                 cn = _tri(coarse, i / coarse_f, j / coarse_f, k / coarse_f)
                 sn = _tri(scalp_n, i / coarse_f, j / coarse_f, k / coarse_f)
                 fn = fine[i, j, k]
-                skull_out = 1.0 + min(max(6.0 + 1.3 * cn, 3.5), 9.0)
+                skull_out = 2.0 + min(max(6.0 + 1.3 * cn, 3.5), 9.0)
                 scalp_out = skull_out + min(max(5.0 + 1.2 * sn, 3.0), 8.0)
                 head = _step(ds - scalp_out, h)
                 nr = np.sqrt((x / 52.0) ** 2 + ((y + 22.0) / 58.0) ** 2)
@@ -334,7 +337,7 @@ def _paint_kernel(gm, wm, icv, t1, dist, dist_f, fine, coarse, scalp_n, coarse_f
                 fr = np.sqrt((x / 58.0) ** 2 + ((y - 42.0) / 62.0) ** 2 + ((z + 62.0) / 50.0) ** 2)
                 face = _step((fr - 1.0) * 50.0, h)
                 head = max(head, max(neck, face))
-                skull = _step(ds - skull_out, h) * (1.0 - _step(ds - 1.0, h))
+                skull = _step(ds - skull_out, h) * (1.0 - _step(ds - 2.0, h))   # 2 mm CSF/dura first
                 c = cav[i, j, k] * _step(2.0 - ds, h) * head
                 soft = max(head - ic, 0.0) * (1.0 - skull)
                 soft = min(max(soft - c, 0.0), 1.0)
@@ -459,6 +462,18 @@ def paint(spacing: float, rng: np.random.Generator, veins=(), field_t: float = 3
         occ, sl = _ellipsoid(dgrid, np.asarray(c) + rng.normal(0.0, 0.7, 3), s, rot)
         if occ is not None:
             np.maximum(thal[sl], occ, out=thal[sl])
+    # pineal calcification (common in the elderly): diamagnetic, short T2*, bright on CT; no own label
+    calc_info = None
+    if rng.uniform() < 0.6:
+        centre = np.asarray(PINEAL_MNI) + rng.normal(0.0, 0.8, 3)
+        occ, sl = _ellipsoid(dgrid, centre, np.full(3, rng.uniform(1.5, 2.8)))
+        if occ is not None:
+            occ = occ * (1.0 - np.minimum(frac[sl], 1.0))
+            frac[sl] += occ
+            for p_, v in enumerate(CALCIFICATION):
+                if v is not None:
+                    vals[p_][sl] += occ * v
+            calc_info = centre.tolist()
     tissue = (st["gm"][dsl].astype(np.float32) + st["wm"][dsl]) / 255.0
     thal *= np.clip(tissue, 0.0, 1.0) * (1.0 - np.minimum(frac, 1.0))
     scale = 1.0 / np.maximum(frac + thal, 1.0)
@@ -479,7 +494,8 @@ def paint(spacing: float, rng: np.random.Generator, veins=(), field_t: float = 3
     _paint_kernel(st["gm"], st["wm"], st["icv"], st["t1"], st["dist"], float(st["dist_factor"]), fine,
                   coarse, scalp_n, float(coarse_f), cav, vein, sinus, lo.astype(np.int64), frac, vals, thal,
                   deep_lab, grid.origin.astype(np.float64), float(h), tab, float(r2s_scale), out_val, out_lab)
-    info = {"cavities": [(n, c.tolist(), s.tolist()) for n, c, s in centres] + [("frontal sinus", fc.tolist(), [])]}
+    info = {"cavities": [(n, c.tolist(), s.tolist()) for n, c, s in centres] + [("frontal sinus", fc.tolist(), [])],
+            "pineal_calcification_mni": calc_info}
     return PaintedModel(grid, out_lab, out_val[0], out_val[1], out_val[2], out_val[3], out_val[4],
                         st["brain"], info)
 

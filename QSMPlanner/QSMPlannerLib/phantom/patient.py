@@ -269,7 +269,8 @@ def make_patient(seed: int = 0, small: bool = False, tilt_deg: float = 0.0, voxe
               "shim_coefficients_ppm": np.asarray(coef, float).tolist(),
               "landmark_definition": "centres of the anterior and posterior commissures",
               "field_grid_shape": list(shape_field), "model_spacing_mm": h,
-              "cavities_mni": model.info.get("cavities")}
+              "cavities_mni": model.info.get("cavities"),
+              "pineal_calcification_mni": model.info.get("pineal_calcification_mni")}
     progress.update(1.0, "digital patient ready")
     return DigitalPatient(gre=gre, t1=t1, ct=ct, truth=truth, labels_t1=labels_t1, landmarks=landmarks,
                           transforms=transforms, stn_centroids=stn, label_names=anatomy.label_names(),

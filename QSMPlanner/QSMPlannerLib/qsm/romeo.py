@@ -71,80 +71,80 @@ def _grow(phase, w, seeds, out, visited):
     flat_vis = visited.reshape(-1)
     n_done = 0
     for s in seeds:
-      if flat_vis[s]:
-        continue
-      flat_out[s] = flat_phase[s]
-      flat_vis[s] = True
-      top = 0
-      n_done += 1
-      cur = s
-      while True:
-          # push the edges of cur to unvisited neighbours
-          ci = cur // sj
-          cj = (cur // sk) % nj
-          ck = cur % nk
-          for e in range(6):
-              d = e % 3
-              a, b, c = ci, cj, ck
-              if e < 3:
-                  if d == 0:
-                      a += 1
-                  elif d == 1:
-                      b += 1
-                  else:
-                      c += 1
-                  if a >= ni or b >= nj or c >= nk:
-                      continue
-                  q = w[d, ci, cj, ck]
-              else:
-                  if d == 0:
-                      a -= 1
-                  elif d == 1:
-                      b -= 1
-                  else:
-                      c -= 1
-                  if a < 0 or b < 0 or c < 0:
-                      continue
-                  q = w[d, a, b, c]
-              if q == 0:
-                  continue
-              t = a * sj + b * sk + c
-              if flat_vis[t]:
-                  continue
-              if free_top >= 0:
-                  p = free_top
-                  free_top = pool_next[p]
-              else:
-                  p = n_pool
-                  n_pool += 1
-              pool_to[p] = t
-              pool_from[p] = cur
-              pool_next[p] = head[q]
-              head[q] = p
-              if q > top:
-                  top = q
-          # pop the best edge to an unvisited voxel
-          found = False
-          while top > 0:
-              p = head[top]
-              if p < 0:
-                  top -= 1
-                  continue
-              head[top] = pool_next[p]
-              t = pool_to[p]
-              f = pool_from[p]
-              pool_next[p] = free_top
-              free_top = p
-              if flat_vis[t]:
-                  continue
-              flat_out[t] = flat_out[f] + _wrap(flat_phase[t] - flat_out[f])
-              flat_vis[t] = True
-              n_done += 1
-              cur = t
-              found = True
-              break
-          if not found:
-              break
+        if flat_vis[s]:
+            continue
+        flat_out[s] = flat_phase[s]
+        flat_vis[s] = True
+        top = 0
+        n_done += 1
+        cur = s
+        while True:
+            # push the edges of cur to unvisited neighbours
+            ci = cur // sj
+            cj = (cur // sk) % nj
+            ck = cur % nk
+            for e in range(6):
+                d = e % 3
+                a, b, c = ci, cj, ck
+                if e < 3:
+                    if d == 0:
+                        a += 1
+                    elif d == 1:
+                        b += 1
+                    else:
+                        c += 1
+                    if a >= ni or b >= nj or c >= nk:
+                        continue
+                    q = w[d, ci, cj, ck]
+                else:
+                    if d == 0:
+                        a -= 1
+                    elif d == 1:
+                        b -= 1
+                    else:
+                        c -= 1
+                    if a < 0 or b < 0 or c < 0:
+                        continue
+                    q = w[d, a, b, c]
+                if q == 0:
+                    continue
+                t = a * sj + b * sk + c
+                if flat_vis[t]:
+                    continue
+                if free_top >= 0:
+                    p = free_top
+                    free_top = pool_next[p]
+                else:
+                    p = n_pool
+                    n_pool += 1
+                pool_to[p] = t
+                pool_from[p] = cur
+                pool_next[p] = head[q]
+                head[q] = p
+                if q > top:
+                    top = q
+            # pop the best edge to an unvisited voxel
+            found = False
+            while top > 0:
+                p = head[top]
+                if p < 0:
+                    top -= 1
+                    continue
+                head[top] = pool_next[p]
+                t = pool_to[p]
+                f = pool_from[p]
+                pool_next[p] = free_top
+                free_top = p
+                if flat_vis[t]:
+                    continue
+                flat_out[t] = flat_out[f] + _wrap(flat_phase[t] - flat_out[f])
+                flat_vis[t] = True
+                n_done += 1
+                cur = t
+                found = True
+                break
+            if not found:
+                break
     return n_done
 
 

@@ -112,8 +112,10 @@ def unwrap_stage(patient, small_mask):
     true_dphi = 2 * np.pi * true_ppm * 1e-6 * 42.577478518e6 * gre.b0_tesla * (gre.te_s[1] - gre.te_s[0])
     m = small_mask
     rows = {}
-    for name, fn in (("ours (quality-guided)", lambda: quality_unwrap(dphi, np.sqrt(gre.magnitude[..., 0] * gre.magnitude[..., 1]), m)),
-                     ("skimage unwrap_phase", lambda: unwrap_phase(np.ma.array(dphi, mask=~m)).filled(0).astype(np.float32))):
+    weight = np.sqrt(gre.magnitude[..., 0] * gre.magnitude[..., 1])
+    for name, fn in (("ours (quality-guided)", lambda: quality_unwrap(dphi, weight, m)),
+                     ("skimage unwrap_phase",
+                      lambda: unwrap_phase(np.ma.array(dphi, mask=~m)).filled(0).astype(np.float32))):
         t = time.perf_counter()
         u = fn()
         dt = time.perf_counter() - t
@@ -183,7 +185,8 @@ def main(argv=None):
     for seed in args.seeds:
         ax, ob = f"s{seed} axial", next((c for c in by if c[0].startswith(f"s{seed} ") and "deg" in c[0]), None)
         if (ax, ours_name) in by and ob is not None:
-            print(f"s{seed}: oblique/axial NRMSE of ours {by[(ob[0], ours_name)][0]['nrmse'] / by[(ax, ours_name)][0]['nrmse']:.3f}")
+            ratio = by[(ob[0], ours_name)][0]["nrmse"] / by[(ax, ours_name)][0]["nrmse"]
+            print(f"s{seed}: oblique/axial NRMSE of ours {ratio:.3f}")
     return 0
 
 

@@ -480,6 +480,13 @@ def segment_nuclei(qsm: Volume, prior_labels: Volume, seeds: dict | None = None,
     ring_all = ndi.binary_dilation(labels > 0, iterations=3) & (labels == 0) & ~union
     bg_level = float(np.median(chi[ring_all])) if ring_all.any() else means[BACKGROUND]
     results = {}
+    side_shift = {}
+    for parity in (0, 1):  # 1 = left (odd values), 0 = right
+        vals = [v for v in loc if v % 2 == parity and v not in seed_info and masks[v].any()]
+        before = np.concatenate([np.argwhere(masks[v]) for v in vals]) if vals else np.zeros((0, 3))
+        after = np.concatenate([np.argwhere(loc[v]) for v in vals]) if vals else np.zeros((0, 3))
+        side_shift[parity] = ((after.mean(axis=0) - before.mean(axis=0)) * voxel_mm
+                              if len(before) and len(after) else np.zeros(3))
     for v in sorted(loc):
         name = S.NAMES[v]
         k = S.kind(name)
@@ -504,11 +511,14 @@ def segment_nuclei(qsm: Volume, prior_labels: Volume, seeds: dict | None = None,
         if frac < 0.6:
             problems.append(f"fragmented (largest piece {100 * frac:.0f}%)")
         if v not in seed_info and masks[v].any():
-            shift_mm = np.linalg.norm((np.argwhere(m).mean(axis=0)
-                                       - np.argwhere(masks[v]).mean(axis=0)) * voxel_mm)
-            if shift_mm > S.MAX_SHIFT_FROM_PRIOR_MM:
-                problems.append(f"centroid {shift_mm:.1f} mm from the prior's "
+            shift = (np.argwhere(m).mean(axis=0) - np.argwhere(masks[v]).mean(axis=0)) * voxel_mm
+            excess = np.linalg.norm(shift - side_shift[v % 2])
+            if np.linalg.norm(shift) > S.MAX_SHIFT_FROM_PRIOR_MM:
+                problems.append(f"centroid {np.linalg.norm(shift):.1f} mm from the prior's "
                                 f"(> {S.MAX_SHIFT_FROM_PRIOR_MM:.0f})")
+            elif excess > S.MAX_SHIFT_WITHIN_SIDE_MM:
+                problems.append(f"moved {excess:.1f} mm away from its neighbours "
+                                f"(> {S.MAX_SHIFT_WITHIN_SIDE_MM:.1f})")
         comp = _compactness(m, voxel_mm)
         if comp < S.MIN_COMPACTNESS:
             problems.append(f"compactness {comp:.2f} < {S.MIN_COMPACTNESS}")

@@ -25,7 +25,8 @@ CHI_RANGE_PPM = {"STN": (0.02, 0.35), "SN": (0.03, 0.45), "RN": (0.03, 0.40)}
 VOXEL_CHI_PPM = {"STN": (-0.05, 0.25), "SN": (-0.05, 0.35), "RN": (-0.05, 0.30)}
 # voxels outside this range are left out of the localization (streaks, veins, air edges)
 CHI_VALID_PPM = (-0.10, 0.30)
-MAX_SHIFT_FROM_PRIOR_MM = 5.0
+MAX_SHIFT_FROM_PRIOR_MM = 8.0      # beyond the localization search: something went wrong
+MAX_SHIFT_WITHIN_SIDE_MM = 3.5     # a nucleus moving away from its same-side neighbours
 MIN_CNR = 1.5            # (structure mean - local background) / noise sigma
 MAX_LR_VOLUME_RATIO = 2.0
 MIN_COMPACTNESS = 0.25   # sphericity pi^(1/3) (6V)^(2/3) / A of the voxel surface

@@ -1,0 +1,113 @@
+"""Robustness of segment_nuclei: low contrast, asymmetric anatomy, surgeon's seeds/boxes, guard rails."""
+import numpy as np
+import pytest
+
+from QSMPlannerLib.progress import Cancelled, Progress
+from QSMPlannerLib.segmentation import NAMES, segment_nuclei
+from QSMPlannerLib.segmentation.metrics import centroid_error_mm, dice
+from QSMPlannerLib.segmentation.nuclei import prior_to_structures
+from QSMPlannerLib.segmentation.synthetic import make_case
+from QSMPlannerLib.volume import Volume
+
+
+def _eval(case, seg):
+    truth = prior_to_structures(case["truth"].data)
+    lab = np.asarray(seg.labelmap.data)
+    a = case["qsm"].ras_from_ijk
+    return {n: (dice(lab == v, truth == v), centroid_error_mm(lab == v, truth == v, a)) for v, n in NAMES.items()}
+
+
+def _true_centroids(case):
+    truth = prior_to_structures(case["truth"].data)
+    return {n: case["qsm"].ijk_to_ras(np.argwhere(truth == v).mean(axis=0)) for v, n in NAMES.items()}
+
+
+def test_low_contrast_still_better_than_prior():
+    case = make_case(seed=4, contrast=0.5, noise_ppm=0.015)
+    seg = segment_nuclei(case["qsm"], case["prior"])
+    ours = _eval(case, seg)
+    prior = prior_to_structures(case["prior"].data)
+    truth = prior_to_structures(case["truth"].data)
+    for v, n in NAMES.items():
+        assert ours[n][0] > dice(prior == v, truth == v), n
+        assert ours[n][0] > 0.7, (n, ours[n])
+
+
+def test_no_contrast_keeps_the_prior_and_says_so():
+    """Nuclei invisible (χ equal to the background): the guard rails keep the prior."""
+    case = make_case(seed=5, contrast=0.0, noise_ppm=0.01, vein=False)
+    seg = segment_nuclei(case["qsm"], case["prior"])
+    prior = prior_to_structures(case["prior"].data)
+    lab = np.asarray(seg.labelmap.data)
+    kept = [n for n in NAMES.values() if seg.source[n] == "prior"]
+    assert len(kept) >= 5, seg.source
+    for n in kept:
+        v = [k for k, x in NAMES.items() if x == n][0]
+        assert np.array_equal(lab == v, prior == v)
+        assert any(m.startswith(n + ":") and "kept the prior" in m for m in seg.messages)
+
+
+def test_asymmetric_patient():
+    """Right nuclei displaced and enlarged relative to the (symmetric) prior: each side on its own."""
+    case = make_case(seed=6, asymmetric=True)
+    ours = _eval(case, segment_nuclei(case["qsm"], case["prior"]))
+    for n in ("STN_R", "SN_R", "RN_R", "STN_L"):
+        assert ours[n][0] > 0.8 and ours[n][1] < 1.0, (n, ours[n])
+
+
+def test_seed_points_rescue_a_prior_far_off():
+    """Prior 11 mm off (beyond the automatic search): seeds from the surgeon place the structures."""
+    case = make_case(seed=7, prior_shift_mm=(0.0, 11.0, 0.0))
+    auto = _eval(case, segment_nuclei(case["qsm"], case["prior"]))
+    centroids = _true_centroids(case)
+    rng = np.random.default_rng(0)
+    seeds = {n: c + rng.uniform(-1.0, 1.0, 3) for n, c in centroids.items()}  # a click near the centre
+    seg = segment_nuclei(case["qsm"], case["prior"], seeds=seeds)
+    seeded = _eval(case, seg)
+    for n in NAMES.values():
+        assert seeded[n][0] > 0.75, (n, seeded[n])
+        assert seeded[n][1] < 1.2, (n, seeded[n])
+        assert seg.source[n] == "refined (seeded)"
+    assert np.mean([seeded[n][1] for n in NAMES.values()]) < np.mean([auto[n][1] for n in NAMES.values()])
+    assert np.mean([seeded[n][0] for n in NAMES.values()]) > np.mean([auto[n][0] for n in NAMES.values()])
+
+
+def test_seeds_and_boxes_without_prior():
+    """Empty prior: seed points (left) and boxes (right) from the surgeon give every structure."""
+    case = make_case(seed=8)
+    empty = Volume(np.zeros(case["prior"].shape3, np.int16), case["prior"].ras_from_ijk)
+    truth = prior_to_structures(case["truth"].data)
+    c = _true_centroids(case)
+    seeds = {}
+    for v, n in NAMES.items():
+        if n.endswith("_L"):
+            seeds[n] = c[n]
+        else:
+            idx = np.argwhere(truth == v)
+            seeds[n] = np.array([case["qsm"].ijk_to_ras(idx.min(axis=0) - 1),
+                                 case["qsm"].ijk_to_ras(idx.max(axis=0) + 1)])
+    ours = _eval(case, segment_nuclei(case["qsm"], empty, seeds=seeds))
+    for n in NAMES.values():
+        assert ours[n][0] > 0.8 and ours[n][1] < 1.2, (n, ours[n])
+    partial = segment_nuclei(case["qsm"], empty, seeds={"STN_L": c["STN_L"], "STN_R": c["STN_R"]})
+    assert partial.source["SN_L"] == "empty" and partial.source["STN_L"].startswith("refined")
+    assert any("SN_L" in m and "left empty" in m for m in partial.messages)
+
+
+def test_vein_next_to_stn_is_not_taken():
+    case = make_case(seed=1)
+    seg = segment_nuclei(case["qsm"], case["prior"])
+    lab = np.asarray(seg.labelmap.data)
+    chi = np.asarray(case["chi_true"].data)
+    assert not ((lab > 0) & (chi > 0.3)).any()
+
+
+def test_progress_and_cancel():
+    case = make_case(seed=1)
+    seen = []
+    segment_nuclei(case["qsm"], case["prior"], progress=Progress(lambda f, m: seen.append(f)))
+    assert seen and seen[-1] == pytest.approx(1.0) and all(b >= a - 1e-9 for a, b in zip(seen, seen[1:]))
+    p = Progress()
+    p.cancel()
+    with pytest.raises(Cancelled):
+        segment_nuclei(case["qsm"], case["prior"], progress=p)

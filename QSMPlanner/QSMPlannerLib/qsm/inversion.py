@@ -151,5 +151,6 @@ def tv_admm(local_field_ppm: np.ndarray, mask: np.ndarray, voxel_mm=(1, 1, 1), b
             progress.update((it + 1) / max_iter, f"TV iteration {it + 1}")
         if change < tol:
             break
+    tv_admm.iterations = it + 1
     out[box] = np.where(mb, chi[sl], 0)
     return out

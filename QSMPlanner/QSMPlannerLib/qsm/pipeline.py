@@ -209,6 +209,7 @@ def reconstruct_qsm(gre, mask: Volume | None = None, bfr: str = "vsharp", invers
         sub = prog.sub(0.6, 0.98)
         chi[box] = inv_mod.tv_admm(local_b, m_local_b, vox, b0_dir, lam=tv_lambda, progress=sub,
                                    magnitude=np.sqrt((mag[box] ** 2).sum(axis=3)))
+        messages.append(f"TV-ADMM: {getattr(inv_mod.tv_admm, 'iterations', '?')} iterations")
     timings["inversion"] = time.perf_counter() - t
 
     if reference == "csf":

@@ -90,13 +90,20 @@ def registerSampleData():
 
 
 def loadDigitalPatient(source=None, small=True, seed=0):
-    """SampleData loader: generate the digital patient (seconds with ``small``) and add it as nodes."""
+    """SampleData loader (called with the sample data source): generate the digital patient (seconds with
+    ``small``) and add it as nodes — GRE echoes, T1, frame CT, AC/PC/MS, true labels (hidden). Returns
+    the nodes (T1 first)."""
     logic = QSMPlannerLogic()
     if not logic.ensureDependencies(ask=True):
         return []
     planner = logic.planner()
     with slicer.util.tryWithErrorDisplay("Could not create the digital patient.", waitCursor=True):
-        return planner.run(planner.digital_patient_task(seed=seed, small=small))
+        nodes = planner.run(planner.digital_patient_task(seed=seed, small=small))
+        slicer.util.setSliceViewerLayers(background=nodes["T1"], fit=True)
+        flat = [nodes["T1"]] + [n for k, v in nodes.items() if k != "T1"
+                                for n in (v if isinstance(v, list) else [v])]
+        return [n for n in flat if n is not None]
+    return []
 
 
 #
@@ -594,47 +601,58 @@ class QSMPlannerTest(ScriptedLoadableModuleTest):
 
     def runTest(self):
         self.setUp()
+        self.test_SampleDataRegistered()
+        self.setUp()
         self.test_WholeFlowOnDigitalPatient()
 
+    def test_SampleDataRegistered(self):
+        """The digital patient is a Slicer sample data source that creates the input nodes."""
+        if SAMPLE_CATEGORY not in getattr(slicer.modules, "sampleDataSources", {}):
+            registerSampleData()
+        sources = [s for s in slicer.modules.sampleDataSources[SAMPLE_CATEGORY] if s.sampleName == SAMPLE_NAME]
+        self.assertEqual(len(sources), 1)
+        self.delayDisplay("Loading the digital patient as sample data")
+        nodes = sources[0].customDownloader(sources[0])
+        self.assertTrue(nodes and nodes[0].GetName() == "T1")
+        self.assertIsNotNone(slicer.mrmlScene.GetFirstNodeByName("GRE_phase_echo1"))
+
     def test_WholeFlowOnDigitalPatient(self):
+        """GRE -> QSM -> registrations -> MNI normalization and nuclei -> ranked entries -> frame -> table,
+        checked against the digital patient's truth; then the scene is saved and read back."""
+        import tempfile
         import numpy as np
         from QSMPlannerLib.scene import mrml
+        from QSMPlannerLib.scene.flow import run_whole_flow
 
-        self.delayDisplay("Generating the digital patient")
         logic = QSMPlannerLogic()
         self.assertTrue(logic.ensureDependencies(ask=False) or not logic.missingRequirements())
         planner = logic.planner()
-        nodes = planner.run(planner.digital_patient_task(seed=0, small=True))
-        patient = planner.patient
-        mag, pha, t1, ct = nodes["gre_magnitude"][0], nodes["gre_phase"][0], nodes["T1"], nodes.get("CT")
-        np.testing.assert_allclose(mrml.ras_from_ijk_of(mag), patient.gre.ras_from_ijk, atol=1e-6)
-
-        self.delayDisplay("QSM")
-        qsm = planner.run(planner.qsm_task(mag, pha, bfr="vsharp", inversion="tv"))
+        self.delayDisplay("Whole flow on the digital patient (a few minutes: MNI normalization)")
+        out = run_whole_flow(planner, seed=0, small=True, atlas="normalize", ct_registration="register-or-known",
+                             log=lambda m: self.delayDisplay(m, 10))
+        patient, nodes, qsm = out["patient"], out["nodes"], out["qsm"]
+        np.testing.assert_allclose(mrml.ras_from_ijk_of(qsm), patient.gre.ras_from_ijk, atol=1e-6)
+        self.assertIs(qsm.GetParentTransformNode(), out["gre_transform"])          # observed
         self.assertEqual(qsm.GetDisplayNode().GetColorNodeID(), "vtkMRMLColorTableNodeGrey")
-
-        self.delayDisplay("Registration")
-        moved = [n for n in planner.gre_nodes_for(mag) if n is not mag] + [qsm]
-        gre_t = planner.run(planner.registration_task(t1, mag, "T1_from_GRE", moved))
-        err = np.abs(mrml.transform_matrix(gre_t)[:3, 3] - patient.transforms["t1_from_gre"][:3, 3]).max()
+        err = np.abs(mrml.transform_matrix(out["gre_transform"])[:3, 3]
+                     - patient.transforms["t1_from_gre"][:3, 3]).max()
         self.assertLess(err, 2.0)
-        if ct is not None:
-            planner.run(planner.registration_task(t1, ct, "T1_from_CT"))
-
-        self.delayDisplay("Segmentation")
-        seg = planner.run(planner.segmentation_task(qsm, t1))
-        self.assertIn("STN_L", mrml.segment_names(seg))
-
-        self.delayDisplay("Trajectory")
-        for side in ("left", "right"):
-            out = planner.plan_trajectory(side, segmentation_node=seg)
-            truth = patient.stn_centroids["STN_L" if side == "left" else "STN_R"]
-            self.assertLess(np.linalg.norm(out["target_ras"] - truth), 4.0)
-
-        if ct is not None:
-            self.delayDisplay("Frame")
-            frame = planner.run(planner.frame_task(ct))
-            self.assertLess(frame.fre_mm, 1.0)
-        table = planner.coordinates_table(ct)
-        self.assertGreaterEqual(table.GetTable().GetNumberOfRows(), 7)
+        self.assertIsNone(nodes["CT"].GetParentTransformNode())                   # hardened
+        self.assertLess(out["frame"].fre_mm, 1.0)
+        self.assertEqual(mrml.segment_names(out["segmentation"]),
+                         ["STN_L", "STN_R", "SN_L", "SN_R", "RN_L", "RN_R"])
+        for s, (target, entry) in planner.trajectories().items():
+            self.assertLess(np.linalg.norm(target - patient.stn_centroids[f"STN_{s}"]), 4.0)
+        rows = mrml.table_to_rows(out["table"])
+        self.assertEqual([r["point"] for r in rows], ["AC", "PC", "MS", "target_L", "entry_L", "target_R", "entry_R"])
+        xyz_from_t1 = patient.transforms["xyz_from_ct"] @ np.linalg.inv(patient.transforms["t1_from_ct"])
+        for r in rows:
+            ras = np.array([r["R"], r["A"], r["S"]])
+            expect = xyz_from_t1[:3, :3] @ ras + xyz_from_t1[:3, 3]
+            self.assertLess(np.abs(np.array([r["X"], r["Y"], r["Z"]]) - expect).max(), 1.5)
+        self.delayDisplay("Saving and reading back the scene")
+        path = planner.save_scene(pathlib.Path(tempfile.mkdtemp()) / "QSMPlannerTest.mrb")
+        fresh = mrml.load_mrb(path)
+        self.assertEqual(mrml.segment_names(mrml.node_by_name(fresh, "Nuclei", "vtkMRMLSegmentationNode")),
+                         mrml.segment_names(out["segmentation"]))
         self.delayDisplay("Test passed")

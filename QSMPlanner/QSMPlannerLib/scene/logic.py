@@ -687,8 +687,25 @@ class PlannerLogic:
         if brain is not None:
             layers["brain"] = brain.with_data(np.asarray(brain.data, np.uint8), name="brain")
         risk = RiskMap.from_masks(**layers, world_from_volume={k: world for k in layers})
+        risk.vessels_volume = layers["vessels"]  # kept for the veins model
         self._risk_cache = (key, risk)
         return risk
+
+    def vessels_model(self, qsm_node, segmentation_node=None, name: str = "Veins"):
+        """The veins the risk map uses, as a surface model (on the QSM grid, under the QSM's transform)."""
+        vessels = self.risk_map(qsm_node, segmentation_node).vessels_volume
+        poly = mrml.mask_surface(vessels, step=1, iterations=10)
+        return mrml.add_model(self.scene, poly, name, color=(0.45, 0.25, 0.85), opacity=0.9,
+                              parent_transform=qsm_node.GetParentTransformNode())
+
+    def brain_model(self, qsm_node, name: str = "Brain"):
+        """The QSM's brain mask as a faint surface model (3-D context), or None without a mask."""
+        mask = self._qsm_brain_mask(qsm_node, mrml.volume_from_node(qsm_node))
+        if mask is None:
+            return None
+        return mrml.add_model(self.scene, mrml.mask_surface(mask, step=2), name, color=(0.85, 0.8, 0.75),
+                              opacity=0.08, slice_intersection=False,
+                              parent_transform=qsm_node.GetParentTransformNode())
 
     def score(self, side: str, qsm_node, segmentation_node=None):
         """``planning.score_trajectory`` of the current ``side`` trajectory (world RAS)."""

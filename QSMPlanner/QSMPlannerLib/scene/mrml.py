@@ -482,6 +482,34 @@ def add_model(scene, polydata, name: str = "Model", *, color=(0.8, 0.8, 0.8), op
     return node
 
 
+def mask_surface(mask: Volume, step: int = 2, iterations: int = 15):
+    """vtkPolyData of a binary mask's surface (RAS mm), decimated by sampling every ``step`` voxels."""
+    data = (np.asarray(mask.data[::step, ::step, ::step]) > 0).astype(np.uint8)
+    img = vtk.vtkImageData()
+    img.SetDimensions(*data.shape)
+    img.GetPointData().SetScalars(numpy_support.numpy_to_vtk(np.ascontiguousarray(data.transpose(2, 1, 0)).ravel(),
+                                                             deep=True))
+    surf = vtk.vtkFlyingEdges3D()
+    surf.SetInputData(img)
+    surf.SetValue(0, 0.5)
+    smooth = vtk.vtkWindowedSincPolyDataFilter()
+    smooth.SetInputConnection(surf.GetOutputPort())
+    smooth.SetNumberOfIterations(iterations)
+    xf = vtk.vtkTransform()
+    m = mask.ras_from_ijk.copy()
+    m[:3, :3] = m[:3, :3] * step
+    xf.SetMatrix(vtk_matrix(m))
+    to_ras = vtk.vtkTransformPolyDataFilter()
+    to_ras.SetTransform(xf)
+    to_ras.SetInputConnection(smooth.GetOutputPort())
+    normals = vtk.vtkPolyDataNormals()
+    normals.SetInputConnection(to_ras.GetOutputPort())
+    normals.Update()
+    out = vtk.vtkPolyData()
+    out.DeepCopy(normals.GetOutput())
+    return out
+
+
 def add_table(scene, rows: list, name: str = "Table", *, columns: list | None = None, replace: bool = True):
     """Table node from a list of dicts (one per row). Numbers become double columns, the rest strings."""
     node = _new_node(scene, "vtkMRMLTableNode", name, replace)

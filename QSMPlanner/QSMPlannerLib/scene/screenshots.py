@@ -4,9 +4,10 @@ managers.
 
     python -m QSMPlannerLib.scene.screenshots OUT_DIR [--seed 0] [--full]
 
-builds the digital patient, runs the stages that exist (QSM, segmentation; the ground truth stands in
-for a missing stage), plans both sides and writes ``screenshot_slice.png`` and ``screenshot_3d.png`` into
-OUT_DIR. Without the phantom package (``--atlas``), an atlas-based χ map stands in: the MNI ICBM152 grey
+builds the digital patient, runs the whole panel flow on it (``flow.run_whole_flow``: QSM from the GRE,
+registrations, nuclei on the QSM, ranked safe entries, frame), and writes ``screenshot_slice.png`` (an
+oblique slice along the left trajectory: QSM, nuclei outlines, trajectories, electrodes) and
+``screenshot_3d.png`` (nuclei surfaces, electrodes, markups) into OUT_DIR. Without the phantom package (``--atlas``), an atlas-based χ map stands in: the MNI ICBM152 grey
 and white matter maps and the CIT168 nuclei with literature-like χ values (a picture, not a patient).
 """
 from __future__ import annotations
@@ -75,32 +76,7 @@ def atlas_chi_volumes(crop_ras=((-75.0, 75.0), (-80.0, 60.0), (-45.0, 75.0))):
 
 def brain_surface(mask: Volume, step: int = 2):
     """vtkPolyData of a brain mask's surface (RAS mm), decimated by sampling every ``step`` voxels."""
-    import vtk
-    from vtkmodules.util import numpy_support
-    data = np.asarray(mask.data[::step, ::step, ::step], np.uint8)
-    img = vtk.vtkImageData()
-    img.SetDimensions(*data.shape)
-    img.GetPointData().SetScalars(numpy_support.numpy_to_vtk(np.ascontiguousarray(data.transpose(2, 1, 0)).ravel(),
-                                                             deep=True))
-    surf = vtk.vtkFlyingEdges3D()
-    surf.SetInputData(img)
-    surf.SetValue(0, 0.5)
-    smooth = vtk.vtkWindowedSincPolyDataFilter()
-    smooth.SetInputConnection(surf.GetOutputPort())
-    smooth.SetNumberOfIterations(15)
-    xf = vtk.vtkTransform()
-    m = mask.ras_from_ijk.copy()
-    m[:3, :3] = m[:3, :3] * step
-    xf.SetMatrix(mrml.vtk_matrix(m))
-    to_ras = vtk.vtkTransformPolyDataFilter()
-    to_ras.SetTransform(xf)
-    to_ras.SetInputConnection(smooth.GetOutputPort())
-    normals = vtk.vtkPolyDataNormals()
-    normals.SetInputConnection(to_ras.GetOutputPort())
-    normals.Update()
-    out = vtk.vtkPolyData()
-    out.DeepCopy(normals.GetOutput())
-    return out
+    return mrml.mask_surface(mask, step)
 
 
 def plan_atlas_picture(log=print):
@@ -123,8 +99,10 @@ def plan_atlas_picture(log=print):
 
 
 def write_screenshots(logic: PlannerLogic, qsm_node, out_dir, side: str = "L", size=(640, 560),
-                      max_kb: int = 290) -> tuple[Path, Path]:
-    """Write screenshot_slice.png and screenshot_3d.png for the plan on ``side`` ("L"/"R")."""
+                      max_kb: int = 290, with_context: bool = True, view_direction=(-0.3, 1.0, 0.3),
+                      distance_mm: float = 250.0) -> tuple[Path, Path]:
+    """Write screenshot_slice.png and screenshot_3d.png for the plan on ``side`` ("L"/"R"); with
+    ``with_context`` the veins (``logic.vessels_model``) and the brain surface are added as models."""
     out_dir = Path(out_dir)
     target, entry = logic.trajectories()[side]
     d = (entry - target) / np.linalg.norm(entry - target)
@@ -135,59 +113,34 @@ def write_screenshots(logic: PlannerLogic, qsm_node, out_dir, side: str = "L", s
     centre = target + 22.0 * d
     if len(logic.trajectories()) > 1:
         centre[0] = np.mean([t[0] for t, _ in logic.trajectories().values()])  # both sides in view
+    seg = logic.node(NUCLEI_NAME, "vtkMRMLSegmentationNode")
+    extras = []
+    if with_context:  # the veins the entry search avoided, and the brain surface (3-D context)
+        try:
+            extras.append(logic.vessels_model(qsm_node, seg))
+            extras.append(logic.brain_model(qsm_node))
+        except Exception:  # noqa: BLE001 — pictures without them are still pictures
+            pass
     slice_rgb = render.render_slice(logic.scene, qsm_node, normal=normal, transverse=transverse,
                                     center_ras=centre, fov_mm=120.0, size=size)
     slice_path = render.save_png(slice_rgb, out_dir / "screenshot_slice.png", max_kb=max_kb)
-    seg = logic.node(NUCLEI_NAME, "vtkMRMLSegmentationNode")
     if seg is not None:
         seg.GetDisplayNode().SetOpacity3D(0.9)
     mid = np.mean([t for t, _ in logic.trajectories().values()], axis=0)
-    three = render.render_3d(logic.scene, size=size, view_direction=(-1.0, 0.6, 0.35), distance_mm=230.0,
-                             focus_ras=mid + np.array([0.0, 5.0, 22.0]))
+    three = render.render_3d(logic.scene, size=size, view_direction=view_direction, distance_mm=distance_mm,
+                             focus_ras=mid + np.array([0.0, 10.0, 32.0]))
     three_path = render.save_png(three, out_dir / "screenshot_3d.png", max_kb=max_kb)
     return slice_path, three_path
 
 
-def plan_digital_patient(seed: int = 0, small: bool = True, log=print):
-    """The digital patient through the stages that exist, as a scene. Returns (logic, qsm node, notes)."""
-    from ..phantom import make_patient
-    notes = []
-    logic = PlannerLogic(mrml.new_scene())
-    patient = make_patient(seed=seed, small=small)
-    logic.patient = patient
-    nodes = logic.load_patient_nodes(patient, show_truth=True, known_transforms=True)
-    t_gre = nodes["T1_from_GRE"]
-    try:
-        qsm = logic.run(logic.qsm_task(nodes["gre_magnitude"][0], nodes["gre_phase"][0]))
-        notes.append("QSM reconstructed from the GRE")
-    except ImportError:
-        qsm = mrml.add_volume(logic.scene, patient.truth["chi_ppm"], "QSM", kind="qsm", parent_transform=t_gre)
-        notes.append("QSM stage missing: true χ shown")
-    try:
-        prior = mrml.add_volume(logic.scene, patient.truth["labels_gre"], "Prior labels", kind="labelmap",
-                                parent_transform=t_gre)
-        logic.run(logic.segmentation_task(qsm, prior_node=prior))
-        notes.append("nuclei segmented on the QSM (atlas prior)")
-    except ImportError:
-        lab = patient.truth["labels_gre"]
-        out = np.zeros(lab.shape3, np.int16)
-        for value, (l, r) in enumerate(((16, 116), (7, 107), (8, 108))):
-            out[np.isin(lab.data, [l] + ([9] if l == 7 else []))] = 2 * value + 1
-            out[np.isin(lab.data, [r] + ([109] if r == 107 else []))] = 2 * value + 2
-        names = {1: "STN_L", 2: "STN_R", 3: "SN_L", 4: "SN_R", 5: "RN_L", 6: "RN_R"}
-        mrml.add_segmentation(logic.scene, lab.with_data(out), names, NUCLEI_NAME, parent_transform=t_gre)
-        notes.append("segmentation stage missing: true nuclei shown")
-    seg = logic.node(NUCLEI_NAME, "vtkMRMLSegmentationNode")
-    for side in ("left", "right"):
-        plan = logic.plan_trajectory(side, segmentation_node=seg)
-        ranked = mrml.table_to_rows(logic.rank_entries(side, qsm, seg, target_ras=plan["target_ras"]))
-        if ranked:
-            best = np.array([ranked[0]["R"], ranked[0]["A"], ranked[0]["S"]])
-            logic.plan_trajectory(side, target_ras=plan["target_ras"], entry_ras=best)
-    logic.coordinates_table(nodes.get("CT"))
-    for n in notes:
-        log(n)
-    return logic, qsm, notes
+def plan_digital_patient(seed: int = 0, small: bool = True, log=print, atlas: str = "affine",
+                         ct_registration: str = "register-or-known"):
+    """The digital patient through the whole panel flow (``flow.run_whole_flow``: QSM from the GRE,
+    registrations, nuclei on the QSM, ranked entries, frame). Returns (logic, qsm node, notes)."""
+    from .flow import run_whole_flow
+    out = run_whole_flow(seed=seed, small=small, atlas=atlas, ct_registration=ct_registration, log=log)
+    logic = out["logic"]
+    return logic, out["qsm"], list(logic.messages)
 
 
 def main(argv=None) -> int:
@@ -198,11 +151,14 @@ def main(argv=None) -> int:
     p.add_argument("--full", action="store_true", help="full-size digital patient (slow)")
     p.add_argument("--atlas", action="store_true", help="atlas-based χ picture instead of the digital patient")
     p.add_argument("--mrb", help="also save the scene as this .mrb")
+    p.add_argument("--normalize", action="store_true",
+                   help="atlas prior by normalize_to_mni on the T1 (minutes) instead of the known MNI->T1 affine")
     args = p.parse_args(argv)
     if args.atlas:
         logic, qsm, _ = plan_atlas_picture()
     else:
-        logic, qsm, _ = plan_digital_patient(args.seed, small=not args.full)
+        logic, qsm, _ = plan_digital_patient(args.seed, small=not args.full,
+                                             atlas="normalize" if args.normalize else "affine")
     paths = write_screenshots(logic, qsm, args.out_dir)
     if args.mrb:
         paths += (logic.save_scene(args.mrb),)

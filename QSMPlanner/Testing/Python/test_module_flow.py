@@ -185,3 +185,17 @@ def test_offscreen_pictures_of_the_plan(flow, tmp_path):
         stats = render.picture_stats(rgb)
         assert rgb.shape == (350, 400, 3)
         assert stats["std"] > 8.0 and stats["coloured_fraction"] > 0.003, (path.name, stats)
+    # the veins the entry search avoided are drawn (under the QSM's transform), away from the chosen paths
+    veins = logic.node("Veins", "vtkMRMLModelNode")
+    assert veins.GetParentTransformNode() is flow["gre_transform"]
+    pts = np.asarray([veins.GetPolyData().GetPoint(i) for i in range(0, veins.GetPolyData().GetNumberOfPoints(), 7)])
+    assert len(pts) > 20
+    world = _apply(mrml.transform_matrix(flow["gre_transform"]), pts)
+    for side, s in (("left", "L"), ("right", "R")):
+        best = [r for r in mrml.table_to_rows(flow["suggestions"][side]) if r["rank"] == 1][0]
+        target, entry = logic.trajectories()[s]
+        u = (entry - target) / np.linalg.norm(entry - target)
+        rel = world - target
+        along = np.clip(rel @ u, 0.0, np.linalg.norm(entry - target))
+        d = np.linalg.norm(rel - along[:, None] * u, axis=1).min()
+        assert d > best["min_vessel_distance_mm"] - 1.5                  # surface ~ voxel-accurate

@@ -188,10 +188,11 @@ def run_patient(gre, t1: Volume, ct: Volume | None = None, landmarks: dict | Non
     t1_head = head_mask(t1, opening=1)
     reg_qc = {"given": True}
     if t1_from_gre is None:
+        mag_head = head_mask(mag)
         reg = _rigid_with_retries(t1, mag, [dict(moving_mask=qsm_res.mask, fixed_mask=_t1_brain(t1)),
+                                            dict(moving_mask=mag_head, fixed_mask=t1_head, reverse=True),
                                             dict(moving_mask=qsm_res.mask),
-                                            dict(moving_mask=head_mask(mag), fixed_mask=t1_head),
-                                            dict(moving_mask=head_mask(mag), fixed_mask=t1_head, reverse=True)],
+                                            dict(moving_mask=mag_head, fixed_mask=t1_head)],
                                   sub["register"].sub(0, 0.6), "GRE magnitude -> T1", messages)
         t1_from_gre, reg_qc = reg.fixed_from_moving, reg.qc
     t1_from_gre = np.asarray(t1_from_gre, float)

@@ -431,6 +431,7 @@ class QSMPlannerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         planner = self.logic.planner()
         # Quick enough on the main thread for one side (vein mask and distance map once, then ~800 rays).
         with slicer.util.tryWithErrorDisplay("Could not rank entries.", waitCursor=True):
+            planner.anatomy_node = p.t1Volume  # ventricles and sulci from the planning T1
             table = planner.rank_entries(p.side, p.qsmVolume, p.segmentation, margin_mm=p.marginMm)
             p.suggestionsTable = table
             self.ui.suggestionsTableView.setMRMLTableNode(table)

@@ -194,6 +194,7 @@ class PlannerLogic:
         self.frame_result = None          # last FrameRegistration
         self.normalization = None         # last AtlasNormalization (of the T1 node in _normalized_t1)
         self._normalized_t1 = None
+        self.anatomy_node = None          # the planning T1 (ventricles and sulci for the risk map)
         self.qsm_result = None            # last QSMResult (its brain mask guides registration and risk)
         self.electrode = "medtronic_3389"  # planning.ELECTRODES key of the lead drawn on trajectories
         self.margin_mm = 3.0              # safety margin (mm) from instrument surfaces to vessels
@@ -317,6 +318,7 @@ class PlannerLogic:
             nodes[T1_FROM_GRE], nodes[T1_FROM_CT] = t_gre, t_ct
         nodes.update({f"gre_{k}": v for k, v in self.add_gre_nodes(patient.gre, parent_transform=t_gre).items()})
         nodes[T1_NAME] = mrml.add_volume(self.scene, patient.t1, T1_NAME)
+        self.anatomy_node = nodes[T1_NAME]
         if patient.ct is not None:
             nodes[CT_NAME] = mrml.add_volume(self.scene, patient.ct, CT_NAME, window=(-100.0, 1500.0),
                                              parent_transform=t_ct)
@@ -669,27 +671,51 @@ class PlannerLogic:
                 return vol.with_data(np.asarray(vol.data) > 0)
         return None
 
-    def risk_map(self, qsm_node, segmentation_node=None):
-        """``planning.RiskMap`` (world = T1 RAS) with the veins of ``qsm_node`` and its brain mask (entry at
-        the brain surface), cached until the QSM, the segmentation or the QSM's transform changes."""
+    def risk_map(self, qsm_node, segmentation_node=None, t1_node=None):
+        """``planning.RiskMap`` (world = T1 RAS) with the veins of ``qsm_node`` (segmented nuclei excluded),
+        its brain mask (entries at the brain surface) and, from the T1 (``t1_node``, default
+        ``self.anatomy_node``), ventricles and sulci (``planning.csf_structures``). Cached until the QSM,
+        the segmentation, the T1 or their transforms change."""
         from ..planning import RiskMap
         if qsm_node is None:
             raise InputError("select the QSM volume", "Trajectory")
+        t1_node = t1_node if t1_node is not None else self.anatomy_node
         world = mrml.world_from_node_matrix(qsm_node)
         key = (qsm_node.GetID(), qsm_node.GetMTime(), None if segmentation_node is None else
-               (segmentation_node.GetID(), segmentation_node.GetMTime()), world.round(6).tobytes())
+               (segmentation_node.GetID(), segmentation_node.GetMTime()), world.round(6).tobytes(),
+               self._t1_key(t1_node))
         if self._risk_cache[0] == key:
             return self._risk_cache[1]
         qsm = mrml.volume_from_node(qsm_node)
         brain = self._qsm_brain_mask(qsm_node, qsm)
         vessels = self.vessel_mask(qsm, segmentation_node, brain)
         layers = {"vessels": qsm.with_data(vessels.astype(np.uint8), name="vessels")}
+        worlds = {"vessels": world}
         if brain is not None:
             layers["brain"] = brain.with_data(np.asarray(brain.data, np.uint8), name="brain")
-        risk = RiskMap.from_masks(**layers, world_from_volume={k: world for k in layers})
+            worlds["brain"] = world
+            if t1_node is not None:
+                try:
+                    layers.update(self._csf_layers(t1_node, brain, world))
+                    worlds["ventricles"] = worlds["sulci"] = mrml.world_from_node_matrix(t1_node)
+                except Exception as exc:  # noqa: BLE001 — CSF is an aid; the plan says when it is missing
+                    self._log(f"ventricles/sulci not mapped ({type(exc).__name__}: {exc})")
+        risk = RiskMap.from_masks(**layers, world_from_volume=worlds)
         risk.vessels_volume = layers["vessels"]  # kept for the veins model
         self._risk_cache = (key, risk)
         return risk
+
+    @staticmethod
+    def _csf_layers(t1_node, brain: Volume, world_from_qsm) -> dict:
+        """{"ventricles", "sulci"} masks on the T1 grid, from the T1 inside the QSM brain mask."""
+        from ..planning import csf_structures
+        from ..registration import resample
+        t1 = mrml.volume_from_node(t1_node)
+        t1_from_qsm = np.linalg.inv(mrml.world_from_node_matrix(t1_node)) @ world_from_qsm
+        inside = resample(brain.with_data(np.asarray(brain.data, np.float32)), t1, t1_from_qsm,
+                          interpolation="linear")
+        ventricles, sulci = csf_structures(t1, inside.with_data((np.asarray(inside.data) > 0.5).astype(np.uint8)))
+        return {"ventricles": ventricles, "sulci": sulci}
 
     def vessels_model(self, qsm_node, segmentation_node=None, name: str = "Veins"):
         """The veins the risk map uses, as a surface model (on the QSM grid, under the QSM's transform)."""

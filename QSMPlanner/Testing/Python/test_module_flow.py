@@ -93,6 +93,8 @@ def test_nuclei_segmented_as_named_segments_on_the_qsm_grid(flow):
 
 def test_targets_in_the_stn_and_entries_from_the_ranked_search(flow):
     p, logic = flow["patient"], flow["logic"]
+    risk = logic.risk_map(flow["qsm"], flow["segmentation"])
+    assert {"vessels", "brain", "ventricles", "sulci"} <= set(risk.layers)
     traj = logic.trajectories()
     assert set(traj) == {"L", "R"}
     for side, s in (("left", "L"), ("right", "R")):
@@ -111,6 +113,8 @@ def test_targets_in_the_stn_and_entries_from_the_ranked_search(flow):
         # the profile's minimum is the ranked clearance of the chosen path
         clearance = np.array([r["vessel_clearance_mm"] for r in prof])
         assert np.nanmin(clearance[np.isfinite(clearance)]) == pytest.approx(best["vessel_clearance_mm"], abs=0.6)
+        search = logic.searches[s]                                # ventricles from the T1 are in the risk map
+        assert not search.best.crosses_ventricle and np.isfinite(search.best.ventricle_clearance_mm)
         plan = flow["plans"][side]
         assert plan["electrode"].GetPolyData().GetNumberOfPoints() > 0
         assert plan["placement"].n_in_stn >= 1                   # a contact in the segmented STN

@@ -23,10 +23,11 @@ def test_atlas_warp_recovers_stn(tmp_path):
         a, b = truth.data == value, warped.data == value
         assert b.sum() > 0
         err = np.linalg.norm(grid.ijk_to_ras(np.argwhere(a).mean(0)) - grid.ijk_to_ras(np.argwhere(b).mean(0)))
-        assert err < 2.5, err  # target 1.0 mm not yet reached (see report)
+        dice = 2 * (a & b).sum() / (a.sum() + b.sum())
+        assert err <= 1.0 and dice >= 0.7, (value, err, dice)  # issue targets
     p = np.array([10.0, -15.0, -8.0])
     np.testing.assert_allclose(norm.t1_to_mni(norm.mni_to_t1(p)), p, atol=0.05)
     expected = patient_from_mni[:3, :3] @ p + patient_from_mni[:3, 3]
-    assert np.linalg.norm(norm.mni_to_t1(p) - expected) < 3.0
+    assert np.linalg.norm(norm.mni_to_t1(p) - expected) < 1.0
     norm.write(tmp_path / "atlas.h5")
     assert (tmp_path / "atlas.h5").stat().st_size > 1000

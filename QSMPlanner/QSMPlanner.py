@@ -135,6 +135,8 @@ class QSMPlannerParameterNode:
     # Trajectory
     side: Annotated[str, Choice(["left", "right"])] = "left"
     marginMm: Annotated[float, WithinRange(0.0, 10.0)] = 2.0
+    electrode: Annotated[str, Choice(["medtronic_3389", "medtronic_3387", "bsci_vercise_directional"])] = \
+        "medtronic_3389"
     targets: vtkMRMLMarkupsFiducialNode
     entries: vtkMRMLMarkupsFiducialNode
     trajectory: vtkMRMLMarkupsLineNode
@@ -422,7 +424,7 @@ class QSMPlannerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def onSuggestTarget(self) -> None:
         p = self._parameterNode
         with slicer.util.tryWithErrorDisplay("Could not suggest a target.", waitCursor=True):
-            nodes = self.logic.planner().plan_trajectory(p.side, segmentation_node=p.segmentation,
+            nodes = self._plannerForTrajectory().plan_trajectory(p.side, segmentation_node=p.segmentation,
                                                          qsm_node=p.qsmVolume)
             self._showTrajectory(nodes)
 
@@ -450,7 +452,7 @@ class QSMPlannerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         entry = [rows[row]["R"], rows[row]["A"], rows[row]["S"]]
         target = self.logic.planner().trajectories().get({"left": "L", "right": "R"}[p.side], (None,))[0]
         with slicer.util.tryWithErrorDisplay("Could not update the trajectory.", waitCursor=True):
-            self._showTrajectory(self.logic.planner().plan_trajectory(p.side, target_ras=target,
+            self._showTrajectory(self._plannerForTrajectory().plan_trajectory(p.side, target_ras=target,
                                                                       entry_ras=entry,
                                                                       segmentation_node=p.segmentation))
 
@@ -463,8 +465,16 @@ class QSMPlannerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             slicer.util.errorDisplay("Place or suggest a target first.")
             return
         with slicer.util.tryWithErrorDisplay("Could not update the trajectory.", waitCursor=True):
-            self._showTrajectory(self.logic.planner().plan_trajectory(p.side, target_ras=traj[0],
+            self._showTrajectory(self._plannerForTrajectory().plan_trajectory(p.side, target_ras=traj[0],
                                                                       entry_ras=traj[1]))
+
+    def _plannerForTrajectory(self):
+        """The planner with the panel's electrode model and planning T1 (ventricles/sulci) applied."""
+        planner = self.logic.planner()
+        planner.electrode = self._parameterNode.electrode
+        if self._parameterNode.t1Volume is not None:
+            planner.anatomy_node = self._parameterNode.t1Volume
+        return planner
 
     def _showTrajectory(self, nodes) -> None:
         p = self._parameterNode

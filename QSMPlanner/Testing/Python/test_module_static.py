@@ -126,7 +126,11 @@ def test_widget_calls_only_existing_planner_methods(module_ast):
     """Every planner.<method>(...) the module calls exists on PlannerLogic (catches API drift)."""
     logic = ast.parse(LOGIC_PY.read_text(encoding="utf-8"))
     cls = next(n for n in logic.body if isinstance(n, ast.ClassDef) and n.name == "PlannerLogic")
-    methods = {f.name for f in cls.body if isinstance(f, ast.FunctionDef)} | {"scene", "messages", "patient"}
+    methods = {f.name for f in cls.body if isinstance(f, ast.FunctionDef)} | {"patient"}
+    init = next(f for f in cls.body if isinstance(f, ast.FunctionDef) and f.name == "__init__")
+    methods |= {t.attr for n in ast.walk(init) if isinstance(n, (ast.Assign, ast.AnnAssign))
+                for t in (n.targets if isinstance(n, ast.Assign) else [n.target])
+                if isinstance(t, ast.Attribute) and isinstance(t.value, ast.Name) and t.value.id == "self"}
     called = set()
     for n in ast.walk(module_ast):
         if isinstance(n, ast.Attribute):

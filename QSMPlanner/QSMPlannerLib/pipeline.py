@@ -148,7 +148,7 @@ def run_patient(gre, t1: Volume, ct: Volume | None = None, landmarks: dict | Non
                 progress=None, *, mounting: str = "lateral-right", electrode: str = "medtronic_3389",
                 margin_mm: float = 3.0, qsm_options: dict | None = None, write_scene: bool = True,
                 render_3d: bool = True, t1_from_gre=None, t1_from_ct=None, prior_labels: Volume | None = None,
-                xyz_from_ct=None) -> dict:
+                xyz_from_ct=None, targets: dict | None = None, entries: dict | None = None) -> dict:
     """Run the whole flow and write the outputs into ``out_dir``. Returns a dict with the plan, the paths
     written and the intermediate results (``qsm``, ``t1_from_gre``, ``t1_from_ct``, ``segmentation``,
     ``vessels``, ``risk``, ``sides``, ``frame``, ``timings_s``, ``peak_memory_mb``).
@@ -156,7 +156,9 @@ def run_patient(gre, t1: Volume, ct: Volume | None = None, landmarks: dict | Non
     ``gre``: MultiEchoGRE; ``t1``: planning T1 Volume (the world); ``ct``: frame CT (optional; without it
     no Leksell coordinates); ``landmarks``: {"AC","PC","MS"} in T1 RAS mm (optional; else estimated from
     the atlas and flagged). Known results may be passed to skip a stage: ``t1_from_gre``/``t1_from_ct``
-    (RAS 4x4), ``prior_labels`` (CIT168 labels on the GRE grid), ``xyz_from_ct`` (CT RAS -> Leksell XYZ)."""
+    (RAS 4x4), ``prior_labels`` (CIT168 labels on the GRE grid), ``xyz_from_ct`` (CT RAS -> Leksell XYZ).
+    The surgeon's overrides: ``targets`` / ``entries`` {"left"|"right": T1 RAS mm} replace the suggested
+    target / the searched entry (that trajectory is then scored and reported)."""
     if out_dir is None:
         raise InputError("run_patient needs an output folder (out_dir)")
     out_dir = Path(out_dir)
@@ -274,7 +276,7 @@ def run_patient(gre, t1: Volume, ct: Volume | None = None, landmarks: dict | Non
     t0 = time.perf_counter()
     sides = plan_both_sides(seg, risk, world_from_segmentation=t1_from_gre, landmarks=landmarks,
                             xyz_from_world=xyz_from_t1, mounting=mounting, margin_mm=margin_mm,
-                            electrode=electrode, progress=sub["plan"])
+                            electrode=electrode, targets=targets, entries=entries, progress=sub["plan"])
     tick("planning", t0)
 
     # 8. outputs

@@ -28,6 +28,12 @@ def register(sub):
                    help="lead model (default medtronic_3389)")
     p.add_argument("--margin", type=float, default=3.0, metavar="MM",
                    help="safety margin from vessels to the lead/MER surface (default 3 mm)")
+    from .common import vec3
+    for side in ("left", "right"):
+        p.add_argument(f"--target-{side}", type=vec3, metavar="R,A,S",
+                       help=f"{side} target in T1 RAS mm (overrides the suggestion)")
+        p.add_argument(f"--entry-{side}", type=vec3, metavar="R,A,S",
+                       help=f"{side} entry in T1 RAS mm (overrides the entry search; the path is scored)")
     p.add_argument("--no-scene", action="store_true", help="skip scene.mrb (and the 3-D rendering)")
     p.add_argument("--out", required=True, metavar="DIR", help="output folder")
     p.set_defaults(func=run)
@@ -77,7 +83,10 @@ def run(args) -> int:
     from .common import progress_bar
     gre, t1, ct, landmarks = inputs_from_args(args)
     t0 = time.perf_counter()
+    targets = {s: getattr(args, f"target_{s}") for s in ("left", "right") if getattr(args, f"target_{s}") is not None}
+    entries = {s: getattr(args, f"entry_{s}") for s in ("left", "right") if getattr(args, f"entry_{s}") is not None}
     result = run_patient(gre, t1, ct, landmarks, args.out, progress=progress_bar("run"), mounting=args.mounting,
-                         electrode=args.electrode, margin_mm=args.margin, write_scene=not args.no_scene)
+                         electrode=args.electrode, margin_mm=args.margin, write_scene=not args.no_scene,
+                         targets=targets or None, entries=entries or None)
     print_summary(result, time.perf_counter() - t0)
     return 0

@@ -70,3 +70,17 @@ def test_report_without_images(tmp_path):
     out = write_report(tmp_path / "r.html", plan)
     text = out.read_text()
     assert "-12.00" in text and "data:image/png" not in text
+
+
+def test_surgeon_overrides_are_scored(planned):
+    from QSMPlannerLib.planning.trajectory import direction_from_angles
+    head, vm, sides, lm, xyz_from_ras = planned
+    rm = RiskMap.from_masks(vessels=vm, brain=head["brain"])
+    target = np.array([13.0, -3.0, -5.0])
+    entry = target + 70 * direction_from_angles(60.0, 20.0, "right")   # through the planted vein
+    out = plan_both_sides(head["labels"], rm, landmarks=lm, targets={"right": target}, entries={"right": entry})
+    r = out["right"]
+    np.testing.assert_allclose(r.target_ras, target)
+    np.testing.assert_allclose(r.chosen.entry_ras, entry)
+    assert r.chosen.label == "surgeon's entry" and not r.plan["safety"]["safe"]
+    assert out["left"].plan["safety"]["safe"]        # the other side keeps its suggestion

@@ -901,6 +901,10 @@ class PlannerLogic:
                 if label in ring_arcs:
                     ring, arc = _ring_arc_values(ring_arcs[label])
                     row.update({"ring_deg": ring, "arc_deg": arc, "mounting": mounting})
+                    frame = self.frame_result
+                    if frame is not None and hasattr(frame, "predicted_tre_mm") and ct_node is not None \
+                            and ct_node.GetAttribute("QSMPlanner.FRE_mm"):
+                        row["predicted_TRE_mm"] = float(frame.predicted_tre_mm(target_xyz=x))
             rows.append(row)
         node = mrml.add_table(self.scene, rows, name)
         node.SetAttribute("QSMPlanner.CoordinateSystems",

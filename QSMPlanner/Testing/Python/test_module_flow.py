@@ -141,6 +141,7 @@ def test_coordinate_table_names_its_systems_and_matches_the_frame(flow):
         ra = ring_arc([t["X"], t["Y"], t["Z"]], [e["X"], e["Y"], e["Z"]], "lateral-right")
         assert t["ring_deg"] == pytest.approx(ra.ring_deg) and t["arc_deg"] == pytest.approx(ra.arc_deg)
         assert t["mounting"] == "lateral-right"
+        assert 0.0 < t["predicted_TRE_mm"] < 1.0                 # the localizer fit's error at the target
         assert 100.0 - 30 < t["X"] < 100.0 + 30 and 80 < t["Z"] < 130         # STN near the frame centre
     assert "Leksell" in table.GetAttribute("QSMPlanner.CoordinateSystems")
 

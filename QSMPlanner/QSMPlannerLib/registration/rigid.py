@@ -35,10 +35,10 @@ CONFIG = {
     "relaxation": 0.8,
     "search_mm": 8.0,
     "search_angles_deg": (-40.0, -20.0, 0.0, 20.0, 40.0),
-    "search_keep": 4,            # candidates optimised at the search level
+    "search_keep": 3,            # candidates optimised at the search level
     "mid_keep": 2,               # candidates optimised again at 4 mm
     "levels_mm": (8.0, 4.0, 2.0),
-    "level_iters": (100, 150, 150),
+    "level_iters": (60, 100, 100),
     "level_step_mm": (4.0, 2.0, 1.0),
     "level_min_step_mm": (0.1, 0.05, 0.02),
     "level_samples": (None, 20000, 40000),   # None = every voxel
@@ -98,6 +98,20 @@ def _euler_ras(tx) -> np.ndarray:
     return np.linalg.inv(LPS_FROM_RAS @ m @ LPS_FROM_RAS)
 
 
+def _fov_in_fixed(moving, fixed, tx, inset_mm):
+    """uint8 image on the fixed grid: 1 where ``tx`` maps into the moving image's box, inset by
+    ``inset_mm`` on every side (a smaller box of ones resampled by nearest neighbour, no erosion)."""
+    import SimpleITK as sitk
+    sp = np.array(moving.GetSpacing())
+    cut = np.array([int(np.ceil(inset_mm / s)) for s in sp])
+    size = np.maximum(np.array(moving.GetSize()) - 2 * cut, 1)
+    ones = sitk.Image([int(v) for v in size], sitk.sitkUInt8) + 1
+    ones.SetSpacing(moving.GetSpacing())
+    ones.SetDirection(moving.GetDirection())
+    ones.SetOrigin(moving.TransformIndexToPhysicalPoint([int(c) for c in cut]))
+    return sitk.Resample(ones, fixed, tx, sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
+
+
 class _Level:
     """One pyramid level: fixed/moving (and masks) smoothed and resampled to ``mm`` isotropic."""
 
@@ -116,12 +130,8 @@ class _Level:
         g = sitk.GetArrayFromImage(sitk.GradientMagnitude(self.f))
         inside = sitk.GetArrayFromImage(self.fm) > 0 if self.fm is not None else np.ones(g.shape, bool)
         if tx is not None:
-            ones = sitk.Image(self.m.GetSize(), sitk.sitkUInt8) + 1
-            ones.CopyInformation(self.m)
-            fov = sitk.Resample(ones, self.f, tx, sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
             # keep samples >= ~4 mm inside the moving field of view (no overlap-change effects)
-            radius = [max(1, int(round(4.0 / sp))) for sp in self.f.GetSpacing()]
-            fov = sitk.GetArrayViewFromImage(sitk.BinaryErode(fov, radius)) > 0
+            fov = sitk.GetArrayViewFromImage(_fov_in_fixed(self.m, self.f, tx, 4.0)) > 0
             if fov[inside].sum() > 1000:
                 inside &= fov
         thr = np.percentile(g[inside], percentile)
@@ -134,11 +144,7 @@ class _Level:
     def with_fov_mask(self, tx, erode_mm=4.0):
         """Restrict fixed samples to the moving field of view mapped by ``tx`` (eroded)."""
         import SimpleITK as sitk
-        ones = sitk.Image(self.m.GetSize(), sitk.sitkUInt8) + 1
-        ones.CopyInformation(self.m)
-        fov = sitk.Resample(ones, self.f, tx, sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
-        radius = [max(1, int(round(erode_mm / sp))) for sp in self.f.GetSpacing()]
-        fov = sitk.BinaryErode(fov, radius)
+        fov = _fov_in_fixed(self.m, self.f, tx, erode_mm)
         if self.fm is not None:
             fov = sitk.And(fov, self.fm)
         if sitk.GetArrayViewFromImage(fov).sum() > 1000:

@@ -41,16 +41,16 @@ def synthetic_head(shape=(192, 224, 160), voxel_mm: float = 1.0, seed: int = 0,
             rho = np.sqrt((((ras - centre) / np.array(radii, np.float32)) ** 2).sum(-1))
             labels[(rho <= 1) & (labels == 0)] = value
             chi += chi_v * np.clip((1.25 - rho) / 0.5, 0, 1)  # partial-volume edge
-        r_gp = np.linalg.norm(ras - (c + [8 * s, 5, 5]), axis=-1)
+        r_gp = np.linalg.norm(ras - (c + [10 * s, 8, 7]), axis=-1)
         chi += 0.2 * np.clip((6.0 - r_gp) / 2.0, 0, 1)
         if veins_on_standard:
             u = direction_from_angles(60.0, 20.0, side)
             p = c + 40.0 * u
             w = np.cross(u, [1.0, 0, 0])
             w /= np.linalg.norm(w)
-            veins |= _segment_distance(ras, p - 25 * w, p + 25 * w) <= 1.2
+            veins |= _segment_distance(ras, p - 15 * w, p + 15 * w) <= 1.2
     # cortical veins on the convexity (run antero-posteriorly, 3 mm under the surface)
-    for x in (-45.0, -25.0, 25.0, 45.0):
+    for x in (-50.0, 50.0):
         z = 5 + 62 * np.sqrt(max(1 - (x / 66) ** 2, 0)) - 6
         a, b = np.array([x, -50.0, z - 10]), np.array([x, 30.0, z - 6])
         veins |= (_segment_distance(ras, a, b) <= 1.0) & brain

@@ -114,7 +114,7 @@ def vessel_mask(qsm, brain_mask=None, sigmas_mm=(0.7, 1.0, 1.5), chi_min_ppm: fl
                 vesselness_min: float = 0.1, min_voxels: int = 6, exclude=None,
                 hysteresis: float = 1.0, blob_radius_mm: float = 0.0, r2star=None,
                 r2star_contrast_hz: float = 8.0, r2star_vesselness_min: float = 0.3,
-                r2star_chi_min_ppm: float = 0.03) -> Volume:
+                r2star_chi_min_ppm: float = 0.03, exclude_margin_mm: float = 1.5) -> Volume:
     """Vein mask (uint8 Volume on the QSM grid, RAS geometry of ``qsm``).
 
     A voxel is a vein where χ ≥ ``chi_min_ppm`` (veins ≈ 0.3–0.6 ppm, but reconstructed thin veins come out
@@ -123,7 +123,8 @@ def vessel_mask(qsm, brain_mask=None, sigmas_mm=(0.7, 1.0, 1.5), chi_min_ppm: fl
     structures, not the rims of large paramagnetic nuclei such as GP/SN) and its
     multiscale Frangi bright-tube vesselness ≥ ``vesselness_min``; components smaller than ``min_voxels``
     are dropped. ``brain_mask`` (Volume/array, same grid) limits the search; ``exclude`` (Volume/array)
-    removes voxels (e.g. the segmented nuclei). ``qsm``: a χ Volume (ppm) or a QSMResult.
+    removes voxels (e.g. the segmented nuclei), grown by ``exclude_margin_mm`` (their partial-volume rim).
+    ``qsm``: a χ Volume (ppm) or a QSMResult.
     ``hysteresis`` < 1 grows each detected vein into connected voxels passing the three thresholds scaled
     by that factor (reconstructed veins are thinner and fainter than they are: partial volume, TV).
     Voxels in or next to thick paramagnetic blobs (deep nuclei: survive an opening with a ball of
@@ -140,6 +141,13 @@ def vessel_mask(qsm, brain_mask=None, sigmas_mm=(0.7, 1.0, 1.5), chi_min_ppm: fl
     if brain.shape != chi.shape:
         raise InputError("vessel_mask: the brain mask is not on the QSM grid")
     out = np.zeros(chi.shape, np.uint8)
+    if exclude is not None:
+        exclude = np.asarray(getattr(exclude, "data", exclude)).astype(bool)
+        if exclude_margin_mm > 0 and exclude.any():
+            box = _bbox(exclude, int(np.ceil(exclude_margin_mm / vol.voxel_mm.min())) + 1)
+            grown = np.zeros_like(exclude)
+            grown[box] = ndimage.binary_dilation(exclude[box], structure=_ball(exclude_margin_mm, vol.voxel_mm))
+            exclude = grown
     h = min(float(hysteresis), 1.0)
     seeds = brain & (chi >= h * chi_min_ppm)
     contrast = None

@@ -7,7 +7,11 @@ Pinned, validated configuration (``CONFIG``; fixed seeds, deterministic):
 3. multi-start: the best distinct candidates are optimised locally at 8 mm, the best few again at
    4 mm, the best one wins;
 4. refinement at 2 mm from two opposite perturbations (restart consistency), then the full
-   resolution with a capped, fixed sample set (regular-step gradient descent, physical-shift scales).
+   resolution with a capped, fixed sample set (regular-step gradient descent, physical-shift scales)
+   drawn on strong fixed-image edges inside the moving field of view. A partial-coverage slab is
+   sampled in the slab (roles swapped at full resolution: the T1 contains it).
+Metric derivatives by central differences: SimpleITK's default gradient-image filter gave wrong
+derivatives on oriented (rotated-direction) images and stalled the optimiser 1-3 mm off the optimum.
 Failure detection: optimiser stop, metric not improved / no MI, implausible motion, poor mask overlap,
 restarts that disagree at 2 mm, and a full-resolution result far from the 2 mm one (pyramid
 consistency); any of these raises ProcessingError with the numbers.
@@ -33,10 +37,10 @@ MAX_ANGLE_DEG = 60.0
 CONFIG = {
     "bins": 32,
     "relaxation": 0.8,
-    "search_mm": 8.0,
     "search_angles_deg": (-40.0, -20.0, 0.0, 20.0, 40.0),
     "search_keep": 3,            # candidates optimised at the search level
     "mid_keep": 2,               # candidates optimised again at 4 mm
+    "mid_margin": 0.2,           # ... if their 8 mm metric is within 20 % of the best
     "levels_mm": (8.0, 4.0, 2.0),
     "level_iters": (60, 100, 100),
     "level_step_mm": (4.0, 2.0, 1.0),
@@ -404,7 +408,9 @@ def _register(fixed, moving, fixed_mask, moving_mask, init, progress):
         local.append((val, t))
     local.sort(key=lambda x: x[0])
     mid = []
-    for val, t in local[:cfg["mid_keep"]]:
+    # a runner-up goes on to 4 mm only if it is competitive at 8 mm (within mid_margin of the best MI)
+    keep = [x for x in local[:cfg["mid_keep"]] if x[0] <= local[0][0] * (1.0 - cfg["mid_margin"])]
+    for val, t in keep:
         prog.check()
         t = sitk.Euler3DTransform(t)
         v4, _ = _optimise(levels[1], t, cfg["level_iters"][1], cfg["level_step_mm"][1],

@@ -5,6 +5,7 @@ scikit-image's ``unwrap_phase`` against our quality-guided unwrapping for the un
 Scores: the ``qsm-ci`` challenge metrics (NRMSE %, HFEN %, XSIM, correlation) over the TRUE brain mask
 (eroded voxels count as 0, as the challenge does), the mean chi error (ppm) in STN, SN, RN and GP per side
 (both maps referenced to their mean in the brain mask), wall time per stage and peak memory (process RSS).
+Real crop (../shared/data/real-phase): residual 2*pi jumps, agreement with skimage up to a global 2*pi*k.
 
     .venv/bin/python bench/qsm.py                  # default-size patient, seeds 0 1, tilts 0 15
     .venv/bin/python bench/qsm.py --small --seeds 0 --tilts 0
@@ -27,6 +28,9 @@ from QSMPlannerLib.qsm.mask import brain_mask  # noqa: E402
 from QSMPlannerLib.qsm.romeo import quality_unwrap  # noqa: E402
 from QSMPlannerLib.qsm.unwrap import laplacian_unwrap  # noqa: E402
 
+REAL_DIR = next((d for d in (Path("/work/shared/data/real-phase"),
+                             Path(__file__).resolve().parents[1] / "QSMPlanner/Testing/Data/real-phase")
+                 if (d / "small_Phase.nii").exists()), None)
 ROIS = {"STN": ((16,), (116,)), "SN": ((7, 9), (107, 109)), "RN": ((8,), (108,)),
         "GP": ((5, 6), (105, 106))}
 
@@ -125,6 +129,51 @@ def unwrap_stage(patient, small_mask):
     return rows
 
 
+def _jumps(u, m):
+    """Neighbour pairs inside ``m`` differing by more than pi (residual 2*pi jumps)."""
+    n = 0
+    for a in range(3):
+        hi, lo = [slice(None)] * 3, [slice(None)] * 3
+        hi[a], lo[a] = slice(1, None), slice(None, -1)
+        both = m[tuple(hi)] & m[tuple(lo)]
+        n += int((np.abs(u[tuple(hi)] - u[tuple(lo)])[both] > np.pi).sum())
+    return n
+
+
+def real_crop_stage(data_dir: Path):
+    """Real 3-echo crop (ROMEO.jl test data, TE 4/8/12 ms), in the pipeline's brain mask (magnitude,
+    then phase quality): per echo, neighbour pairs differing by > pi in the wrapped input, ours,
+    skimage and the echo fit's offset-free unwrapped echo (at late echoes a steep true field can
+    exceed pi per voxel); the same for the fitted field as phase at TE1 (2*pi*f*TE1, where every
+    residual pair is an error); and the fraction of mask voxels where ours equals skimage up to one
+    global 2*pi*k."""
+    from skimage.restoration import unwrap_phase
+
+    from QSMPlannerLib.io import load_gre
+    from QSMPlannerLib.qsm.echo import combine_echoes
+    from QSMPlannerLib.qsm.mask import quality_mask
+    gre = load_gre(mag=[data_dir / "small_Mag.nii"], phase=[data_dir / "small_Phase.nii"],
+                   te=[4e-3, 8e-3, 12e-3], b0=3.0)
+    m = brain_mask(gre.rss_magnitude().data, gre.voxel_mm)
+    fit = combine_echoes(gre.magnitude, gre.phase_rad, gre.te_s, m, gre.voxel_mm)
+    m = quality_mask(m, fit.residual_rad)
+    field_te1 = 2 * np.pi * fit.field_hz * gre.te_s[0]
+    rows = []
+    for e in range(gre.n_echoes):
+        p = np.asarray(gre.phase_rad[..., e], np.float32)
+        t = time.perf_counter()
+        u = quality_unwrap(p, gre.magnitude[..., e], m)
+        t_ours = time.perf_counter() - t
+        t = time.perf_counter()
+        s = unwrap_phase(np.ma.array(p, mask=~m)).filled(0)
+        t_sk = time.perf_counter() - t
+        k = (u - s)[m] / (2 * np.pi)
+        agree = float(np.mean(np.abs(k - np.round(np.median(k))) < 1e-3))
+        rows.append((e + 1, int(m.sum()), _jumps(p, m), _jumps(u, m), _jumps(s, m),
+                     _jumps(fit.unwrapped_rad[..., e], m), _jumps(field_te1, m), agree, t_ours, t_sk))
+    return rows
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--small", action="store_true", help="2 mm patient (quick check)")
@@ -132,6 +181,7 @@ def main(argv=None):
     ap.add_argument("--tilts", type=float, nargs="+", default=[0.0, 15.0])
     ap.add_argument("--bfr", default="pdf", help="our background removal (default pdf)")
     ap.add_argument("--also", nargs="*", default=["vsharp:tv"], help="extra configs of ours, bfr:inversion")
+    ap.add_argument("--real", type=Path, default=REAL_DIR, help="real 3-echo crop directory ('' to skip)")
     args = ap.parse_args(argv)
     from QSMPlannerLib.phantom import make_patient
 
@@ -173,6 +223,13 @@ def main(argv=None):
     print(f"{'case':<10} {'method':<24} {'time s':>7} {'voxels off by 2pi':>18}")
     for case, name, dt, frac in unwrap_rows:
         print(f"{case:<10} {name:<24} {dt:7.2f} {frac:18.5f}")
+
+    if args.real is not None and str(args.real) not in ("", "."):
+        print("\nreal crop (3 echoes): residual 2pi jumps inside the brain mask; ours vs skimage up to 2pi*k")
+        print(f"{'echo':>4} {'mask vox':>8} {'wrapped':>8} {'ours':>5} {'skimage':>7} {'echo-fit':>8} "
+              f"{'field@TE1':>9} {'agree':>8} {'ours s':>7} {'skim s':>7}")
+        for e, n, jw, jo, js, jf, jt, agree, to, ts in real_crop_stage(Path(args.real)):
+            print(f"{e:>4} {n:>8} {jw:>8} {jo:>5} {js:>7} {jf:>8} {jt:>9} {agree:8.5f} {to:7.2f} {ts:7.2f}")
 
     print("\nratios (ours / baseline NRMSE; oblique / axial NRMSE of ours; ours time / 20 s target)")
     ours_name = f"ours {args.bfr}+tv"

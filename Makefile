@@ -31,7 +31,7 @@ demo: setup
 	$(BIN)/qsmplanner demo $(DEMO_OUT)
 
 test: setup
-	$(BIN)/python -m pytest -n 2 --durations=15 QSMPlanner/Testing/Python
+	$(BIN)/python -m pytest -n 2 --dist loadfile --durations=15 QSMPlanner/Testing/Python
 
 bench: setup
 	$(BIN)/python -m pip install -q -e ".[bench]"

@@ -291,6 +291,8 @@ def test_stage_task_reports_progress_cancels_and_passes_errors():
 
 
 def test_scene_saved_as_mrb_reads_back_with_transforms_observed(patient, planned, tmp_path):
+    planned.logic.set_frame(planned.nodes["CT"], patient.transforms["xyz_from_ct"])
+    planned.logic.coordinates_table(planned.nodes["CT"], mounting="lateral-right")
     path = planned.logic.save_scene(tmp_path / "plan.mrb")
     fresh = mrml.load_mrb(path)
     qsm = mrml.node_by_name(fresh, "QSM", "vtkMRMLScalarVolumeNode")

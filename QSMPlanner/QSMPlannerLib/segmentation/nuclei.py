@@ -29,6 +29,7 @@ from . import structures as S
 BACKGROUND = 0
 DEBUG = False
 SMOOTH_SIGMA_VOX = 0.0   # smoothing of χ (voxels) for the competition
+INVALID_MARGIN_VOX = 2   # rim (voxels) around implausible χ left out
 LOCALIZE_SMOOTH = 0.0    # smoothing of χ (voxels) for the localization
 
 
@@ -451,6 +452,8 @@ def segment_nuclei(qsm: Volume, prior_labels: Volume, seeds: dict | None = None,
 
     prog.update(0.05, "localizing the prior")
     valid = (chi_raw > S.CHI_VALID_PPM[0]) & (chi_raw < S.CHI_VALID_PPM[1])
+    if INVALID_MARGIN_VOX:  # streaks, vessels, air edges: their rims are not nucleus either
+        valid &= ~ndi.binary_dilation(~valid, iterations=INVALID_MARGIN_VOX)
     loc = _localize(chi_loc, masks, pinned, voxel_mm, prog.sub(0.05, 0.6), valid)
     t_loc = time.perf_counter()
 
@@ -465,7 +468,7 @@ def segment_nuclei(qsm: Volume, prior_labels: Volume, seeds: dict | None = None,
         k = S.kind(S.NAMES[v])
         lo_chi, hi_chi = S.VOXEL_CHI_PPM[k]
         a = ndi.binary_dilation(m, iterations=reach) if m.any() else np.zeros(shape, bool)
-        a &= (chi <= hi_chi) & (chi >= lo_chi)
+        a &= (chi <= hi_chi) & (chi >= lo_chi) & valid
         if v in pinned:
             a &= pinned[v] | m
         allowed[v] = a

@@ -321,18 +321,24 @@ def search_entries(target_ras, side, risk: RiskMap, margin_mm: float = 3.0, land
     safe = r["safe"] & ok
     risk_v = np.where(ok, r["risk"], np.inf)
     order = np.lexsort((risk_v, ~safe))
-    chosen = []
+    chosen, cands = [], []
     for i in order:
         if not np.isfinite(risk_v[i]) or len(chosen) >= n_best:
             break
         if safe.any() and not safe[i]:  # when safe paths exist, only safe ones are suggested
             break
         if all(np.degrees(np.arccos(np.clip(u[i] @ u[j], -1, 1))) >= min_separation_deg for j in chosen):
+            c = score_trajectory(target, entries[i], risk, side, margin_mm, inst, landmarks,
+                                 label=f"candidate {len(chosen) + 1}")
+            if safe[i] and not c.safe:  # the finer re-scoring (0.5 mm steps) has the last word
+                safe[i] = False
+                continue
             chosen.append(i)
-    cands = []
-    for rank, i in enumerate(chosen, start=1):
+            cands.append(c)
+    if not cands and len(order) and np.isfinite(risk_v[order[0]]):  # every grid-safe path failed re-scoring
+        i = order[0]
         cands.append(score_trajectory(target, entries[i], risk, side, margin_mm, inst, landmarks,
-                                      label=f"candidate {rank}"))
+                                      label="candidate 1"))
     std_entry = standard_trajectory(target, side, risk, landmarks)
     std = score_trajectory(target, std_entry, risk, side, margin_mm, inst, landmarks, label="standard")
     if progress is not None:

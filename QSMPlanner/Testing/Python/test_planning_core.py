@@ -205,3 +205,35 @@ def test_csf_structures_split_ventricles_and_sulci():
     v, s = v.data > 0, s.data > 0
     assert (v & vent).sum() / vent.sum() > 0.7 and (v & ~vent).sum() < 0.1 * vent.sum()
     assert (s & sulcus).sum() / sulcus.sum() > 0.5 and not (s & vent).any()
+
+
+def test_target_moved_off_a_vein_next_to_it_when_no_entry_is_safe(head):
+    from QSMPlannerLib.planning.plan import plan_both_sides
+    lab, brain = head["labels"], head["brain"]
+    ras = brain.voxel_ras_grid()
+    t = suggest_target(lab, "right")
+    # a vein running antero-posteriorly 5.5 mm lateral of the suggested right target: within the
+    # microelectrode spread (2 mm + 0.5 mm) + 3 mm of every path to that target, whatever the entry
+    p0 = t + np.array([5.5, 0.0, 0.0])
+    d = np.hypot(ras[..., 0] - p0[0], ras[..., 2] - p0[2])
+    near_vein = (d <= 0.8) & (np.abs(ras[..., 1] - p0[1]) <= 15)
+    vessels = brain.with_data((head["vein"] | near_vein).astype(np.uint8))
+    rm = RiskMap.from_masks(vessels=vessels, brain=brain)
+    before = search_entries(t, "right", rm)
+    assert not before.feasible                              # no entry helps at that target
+    sides = plan_both_sides(lab, rm)
+    right, left = sides["right"], sides["left"]
+    adj = right.plan["target_adjustment"]
+    assert adj is not None and 0.5 <= adj["shift_mm"] <= 2.5 and "moved" in right.plan["statement"]
+    ijk = np.rint(lab.ras_to_ijk(right.target_ras)).astype(int)
+    assert lab.data[tuple(ijk)] == 2                          # still in the right STN
+    assert right.search.feasible and right.chosen.safe
+    vein_pts = brain.ijk_to_ras(np.argwhere(near_vein).astype(float))
+    for c in right.search.candidates:
+        assert c.safe and c.vessel_clearance_mm >= 3.0
+        assert np.linalg.norm(vein_pts - c.target_ras, axis=1).min() >= 3.0 + 2.5 - 0.5  # voxel centres
+    assert left.plan["target_adjustment"] is None             # nothing next to the left target
+    # a surgeon's target is never moved: scored, reported unsafe
+    kept = plan_both_sides(lab, rm, targets={"right": t})["right"]
+    assert kept.plan["target_adjustment"] is None and np.allclose(kept.target_ras, t)
+    assert not kept.chosen.safe

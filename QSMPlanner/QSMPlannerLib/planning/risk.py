@@ -58,13 +58,25 @@ class RiskMap:
         world_from_ijk = wfv @ vol.ras_from_ijk
         self.layers[name] = _Layer(dist.astype(np.float32), np.linalg.inv(world_from_ijk), world_from_ijk, n)
 
-    def add(self, name: str, mask: Volume, world_from_volume=None) -> None:
-        """Distance (mm) to the structure ``mask`` (non-zero voxels)."""
+    def add(self, name: str, mask: Volume, world_from_volume=None, exact_within_mm: float = 15.0) -> None:
+        """Distance (mm) to the structure ``mask`` (non-zero voxels): exact within ``exact_within_mm`` of
+        the structure's bounding box (the transform runs on that box only), beyond it the distance to
+        the box (a lower bound, already farther than any penalty reaches)."""
         m = _mask_array(mask)
         vox = np.asarray(mask.voxel_mm, float)
         if m.any():
-            dist = ndimage.distance_transform_edt(~m, sampling=vox) - 0.5 * vox.min()
-            dist = np.maximum(dist, 0.0)
+            idx = np.argwhere(m)
+            lo, hi = idx.min(axis=0), idx.max(axis=0)
+            pad = np.ceil(exact_within_mm / vox).astype(int)
+            a, b = np.maximum(lo - pad, 0), np.minimum(hi + pad + 1, m.shape)
+            box = tuple(slice(i, j) for i, j in zip(a, b))
+            # outside the box: distance to the structure's bounding box
+            gaps = [np.maximum(np.maximum(lo[k] - np.arange(n), np.arange(n) - hi[k]), 0) * vox[k]
+                    for k, n in enumerate(m.shape)]
+            dist = np.sqrt(gaps[0][:, None, None] ** 2 + gaps[1][None, :, None] ** 2
+                           + gaps[2][None, None, :] ** 2).astype(np.float32)
+            dist[box] = ndimage.distance_transform_edt(~m[box], sampling=vox)
+            dist = np.maximum(dist - 0.5 * vox.min(), 0.0)
         else:
             dist = np.full(m.shape, FAR_MM, np.float32)
         self._register(name, mask, dist, world_from_volume, int(m.sum()))
@@ -104,9 +116,15 @@ def csf_structures(image: Volume, brain_mask, deep_mm: float = 15.0, min_ventric
     the CSF within ``deep_mm`` of the surface. An approximation for risk mapping, not a tissue model."""
     from skimage.filters import threshold_multiotsu
     data = np.asarray(image.data, np.float32)
-    brain = ndimage.binary_fill_holes(_mask_array(brain_mask))
-    if brain.shape != data.shape:
+    full = _mask_array(brain_mask)
+    if full.shape != data.shape:
         raise InputError("csf_structures: brain mask not on the image grid")
+    if not full.any():
+        raise InputError("csf_structures: empty brain mask")
+    # work on the brain's bounding box (+ a background border: every result below is unchanged)
+    idx = np.argwhere(full)
+    box = tuple(slice(max(i - 2, 0), min(j + 3, n)) for i, j, n in zip(idx.min(0), idx.max(0), full.shape))
+    data, brain = data[box], ndimage.binary_fill_holes(full[box])
     vals = data[brain]
     if vals.size < 100:
         raise InputError("csf_structures: empty brain mask")
@@ -123,5 +141,7 @@ def csf_structures(image: Volume, brain_mask, deep_mm: float = 15.0, min_ventric
         keep[1:] = (np.asarray(maxdepth) > deep_mm) & (np.asarray(sizes) >= min_ventricle_ml)
         ventricles = keep[lab]
     sulci = csf & ~ndimage.binary_dilation(ventricles) & (depth <= deep_mm)
-    return (Volume(ventricles.astype(np.uint8), image.ras_from_ijk.copy(), "ventricles"),
-            Volume(sulci.astype(np.uint8), image.ras_from_ijk.copy(), "sulci"))
+    out_v, out_s = np.zeros(full.shape, np.uint8), np.zeros(full.shape, np.uint8)
+    out_v[box], out_s[box] = ventricles, sulci
+    return (Volume(out_v, image.ras_from_ijk.copy(), "ventricles"),
+            Volume(out_s, image.ras_from_ijk.copy(), "sulci"))

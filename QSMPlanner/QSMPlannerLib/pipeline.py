@@ -202,8 +202,9 @@ def run_patient(gre, t1: Volume, ct: Volume | None = None, landmarks: dict | Non
     if ct is not None and t1_from_ct is None:
         ct_head = head_mask(ct, threshold=-300.0)
         clipped = ct.with_data(np.clip(np.asarray(ct.data, np.float32), -200, 1500))
-        reg_ct = _rigid_with_retries(t1, ct, [dict(moving_mask=ct_head, fixed_mask=t1_head, reverse=True),
-                                              dict(moving_mask=ct_head, fixed_mask=t1_head),
+        # forward first (converges and is the more accurate since the 16 mm search level); reversed next
+        reg_ct = _rigid_with_retries(t1, ct, [dict(moving_mask=ct_head, fixed_mask=t1_head),
+                                              dict(moving_mask=ct_head, fixed_mask=t1_head, reverse=True),
                                               dict(reverse=True),
                                               dict(moving_mask=ct_head, fixed_mask=t1_head, image=clipped)],
                                      sub["register"].sub(0.6, 1.0), "CT -> T1", messages)
@@ -300,28 +301,11 @@ def run_patient(gre, t1: Volume, ct: Volume | None = None, landmarks: dict | Non
             plan["frame_registration"] = frame.to_dict()
         except Exception:
             plan["frame_registration"] = {"fre_mm": float(frame.fre_mm), "n_points": int(frame.n_points)}
-    from .io.volumes import write_volume
-    for name, vol in (("qsm_chi_ppm.nii.gz", chi), ("vessels.nii.gz", vessels)):
-        try:
-            write_volume(vol, out_dir / name)
-            paths[name] = out_dir / name
-        except Exception as exc:
-            messages.append(f"could not write {name}: {exc}")
-    try:
-        from .segmentation import write_seg_nrrd
-        write_seg_nrrd(out_dir / "nuclei.seg.nrrd", seg)
-        paths["nuclei.seg.nrrd"] = out_dir / "nuclei.seg.nrrd"
-    except Exception as exc:
-        messages.append(f"could not write nuclei.seg.nrrd: {exc}")
-    try:
-        from .registration import write_transform
-        write_transform(out_dir / "T1_from_GRE.h5", t1_from_gre)
-        paths["T1_from_GRE.h5"] = out_dir / "T1_from_GRE.h5"
-        if t1_from_ct is not None:
-            write_transform(out_dir / "T1_from_CT.h5", t1_from_ct)
-            paths["T1_from_CT.h5"] = out_dir / "T1_from_CT.h5"
-    except Exception as exc:
-        messages.append(f"could not write transforms: {exc}")
+    # volumes, segmentation and transforms are written by a background thread (compression releases the
+    # GIL) while the scene, the 3-D view and the report are made
+    from concurrent.futures import ThreadPoolExecutor
+    writer = ThreadPoolExecutor(max_workers=1)
+    written = writer.submit(_write_volumes, out_dir, chi, vessels, seg, t1_from_gre, t1_from_ct)
     out_prog.update(0.2, "scene")
     picture = None
     if write_scene:
@@ -350,6 +334,10 @@ def run_patient(gre, t1: Volume, ct: Volume | None = None, landmarks: dict | Non
                  searches={s: sp.search for s, sp in sides.items()},
                  chosen={s: sp.chosen for s, sp in sides.items()}, picture_3d=picture)
     paths["report.html"] = out_dir / "report.html"
+    more_paths, more_messages = written.result()
+    writer.shutdown()
+    paths.update(more_paths)
+    messages += more_messages
     write_text(out_dir / "plan.json", json.dumps(plan, indent=1, default=_jsonable))
     paths["plan.json"] = out_dir / "plan.json"
     write_text(out_dir / "plan.csv", plan_csv_text(plan))
@@ -364,6 +352,35 @@ def run_patient(gre, t1: Volume, ct: Volume | None = None, landmarks: dict | Non
             "xyz_from_t1": xyz_from_t1, "segmentation": seg, "vessels": vessels, "risk": risk, "sides": sides,
             "frame": frame, "landmarks": landmarks, "timings_s": timings,
             "peak_memory_mb": plan["peak_memory_mb"]}
+
+
+def _write_volumes(out_dir, chi, vessels, seg, t1_from_gre, t1_from_ct):
+    """qsm_chi_ppm.nii.gz, vessels.nii.gz, nuclei.seg.nrrd, T1_from_GRE.h5 (and T1_from_CT.h5) into
+    ``out_dir``; returns ({name: path}, [messages about what could not be written])."""
+    paths, messages = {}, []
+    from .io.volumes import write_volume
+    for name, vol in (("qsm_chi_ppm.nii.gz", chi), ("vessels.nii.gz", vessels)):
+        try:
+            write_volume(vol, out_dir / name)
+            paths[name] = out_dir / name
+        except Exception as exc:
+            messages.append(f"could not write {name}: {exc}")
+    try:
+        from .segmentation import write_seg_nrrd
+        write_seg_nrrd(out_dir / "nuclei.seg.nrrd", seg)
+        paths["nuclei.seg.nrrd"] = out_dir / "nuclei.seg.nrrd"
+    except Exception as exc:
+        messages.append(f"could not write nuclei.seg.nrrd: {exc}")
+    try:
+        from .registration import write_transform
+        write_transform(out_dir / "T1_from_GRE.h5", t1_from_gre)
+        paths["T1_from_GRE.h5"] = out_dir / "T1_from_GRE.h5"
+        if t1_from_ct is not None:
+            write_transform(out_dir / "T1_from_CT.h5", t1_from_ct)
+            paths["T1_from_CT.h5"] = out_dir / "T1_from_CT.h5"
+    except Exception as exc:
+        messages.append(f"could not write transforms: {exc}")
+    return paths, messages
 
 
 def _build_scene(path, t1, chi, ct, seg, vessels, landmarks, sides, t1_from_gre, t1_from_ct, xyz_from_t1, plan):

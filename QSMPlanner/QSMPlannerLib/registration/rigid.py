@@ -32,6 +32,8 @@ from ..volume import LPS_FROM_RAS, Volume
 SEED = 20240607
 MAX_SHIFT_MM = 80.0
 MAX_ANGLE_DEG = 60.0
+MIN_LEVEL_VOXELS = 5.0
+LEVEL_KEYS = ("levels_mm", "level_iters", "level_step_mm", "level_min_step_mm", "level_samples")
 
 # The validated configuration (bench/registration.py; test_registration_rigid.py). Do not tune casually.
 CONFIG = {
@@ -41,11 +43,11 @@ CONFIG = {
     "search_keep": 3,            # candidates optimised at the search level
     "mid_keep": 2,               # candidates optimised again at 4 mm
     "mid_margin": 0.2,           # ... if their 8 mm metric is within 20 % of the best
-    "levels_mm": (8.0, 4.0, 2.0),
-    "level_iters": (60, 100, 100),
-    "level_step_mm": (4.0, 2.0, 1.0),
-    "level_min_step_mm": (0.1, 0.05, 0.02),
-    "level_samples": (None, 20000, 40000),   # None = every voxel
+    "levels_mm": (16.0, 8.0, 4.0, 2.0),      # search on the coarsest (wide basins: CT vs T1)
+    "level_iters": (60, 60, 100, 100),
+    "level_step_mm": (8.0, 4.0, 2.0, 1.0),
+    "level_min_step_mm": (0.2, 0.1, 0.05, 0.02),
+    "level_samples": (None, None, 20000, 40000),   # None = every voxel
     "final_samples": 120000,
     "final_edge_percentile": 75.0,           # full-res samples where |grad fixed| is in the top 25 %
     "final_iters": 200,
@@ -351,6 +353,11 @@ def _register(fixed, moving, fixed_mask, moving_mask, init, progress):
     m_img, m_mask = _normalise(moving, moving_mask)
     prog.update(0.02, "pyramid")
     full = _Level(f_img, m_img, f_mask, m_mask, None)
+    # pyramid levels (coarsest first); a level too coarse for the thinnest image extent (a partial-
+    # coverage slab: fewer than MIN_LEVEL_VOXELS across it) is dropped with its per-level settings
+    extent = min(float(np.min(np.array(i.GetSize()) * np.array(i.GetSpacing()))) for i in (f_img, m_img))
+    drop = sum(1 for mm in cfg["levels_mm"][:-2] if extent / mm < MIN_LEVEL_VOXELS)
+    cfg = dict(cfg, **{k: tuple(cfg[k][drop:]) for k in LEVEL_KEYS})
     levels, src = [], full
     for mm in sorted(cfg["levels_mm"]):  # each level from the next finer one (cheaper smoothing)
         src = _Level(src.f, src.m, src.fm, src.mm_mask, mm, smooth=src is not full)
@@ -368,7 +375,7 @@ def _register(fixed, moving, fixed_mask, moving_mask, init, progress):
         base = sitk.CenteredTransformInitializer(search.f, search.m, sitk.Euler3DTransform(),
                                                  sitk.CenteredTransformInitializerFilter.GEOMETRY)
     base = sitk.Euler3DTransform(base)
-    identity_metric = _evaluate(levels[1], sitk.Euler3DTransform())
+    identity_metric = _evaluate(levels[-2], sitk.Euler3DTransform())
     # coarse search: rotations x (slab) shifts along the thin axis
     thin, gap = _thin_axis(m_img, f_img)
     shifts = [0.0] if thin is None else list(np.arange(-gap / 2, gap / 2 + 1e-6, max(gap / 4, 5.0)))
@@ -403,8 +410,9 @@ def _register(fixed, moving, fixed_mask, moving_mask, init, progress):
     for v, tx in starts:
         prog.check()
         t = sitk.Euler3DTransform(tx)
-        val, _ = _optimise(search, t, cfg["level_iters"][0], cfg["level_step_mm"][0],
-                           cfg["level_min_step_mm"][0], cfg["level_samples"][0], n_iter)
+        for k in range(len(levels) - 2):  # the coarse levels, coarsest first
+            val, _ = _optimise(levels[k], t, cfg["level_iters"][k], cfg["level_step_mm"][k],
+                               cfg["level_min_step_mm"][k], cfg["level_samples"][k], n_iter)
         local.append((val, t))
     local.sort(key=lambda x: x[0])
     mid = []
@@ -413,8 +421,8 @@ def _register(fixed, moving, fixed_mask, moving_mask, init, progress):
     for val, t in keep:
         prog.check()
         t = sitk.Euler3DTransform(t)
-        v4, _ = _optimise(levels[1], t, cfg["level_iters"][1], cfg["level_step_mm"][1],
-                          cfg["level_min_step_mm"][1], cfg["level_samples"][1], n_iter)
+        v4, _ = _optimise(levels[-2], t, cfg["level_iters"][-2], cfg["level_step_mm"][-2],
+                          cfg["level_min_step_mm"][-2], cfg["level_samples"][-2], n_iter)
         mid.append((v4, t))
     mid.sort(key=lambda x: x[0])
     best4 = mid[0][1]
@@ -424,16 +432,24 @@ def _register(fixed, moving, fixed_mask, moving_mask, init, progress):
     prog.update(0.5, "2 mm restarts")
     # restart consistency at 2 mm: two opposite perturbations of the 4 mm optimum must agree
     if thin is not None:  # slab: samples and consistency points inside its field of view
-        levels[2].with_fov_mask(best4)
+        levels[-1].with_fov_mask(best4)
         pts = _slab_points(m_img, _inverse(best4))
     runs = []
     for sign in (1.0, -1.0):
         t = _perturbed(best4, *cfg["restart_perturbation"], sign)
-        v2, stop2 = _optimise(levels[2], t, cfg["level_iters"][2], cfg["level_step_mm"][2],
-                              cfg["level_min_step_mm"][2], cfg["level_samples"][2], n_iter)
+        v2, stop2 = _optimise(levels[-1], t, cfg["level_iters"][-1], cfg["level_step_mm"][-1],
+                              cfg["level_min_step_mm"][-1], cfg["level_samples"][-1], n_iter)
         runs.append((v2, t, stop2))
-    qc_runs = [(round(r[0], 5), r[2][:90]) for r in runs]
     restart_mm = _distance_mm(runs[0][1], runs[1][1], pts)
+    if restart_mm > cfg["restart_tolerance_mm"]:
+        # a restart may have stalled (step shrunk on a rough patch): continue each once with a fresh
+        # step; a truly ambiguous optimum (flat metric) does not move and is still reported
+        for k, (_, t, _) in enumerate(runs):
+            v2, stop2 = _optimise(levels[-1], t, cfg["level_iters"][-1], cfg["level_step_mm"][-1] / 2,
+                                  cfg["level_min_step_mm"][-1], cfg["level_samples"][-1], n_iter)
+            runs[k] = (v2, t, stop2)
+        restart_mm = _distance_mm(runs[0][1], runs[1][1], pts)
+    qc_runs = [(round(r[0], 5), r[2][:90]) for r in runs]
     runs.sort(key=lambda x: x[0])
     tx2 = runs[0][1]
     timing["restarts"] = time.process_time() - c0

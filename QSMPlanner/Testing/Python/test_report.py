@@ -62,6 +62,16 @@ def test_report_is_self_contained_with_pictures_and_tables(planned, tmp_path):
     h, rows = coordinate_rows(plan)
     t = sides["left"].plan["target"]["LeksellXYZ_mm"]
     assert f"{t[0]:.2f}" in text and rows[0][h.index("X (Leksell mm)")] == f"{t[0]:.2f}"
+    # the README picture is composed from this file's own pictures and statements
+    from PIL import Image
+    from QSMPlannerLib.report.composite import report_composite, report_images, report_statements
+    assert [s for s, _ in report_statements(text)] == list(sides)
+    pics = report_images(text)
+    assert len(pics) == len(imgs) and pics[0][1].ndim == 3
+    png = report_composite(out, tmp_path / "report.png", width_px=900)
+    im = np.asarray(Image.open(png).convert("RGB"))
+    assert im.shape[1] == 900 and im.shape[0] > 900
+    assert (im.std(axis=(0, 1)) > 20).all()   # pictures drawn, not a blank page
 
 
 def test_report_without_images(tmp_path):

@@ -141,7 +141,9 @@ def write_report(path, plan: dict, *, qsm: Volume | None = None, world_from_qsm=
                  "the mid-commissural point (+x right, +y anterior, +z superior). Leksell X, Y, Z are frame mm "
                  "(+X left, +Y anterior, +Z inferior, centre 100/100/100) with ring/arc for the stated mounting. "
                  "Veins: Frangi vesselness on QSM χ plus bright R2* tubes from the GRE magnitude decay; safety "
-                 "clearances are measured from the lead and microelectrode (Ben-gun) surfaces. "
+                 "clearances are measured from the lead and microelectrode (Ben-gun) surfaces. Veins outside the "
+                 "QSM brain mask (on the cortical surface at the entry, dural sinuses) are not mapped: check the "
+                 "entry on a contrast T1. "
                  "For research use; verify every coordinate before surgery.</p>")
     sides = plan.get("sides") or {}
     # summary

@@ -188,10 +188,12 @@ def run_patient(gre, t1: Volume, ct: Volume | None = None, landmarks: dict | Non
     t0 = time.perf_counter()
     mag = _first_echo_magnitude(gre)
     t1_head = head_mask(t1, opening=1)
+    t1_brain = None  # the T1 brain mask, computed once (GRE->T1 registration, atlas normalization)
     reg_qc = {"given": True}
     if t1_from_gre is None:
         mag_head = head_mask(mag)
-        reg = _rigid_with_retries(t1, mag, [dict(moving_mask=qsm_res.mask, fixed_mask=_t1_brain(t1)),
+        t1_brain = _t1_brain(t1)
+        reg = _rigid_with_retries(t1, mag, [dict(moving_mask=qsm_res.mask, fixed_mask=t1_brain),
                                             dict(moving_mask=mag_head, fixed_mask=t1_head, reverse=True),
                                             dict(moving_mask=qsm_res.mask),
                                             dict(moving_mask=mag_head, fixed_mask=t1_head)],
@@ -215,7 +217,10 @@ def run_patient(gre, t1: Volume, ct: Volume | None = None, landmarks: dict | Non
     t0 = time.perf_counter()
     norm = None
     if prior_labels is None or not landmarks:
-        norm = normalize_to_mni(t1, progress=sub["normalize"])
+        if t1_brain is None:
+            t1_brain = _t1_brain(t1)
+        atlas_mask = t1_brain if getattr(t1_brain, "name", "") == "brain_mask" else None  # not the fallback
+        norm = normalize_to_mni(t1, t1_mask=atlas_mask, progress=sub["normalize"])
     prior = _labels_on_qsm_grid(norm, chi, t1_from_gre) if prior_labels is None else \
         Volume(np.asarray(prior_labels.data), chi.ras_from_ijk.copy(), "CIT168 prior (given)")
     lm_source = "given"

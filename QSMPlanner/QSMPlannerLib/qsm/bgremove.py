@@ -154,11 +154,13 @@ def pdf(field: np.ndarray, mask: np.ndarray, voxel_mm=(1, 1, 1), b0_dir_ijk=(0, 
         pad=None) -> tuple[np.ndarray, np.ndarray]:
     """Projection onto dipole fields (Liu T et al., NMR Biomed 2011;24:1129): the background field is
     the field, inside the mask, of sources outside it: min_chi || W M (f - D (1-M) chi) ||^2,
-    conjugate gradients on the normal equations, zero-padded grid. Returns (local_field, mask)."""
+    conjugate gradients on the normal equations, zero-padded grid (default 1/6 of each size per side:
+    the same local field as 1/3 on the digital patient, at about half the FFT cost).
+    Returns (local_field, mask)."""
     mask = np.asarray(mask, bool)
     vox = np.asarray(voxel_mm, float)
     if pad is None:
-        pad = tuple(max(8, s // 3) for s in mask.shape)
+        pad = tuple(max(8, s // 6) for s in mask.shape)
     shape = fast_shape(mask.shape, pad)
     f, sl = pad_to(np.where(mask, field, 0).astype(np.float32), shape)
     m, _ = pad_to(mask, shape)

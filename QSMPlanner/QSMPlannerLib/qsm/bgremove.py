@@ -149,23 +149,24 @@ def resharp(field: np.ndarray, mask: np.ndarray, voxel_mm=(1, 1, 1), radius_mm: 
     return np.where(m, local, 0)[sl].astype(np.float32), m[sl].copy()
 
 
-def pdf(field: np.ndarray, mask: np.ndarray, voxel_mm=(1, 1, 1), b0_dir_ijk=(0, 0, 1),
-        weight: np.ndarray | None = None, tol: float = 1e-2, max_iter: int = 100,
-        pad=None) -> tuple[np.ndarray, np.ndarray]:
-    """Projection onto dipole fields (Liu T et al., NMR Biomed 2011;24:1129): the background field is
-    the field, inside the mask, of sources outside it: min_chi || W M (f - D (1-M) chi) ||^2,
-    conjugate gradients on the normal equations, zero-padded grid (default 1/6 of each size per side:
-    the same local field as 1/3 on the digital patient, at about half the FFT cost).
-    Returns (local_field, mask)."""
-    mask = np.asarray(mask, bool)
-    vox = np.asarray(voxel_mm, float)
-    if pad is None:
-        pad = tuple(max(8, s // 6) for s in mask.shape)
-    shape = fast_shape(mask.shape, pad)
-    f, sl = pad_to(np.where(mask, field, 0).astype(np.float32), shape)
-    m, _ = pad_to(mask, shape)
-    w = np.ones(mask.shape, np.float32) if weight is None else np.asarray(weight, np.float32)
-    w2, _ = pad_to(np.where(mask, w * w, 0).astype(np.float32), shape)
+def _even_fast_shape(shape, pad) -> tuple:
+    """``fast_shape`` rounded up to even sizes (so a 2x coarser grid covers the same box)."""
+    out = []
+    for n in fast_shape(shape, pad):
+        while n % 2:
+            n = fast_shape((n + 1,), (0,))[0]
+        out.append(n)
+    return tuple(out)
+
+
+def _block2_mean(x):
+    s = x.shape
+    return x.reshape(s[0] // 2, 2, s[1] // 2, 2, s[2] // 2, 2).mean(axis=(1, 3, 5), dtype=np.float32)
+
+
+def _pdf_solve(f, m, w2, vox, b0_dir_ijk, tol, max_iter, x0=None):
+    """CG for the PDF normal equations on a padded grid; returns the background sources (outside m)."""
+    shape = f.shape
     d = dipole_kernel(shape, vox, b0_dir_ijk)
 
     def dconv(x):
@@ -175,7 +176,40 @@ def pdf(field: np.ndarray, mask: np.ndarray, voxel_mm=(1, 1, 1), b0_dir_ijk=(0, 
         return np.where(m, 0, dconv(w2 * dconv(np.where(m, 0, x))))
 
     rhs = np.where(m, 0, dconv(w2 * f)).astype(np.float32)
-    chi_bg = _cg(normal, rhs, tol=tol, max_iter=max_iter)
+    return _cg(normal, rhs, x0=x0, tol=tol, max_iter=max_iter), dconv
+
+
+def pdf(field: np.ndarray, mask: np.ndarray, voxel_mm=(1, 1, 1), b0_dir_ijk=(0, 0, 1),
+        weight: np.ndarray | None = None, tol: float = 1e-2, max_iter: int = 100,
+        pad=None, coarse: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """Projection onto dipole fields (Liu T et al., NMR Biomed 2011;24:1129): the background field is
+    the field, inside the mask, of sources outside it: min_chi || W M (f - D (1-M) chi) ||^2,
+    conjugate gradients on the normal equations, zero-padded grid (default 1/6 of each size per side:
+    the same local field as 1/3 on the digital patient, at about half the FFT cost).
+    ``coarse``: first solve on a 2x coarser grid (1/8 of the voxels; sources only where a whole 2x2x2
+    block is outside the mask) and start the full-resolution CG from its sources: fewer full-size
+    iterations for the same tolerance. Returns (local_field, mask)."""
+    mask = np.asarray(mask, bool)
+    vox = np.asarray(voxel_mm, float)
+    if pad is None:
+        pad = tuple(max(8, s // 6) for s in mask.shape)
+    shape = _even_fast_shape(mask.shape, pad)
+    f, sl = pad_to(np.where(mask, field, 0).astype(np.float32), shape)
+    m, _ = pad_to(mask, shape)
+    w = np.ones(mask.shape, np.float32) if weight is None else np.asarray(weight, np.float32)
+    w2, _ = pad_to(np.where(mask, w * w, 0).astype(np.float32), shape)
+    x0 = None
+    if coarse and min(shape) >= 32:
+        frac = _block2_mean(m.astype(np.float32))
+        mc = frac > 0
+        w2c = _block2_mean(w2)
+        fc = np.where(mc, _block2_mean(f * m) / np.maximum(frac, 1e-6), 0).astype(np.float32)
+        chi_c, _ = _pdf_solve(fc, mc, w2c / np.maximum(frac, 1e-6), 2 * vox, b0_dir_ijk, tol, max_iter)
+        up = np.repeat(np.repeat(np.repeat(chi_c, 2, 0), 2, 1), 2, 2)
+        x0 = np.where(m, 0, up).astype(np.float32)
+        pdf.coarse_iterations = _cg.iterations
+    chi_bg, dconv = _pdf_solve(f, m, w2, vox, b0_dir_ijk, tol, max_iter, x0=x0)
+    pdf.iterations = _cg.iterations
     background = dconv(np.where(m, 0, chi_bg))
     local = np.where(m, f - background, 0)[sl].astype(np.float32)
     return local, mask.copy()

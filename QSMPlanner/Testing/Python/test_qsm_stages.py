@@ -130,3 +130,26 @@ def test_other_background_removals_remove_external_source_field(method):
     err -= err.mean()
     assert np.sqrt(np.mean(err ** 2)) < 0.15 * np.sqrt(np.mean((bg - bg.mean()) ** 2))
     assert np.corrcoef(est[core], local[core])[0, 1] > 0.7
+
+
+def test_pdf_coarse_start_converges_to_the_same_local_field_in_fewer_full_size_iterations():
+    c = _centre()
+    inside = sphere_chi(SHAPE, VOX, c + [3, 0, 0], 4.0, 0.1)
+    outside = sphere_chi(SHAPE, VOX, c + [0, 0, 24], 5.0, 9.0)
+    local = forward_field(inside, VOX, OBLIQUE)
+    total = local + forward_field(outside, VOX, OBLIQUE)
+    g = [np.arange(n) * v - cc for n, v, cc in zip(SHAPE, VOX, c)]
+    x, y, z = np.meshgrid(*g, indexing="ij")
+    brain = x * x + y * y + z * z < 15 ** 2
+    plain, _ = bgremove.pdf(total, brain, VOX, OBLIQUE, coarse=False, tol=1e-3)
+    plain_iterations = bgremove.pdf.iterations
+    warm, _ = bgremove.pdf(total, brain, VOX, OBLIQUE, coarse=True, tol=1e-3)
+    assert bgremove.pdf.iterations < plain_iterations
+    core = x * x + y * y + z * z < 11 ** 2
+    for est in (plain, warm):
+        err = est[core] - local[core]
+        err -= err.mean()
+        bg = (total - local)[core]
+        assert np.sqrt(np.mean(err ** 2)) < 0.15 * np.std(bg)
+    d = (warm - plain)[core]
+    assert np.std(d) < 0.1 * np.std(local[core])

@@ -115,7 +115,7 @@ def plan_both_sides(segmentation, risk: RiskMap, world_from_segmentation=None, l
     When no entry to the suggested target keeps ``margin_mm`` (a vein next to the target, within the
     microelectrode spread, blocks every path), the target is moved by at most ``adjust_target_mm`` inside
     the STN to the nearest point from which a safe entry exists (plan ``target_adjustment`` says so);
-    a surgeon's target is never moved."""
+    a side with a surgeon's target or entry is never moved."""
     out = {}
     w = np.eye(4) if world_from_segmentation is None else np.asarray(world_from_segmentation, float)
     for k, side in enumerate(("left", "right")):
@@ -126,7 +126,8 @@ def plan_both_sides(segmentation, risk: RiskMap, world_from_segmentation=None, l
             target = _apply(w, suggest_target(segmentation, side))
         search = search_entries(target, side, risk, margin_mm, landmarks, instruments, progress=sub)
         adjustment = None
-        if not search.feasible and not (targets and side in targets) and adjust_target_mm > 0:
+        surgeon = bool((targets and side in targets) or (entries and side in entries))
+        if not search.feasible and not surgeon and adjust_target_mm > 0:
             for alt in vein_clear_targets(segmentation, side, target, risk, w, margin_mm, instruments,
                                           adjust_target_mm):
                 alt_search = search_entries(alt, side, risk, margin_mm, landmarks, instruments)

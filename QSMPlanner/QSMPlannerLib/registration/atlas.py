@@ -9,6 +9,7 @@ resampling direction for pulling atlas images into the patient space). Public AP
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -23,6 +24,8 @@ from .transform_io import write_transform
 TEMPLATE = "mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz"
 LABELS = "CIT168_subcortex.nii.gz"
 SEED = 20240607
+DEMONS_ITERATIONS = (60, 60)   # half, then full working resolution
+CROP_MARGIN_MM = 12.0
 
 
 def brain_mask(t1: Volume) -> Volume:
@@ -89,6 +92,17 @@ def _prep(img, mask):
     return out
 
 
+@functools.lru_cache(maxsize=1)
+def _template():
+    """The prepared (brain-masked, normalised) MNI template, computed once per process."""
+    tmpl_vol = read_volume(ATLAS_DIR / TEMPLATE)
+    tmpl = tmpl_vol.to_sitk(np.float32)
+    # same brain-mask recipe on both sides: demons then compares like with like (no scalp vs none)
+    tmask = tmpl_vol.with_data(np.asarray(brain_mask(tmpl_vol).data, np.uint8)).to_sitk()
+    tmask.CopyInformation(tmpl)
+    return _prep(tmpl, tmask)
+
+
 def normalize_to_mni(t1: Volume, t1_mask: Volume | None = None, progress=None,
                      voxel_mm: float = 2.0) -> AtlasNormalization:
     """Register the MNI template to the patient T1 (affine then demons). Returns the mapping."""
@@ -96,24 +110,26 @@ def normalize_to_mni(t1: Volume, t1_mask: Volume | None = None, progress=None,
     prog = as_progress(progress)
     prog.update(0.0, "brain mask")
     mask = t1_mask if t1_mask is not None else brain_mask(t1)
-    # working grid: T1 bounding box at voxel_mm
+    # working grid: the brain mask's bounding box (+ CROP_MARGIN_MM) at voxel_mm; outside it the
+    # prepared T1 is zero anyway (neck, scalp): no demons work there
     fixed_full = t1.to_sitk(np.float32)
-    mask_s = t1.with_data((np.asarray(mask.data) > 0).astype(np.uint8)).to_sitk()
+    mask_np = (np.asarray(mask.data) > 0).astype(np.uint8)
+    mask_s = t1.with_data(mask_np).to_sitk()
     sp = np.array(fixed_full.GetSpacing())
-    size = [int(np.ceil(n * s / voxel_mm)) for n, s in zip(fixed_full.GetSize(), sp)]
+    lo, hi = np.zeros(3, int), np.array(fixed_full.GetSize()) - 1
+    if mask_np.any():
+        idx = np.argwhere(mask_np)  # i, j, k
+        pad = np.ceil(CROP_MARGIN_MM / sp).astype(int)
+        lo, hi = np.maximum(idx.min(0) - pad, lo), np.minimum(idx.max(0) + pad, hi)
+    size = [int(np.ceil((b - a + 1) * s / voxel_mm)) for a, b, s in zip(lo, hi, sp)]
     ref = sitk.Image(size, sitk.sitkFloat32)
     ref.SetSpacing([voxel_mm] * 3)
     ref.SetDirection(fixed_full.GetDirection())
-    ref.SetOrigin(fixed_full.GetOrigin())
+    ref.SetOrigin(fixed_full.TransformIndexToPhysicalPoint([int(v) for v in lo]))
     fixed = sitk.Resample(sitk.SmoothingRecursiveGaussian(fixed_full, voxel_mm / 2), ref)
     fmask = sitk.Resample(mask_s, ref, sitk.Transform(), sitk.sitkNearestNeighbor)
     fixed = _prep(fixed, fmask)
-    tmpl_vol = read_volume(ATLAS_DIR / TEMPLATE)
-    tmpl = tmpl_vol.to_sitk(np.float32)
-    # same brain-mask recipe on both sides: demons then compares like with like (no scalp vs none)
-    tmask = tmpl_vol.with_data(np.asarray(brain_mask(tmpl_vol).data, np.uint8)).to_sitk()
-    tmask.CopyInformation(tmpl)
-    moving = _prep(tmpl, tmask)
+    moving = _template()
     prog.update(0.1, "affine")
     init = sitk.CenteredTransformInitializer(fixed, moving, sitk.AffineTransform(3),
                                              sitk.CenteredTransformInitializerFilter.MOMENTS)
@@ -137,7 +153,7 @@ def normalize_to_mni(t1: Volume, t1_mask: Volume | None = None, progress=None,
     warped = sitk.Resample(moving, fixed, affine, sitk.sitkLinear, 0.0)
     warped = sitk.HistogramMatching(warped, fixed, 128, 7, True)
     demons = sitk.FastSymmetricForcesDemonsRegistrationFilter()
-    demons.SetNumberOfIterations(60)
+    demons.SetNumberOfIterations(DEMONS_ITERATIONS[0])
     demons.SetStandardDeviations(2.5)
     demons.SetSmoothUpdateField(True)
     demons.SetUpdateFieldStandardDeviations(1.0)
@@ -145,6 +161,7 @@ def normalize_to_mni(t1: Volume, t1_mask: Volume | None = None, progress=None,
     half = sitk.Shrink(fixed, [2, 2, 2])
     disp = demons.Execute(half, sitk.Resample(warped, half))
     disp = sitk.Resample(disp, fixed, sitk.Transform(), sitk.sitkLinear, 0.0, disp.GetPixelID())
+    demons.SetNumberOfIterations(DEMONS_ITERATIONS[1])
     disp = demons.Execute(fixed, warped, disp)
     field = sitk.DisplacementFieldTransform(sitk.Cast(disp, sitk.sitkVectorFloat64))
     comp = sitk.CompositeTransform(3)

@@ -181,14 +181,18 @@ def _pdf_solve(f, m, w2, vox, b0_dir_ijk, tol, max_iter, x0=None):
 
 def pdf(field: np.ndarray, mask: np.ndarray, voxel_mm=(1, 1, 1), b0_dir_ijk=(0, 0, 1),
         weight: np.ndarray | None = None, tol: float = 1e-2, max_iter: int = 100,
-        pad=None, coarse: bool = True) -> tuple[np.ndarray, np.ndarray]:
+        pad=None, coarse: bool = True, chi_local: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Projection onto dipole fields (Liu T et al., NMR Biomed 2011;24:1129): the background field is
     the field, inside the mask, of sources outside it: min_chi || W M (f - D (1-M) chi) ||^2,
     conjugate gradients on the normal equations, zero-padded grid (default 1/6 of each size per side:
     the same local field as 1/3 on the digital patient, at about half the FFT cost).
     ``coarse``: first solve on a 2x coarser grid (1/8 of the voxels; sources only where a whole 2x2x2
     block is outside the mask) and start the full-resolution CG from its sources: fewer full-size
-    iterations for the same tolerance. Returns (local_field, mask)."""
+    iterations for the same tolerance.
+    ``chi_local``: an estimate of the sources inside the mask (e.g. a first dipole inversion, ppm);
+    their field is taken out before the background is fitted, so the outside sources no longer absorb
+    the far field of deep sources near the boundary (one step of a total-field-inversion alternation).
+    Returns (local_field, mask)."""
     mask = np.asarray(mask, bool)
     vox = np.asarray(voxel_mm, float)
     if pad is None:
@@ -198,6 +202,12 @@ def pdf(field: np.ndarray, mask: np.ndarray, voxel_mm=(1, 1, 1), b0_dir_ijk=(0, 
     m, _ = pad_to(mask, shape)
     w = np.ones(mask.shape, np.float32) if weight is None else np.asarray(weight, np.float32)
     w2, _ = pad_to(np.where(mask, w * w, 0).astype(np.float32), shape)
+    known = None
+    if chi_local is not None:  # field of the known local sources, inside the mask
+        cl, _ = pad_to(np.where(mask, chi_local, 0).astype(np.float32), shape)
+        known = np.where(m, irfft3(rfft3(cl) * dipole_kernel(shape, vox, b0_dir_ijk), shape), 0)
+        del cl
+        f = (f - known).astype(np.float32)
     x0 = None
     if coarse and min(shape) >= 32:
         frac = _block2_mean(m.astype(np.float32))
@@ -211,6 +221,8 @@ def pdf(field: np.ndarray, mask: np.ndarray, voxel_mm=(1, 1, 1), b0_dir_ijk=(0, 
     chi_bg, dconv = _pdf_solve(f, m, w2, vox, b0_dir_ijk, tol, max_iter, x0=x0)
     pdf.iterations = _cg.iterations
     background = dconv(np.where(m, 0, chi_bg))
+    if known is not None:
+        f += known
     local = np.where(m, f - background, 0)[sl].astype(np.float32)
     return local, mask.copy()
 

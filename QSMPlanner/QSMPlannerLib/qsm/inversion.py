@@ -98,7 +98,8 @@ def _grad_eig(shape, voxel_mm):
 
 def tv_admm(local_field_ppm: np.ndarray, mask: np.ndarray, voxel_mm=(1, 1, 1), b0_dir_ijk=(0, 0, 1),
             lam: float | None = None, rho: float | None = None, max_iter: int = 40, tol: float = 1e-2,
-            pad: int = 8, progress=None, magnitude: np.ndarray | None = None) -> np.ndarray:
+            pad: int = 8, progress=None, magnitude: np.ndarray | None = None,
+            chi0: np.ndarray | None = None) -> np.ndarray:
     """Total-variation regularised dipole inversion by ADMM (Bilgic B et al., MRM 2014;72:1444;
     Milovic C et al., FANSI, MRM 2018;80:814):  min_chi 1/2 ||D chi - f||^2 + lam ||W grad chi||_1.
 
@@ -107,7 +108,8 @@ def tv_admm(local_field_ppm: np.ndarray, mask: np.ndarray, voxel_mm=(1, 1, 1), b
     (any matrix size, anisotropic voxels; B0 direction ``b0_dir_ijk`` in the voxel frame).
     ``magnitude``: optional prior; W = 0 across its strongest edges (see ``magnitude_edge_weights``).
     Defaults: lam = 2e-3 (field and chi in ppm, gradients per mm), rho = 100*lam; stops when the
-    relative change of chi < ``tol`` or after ``max_iter``. Returns chi (ppm) in ``mask`` (0 outside).
+    relative change of chi < ``tol`` or after ``max_iter``. ``chi0``: start (e.g. a previous solution),
+    else a Tikhonov closed form. Returns chi (ppm) in ``mask`` (0 outside).
     """
     mask = np.asarray(mask, bool)
     vox = np.asarray(voxel_mm, float)
@@ -133,7 +135,10 @@ def tv_admm(local_field_ppm: np.ndarray, mask: np.ndarray, voxel_mm=(1, 1, 1), b
         wts = [np.ones(shape, np.float32)] * 3
     thr = [np.float32(lam / rho) * w for w in wts]
     # start from TKD-like closed form (small Tikhonov gradient penalty)
-    chi = irfft3(dtf / (d * d + np.float32(rho) * lap + np.float32(1e-12)), shape).astype(np.float32)
+    if chi0 is not None:
+        chi = pad_to(np.where(mb, np.asarray(chi0, np.float32)[box], 0).astype(np.float32), shape)[0]
+    else:
+        chi = irfft3(dtf / (d * d + np.float32(rho) * lap + np.float32(1e-12)), shape).astype(np.float32)
     u = [np.zeros(shape, np.float32) for _ in range(3)]
     v = [np.empty(shape, np.float32) for _ in range(3)]
     div = np.empty(shape, np.float32)

@@ -89,13 +89,16 @@ def _as_mask(mask, shape, ras_from_ijk) -> np.ndarray:
 
 def reconstruct_qsm(gre, mask: Volume | None = None, bfr: str = "vsharp", inversion: str = "tv",
                     progress=None, keep_dir=None, unwrap: str = "romeo", tv_lambda: float | None = None,
-                    reference: str = "mean") -> QSMResult:
+                    reference: str = "mean", bfr_passes: int = 1) -> QSMResult:
     """QSM from a ``MultiEchoGRE`` (phase in rad, TE in s, B0 direction in the voxel frame).
 
     ``mask``: optional brain mask Volume on the GRE grid (else computed from the magnitude).
     ``bfr``: "vsharp" | "resharp" | "pdf" | "lbv"; ``inversion``: "tv" (ADMM) | "tkd";
     ``unwrap``: "romeo" (exact, quality-guided) | "laplacian" (per echo, then fit; not exact);
     ``keep_dir``: write intermediates (NIfTI) there. ``reference``: "mean" (whole brain) | "csf".
+    ``bfr_passes`` (PDF only): > 1 alternates background fit and inversion: the background is fitted
+    again after the field of the chi found so far, and the inversion restarts from that chi (closer
+    deep-nuclei values, about +60% time).
     Returns ``QSMResult`` (chi in ppm on the GRE grid, referenced as ``reference``).
     """
     from . import bgremove, inversion as inv_mod
@@ -203,14 +206,27 @@ def reconstruct_qsm(gre, mask: Volume | None = None, bfr: str = "vsharp", invers
     t = time.perf_counter()
     prog.update(0.6, f"dipole inversion ({inversion})")
     chi = np.zeros(shape, np.float32)
-    if inversion == "tkd":
-        chi[box] = inv_mod.tkd(local_b, m_local_b, vox, b0_dir)
-    else:
-        sub = prog.sub(0.6, 0.98)
-        chi[box] = inv_mod.tv_admm(local_b, m_local_b, vox, b0_dir, lam=tv_lambda, progress=sub,
-                                   magnitude=np.sqrt((mag[box] ** 2).sum(axis=3)))
-        messages.append(f"TV-ADMM: {getattr(inv_mod.tv_admm, 'iterations', '?')} iterations")
-    timings["inversion"] = time.perf_counter() - t
+    n_passes = max(1, int(bfr_passes)) if bfr == "pdf" else 1
+    timings["inversion"] = 0.0
+    for n in range(n_passes):
+        if n:  # background again, after the field of the chi found so far
+            t = time.perf_counter()
+            prog.update(0.6, f"background removal ({bfr}), pass {n + 1}")
+            local_b, m_local_b = bgremove.pdf(fb, mb, vox, b0_dir, chi_local=chi[box])
+            local[box] = local_b
+            timings["bfr"] += time.perf_counter() - t
+            t = time.perf_counter()
+        if inversion == "tkd":
+            chi[box] = inv_mod.tkd(local_b, m_local_b, vox, b0_dir)
+        else:
+            sub = prog.sub(0.6 + 0.38 * n / n_passes, 0.6 + 0.38 * (n + 1) / n_passes)
+            chi[box] = inv_mod.tv_admm(local_b, m_local_b, vox, b0_dir, lam=tv_lambda, progress=sub,
+                                       magnitude=np.sqrt((mag[box] ** 2).sum(axis=3)),
+                                       chi0=chi[box] if n else None)
+            messages.append(f"TV-ADMM: {getattr(inv_mod.tv_admm, 'iterations', '?')} iterations")
+        timings["inversion"] += time.perf_counter() - t
+    if n_passes > 1:
+        keep(local, "local_field_ppm_final")
 
     if reference == "csf":
         from .reference import csf_mask

@@ -43,6 +43,7 @@ CONFIG = {
     "search_keep": 3,            # candidates optimised at the search level
     "mid_keep": 2,               # candidates optimised again at 4 mm
     "mid_margin": 0.2,           # ... if their 8 mm metric is within 20 % of the best
+    "distinct_mm": 3.0,          # ... and they are this far from every better one (box points)
     "levels_mm": (16.0, 8.0, 4.0, 2.0),      # search on the coarsest (wide basins: CT vs T1)
     "level_iters": (60, 60, 100, 100),
     "level_step_mm": (8.0, 4.0, 2.0, 1.0),
@@ -417,7 +418,12 @@ def _register(fixed, moving, fixed_mask, moving_mask, init, progress):
     local.sort(key=lambda x: x[0])
     mid = []
     # a runner-up goes on to 4 mm only if it is competitive at 8 mm (within mid_margin of the best MI)
-    keep = [x for x in local[:cfg["mid_keep"]] if x[0] <= local[0][0] * (1.0 - cfg["mid_margin"])]
+    # and a distinct optimum (starts that converged together are one candidate)
+    keep = []
+    for x in local:
+        if len(keep) < cfg["mid_keep"] and x[0] <= local[0][0] * (1.0 - cfg["mid_margin"]) \
+                and all(_distance_mm(x[1], k[1], pts) > cfg["distinct_mm"] for k in keep):
+            keep.append(x)
     for val, t in keep:
         prog.check()
         t = sitk.Euler3DTransform(t)

@@ -82,3 +82,10 @@ def report_composite(html_path, png_path, width_px: int = 1800, rows=MAIN) -> Pa
     fig.savefig(png_path, dpi=100)
     plt.close(fig)
     return png_path
+
+
+if __name__ == "__main__":
+    import sys
+    if len(sys.argv) != 3:
+        sys.exit("usage: python -m QSMPlannerLib.report.composite REPORT.html OUT.png")
+    print(report_composite(sys.argv[1], sys.argv[2]))

@@ -2,11 +2,14 @@
 
 Pinned, validated configuration (``CONFIG``; fixed seeds, deterministic):
 1. centring by moments (or geometry) of the masked images;
-2. coarse search on an 8 mm pyramid level: a grid of rotations (and, for a partial-coverage slab,
-   shifts along the slab normal) scored by Mattes MI on all voxels;
-3. multi-start: the best distinct candidates are optimised locally at 8 mm, the best few again at
-   4 mm, the best one wins;
-4. refinement at 2 mm from two opposite perturbations (restart consistency), then the full
+2. coarse search on the coarsest pyramid level (16 mm: wide basins, so a centring pulled off by a
+   neck the other image lacks, e.g. frame CT vs T1, still converges; a level with fewer than 5
+   voxels across the thinnest image, i.e. a slab, is dropped): a grid of rotations (and, for a
+   partial-coverage slab, shifts along the slab normal) scored by Mattes MI on all voxels;
+3. multi-start: the best distinct candidates are optimised locally at 16 and 8 mm, the competitive
+   and distinct ones again at 4 mm, the best one wins;
+4. refinement at 2 mm from two opposite perturbations (restart consistency; restarts that disagree
+   are each continued once with a fresh step before the check), then the full
    resolution with a capped, fixed sample set (regular-step gradient descent, physical-shift scales)
    drawn on strong fixed-image edges inside the moving field of view. A partial-coverage slab is
    sampled in the slab (roles swapped at full resolution: the T1 contains it).

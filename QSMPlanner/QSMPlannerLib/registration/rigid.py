@@ -414,7 +414,13 @@ def _register(fixed, moving, fixed_mask, moving_mask, init, progress):
     for v, tx in starts:
         prog.check()
         t = sitk.Euler3DTransform(tx)
+        before = None
         for k in range(len(levels) - 2):  # the coarse levels, coarsest first
+            # the previous (coarser) level's move is kept only if this level's metric agrees (a small
+            # brain-masked blob at 16 mm can pull away from the optimum)
+            if before is not None and _evaluate(levels[k], before) < _evaluate(levels[k], t):
+                t = before
+            before = sitk.Euler3DTransform(t)
             val, _ = _optimise(levels[k], t, cfg["level_iters"][k], cfg["level_step_mm"][k],
                                cfg["level_min_step_mm"][k], cfg["level_samples"][k], n_iter)
         local.append((val, t))

@@ -101,3 +101,17 @@ def test_rigid_frame_ct_to_t1_forward():
     tre = _tre(result.fixed_from_moving, truth, pts)
     assert tre.mean() <= 0.3 and tre.max() <= 0.6, (tre.mean(), tre.max())
     assert result.qc["restart_disagreement_mm"] < CONFIG["restart_tolerance_mm"]
+
+
+def test_rigid_gre_brain_masked_forward():
+    """First-echo GRE magnitude onto the T1, both brain-masked (the pipeline's first attempt): a small
+    masked blob at 16 mm pulled this start away; the 8 mm level now vetoes that move."""
+    from QSMPlannerLib.phantom import make_patient
+    from QSMPlannerLib.pipeline import _first_echo_magnitude, _t1_brain
+    patient = make_patient(seed=5, small=True)
+    t1_brain = _t1_brain(patient.t1)
+    result = register_rigid(patient.t1, _first_echo_magnitude(patient.gre), fixed_mask=t1_brain,
+                            moving_mask=patient.truth["brain_mask"])
+    pts = patient.t1.voxel_ras_grid()[np.asarray(t1_brain.data) > 0][::20]
+    tre = _tre(result.fixed_from_moving, patient.transforms["t1_from_gre"], pts)
+    assert tre.mean() <= 0.3 and tre.max() <= 0.5, (tre.mean(), tre.max())

@@ -7,7 +7,8 @@ Everything happens on the QSM grid (the space of ``qsm``; RAS mm; χ in ppm):
    best explain the QSM as piecewise constant (Chan-Vese energy over a window); then each nucleus
    alone (smaller moves). A surgeon's seed (or box) pins a structure instead.
 3. Refinement: region competition of 7 classes (background + 6 nuclei) by iterated conditional modes:
-   Gaussian intensity term with each class's own mean (re-estimated), a distance-to-localized-prior
+   Gaussian intensity term with each class's own level (re-estimated locally, within ~3 mm; the
+   background's away from the partial-volume rim of the nuclei), a distance-to-localized-prior
    term, and a Potts smoothness term. STN and SN meet along the darker border between them because
    border voxels go to the background class or to the class whose mean is nearer.
 4. Guard rails per structure (volume range, χ range, contrast-to-noise, compactness, connectivity,
@@ -31,6 +32,7 @@ DEBUG = False
 SMOOTH_SIGMA_VOX = 0.0   # smoothing of χ (voxels) for the competition
 INVALID_MARGIN_VOX = 2   # rim (voxels) around implausible χ left out
 LOCALIZE_SMOOTH = 0.0    # smoothing of χ (voxels) for the localization
+LOCAL_BACKGROUND_ONLY = True
 
 
 @dataclass
@@ -242,12 +244,43 @@ def _localize(chi, masks: dict, pinned: dict, voxel_mm, progress, valid=None) ->
     return out
 
 
-ICM = {"beta": 0.6, "alpha_per_mm": 1.5, "tol_mm": 0.5, "n_iter": 6, "pooled_sigma": (0.01, 0.025)}
+# local class levels (3 mm), background level away from the nuclei's partial-volume rim
+ICM = {"beta": 0.6, "alpha_per_mm": 1.5, "tol_mm": 0.5, "n_iter": 6, "pooled_sigma": (0.01, 0.025),
+       "local_sigma_mm": 3.0, "core_means": "background"}
+
+
+def _class_means(chi, labels, classes, local_sigma_mm: float, voxel_mm, core_only: bool):
+    """χ level of each class: {class: scalar or map}. ``core_only``: from voxels whose 6 neighbours
+    share their class (partial-volume borders left out); ``local_sigma_mm`` > 0: a map, the Gaussian-
+    weighted mean of the class's voxels nearby (slowly varying tissue, e.g. SNc/SNr or white matter
+    next to thalamus), falling back to the class's global mean far from its voxels."""
+    near = ndi.binary_dilation(labels > 0, iterations=3)
+    means = {}
+    for c in classes:
+        sel = labels == c
+        if c == BACKGROUND:
+            sel &= near
+        if core_only is True or (core_only == "background" and c == BACKGROUND):
+            core = ndi.binary_erosion(labels == c) & sel
+            sel = core if core.sum() >= 5 else sel
+        if sel.sum() < 5:
+            means[c] = None
+            continue
+        g = float(np.mean(chi[sel]))
+        if local_sigma_mm > 0 and (c == BACKGROUND or not LOCAL_BACKGROUND_ONLY):
+            sig = local_sigma_mm / np.asarray(voxel_mm, float)
+            w = ndi.gaussian_filter(sel.astype(np.float64), sig, truncate=3.0)
+            s = ndi.gaussian_filter(np.where(sel, chi, 0.0), sig, truncate=3.0)
+            k = 0.05  # weight of the global mean (a few voxels' worth)
+            means[c] = (s + k * g) / (w + k)
+        else:
+            means[c] = g
+    return means
 
 
 def _icm(chi, loc: dict, sigma: float, voxel_mm, allowed: dict, forced: dict, n_iter: int = 6,
          beta: float = 0.6, alpha_per_mm: float = 1.5, tol_mm: float = 1.0, pooled_sigma=False,
-         class_sigma=False):
+         class_sigma=False, local_sigma_mm: float = 0.0, core_means=False):
     """Region competition (background + nuclei) by iterated conditional modes. Returns labels, means."""
     values = sorted(loc)
     classes = [BACKGROUND] + values
@@ -268,7 +301,8 @@ def _icm(chi, loc: dict, sigma: float, voxel_mm, allowed: dict, forced: dict, n_
         if pooled_sigma:
             fitted = np.zeros_like(chi)
             for c in classes:
-                fitted[labels == c] = means[c]
+                sel = labels == c
+                fitted[sel] = np.broadcast_to(means[c], chi.shape)[sel]
             near = ndi.binary_dilation(labels > 0, iterations=3)
             sigma = float(np.clip(np.std((chi - fitted)[near]), pooled_sigma[0], pooled_sigma[1]))
             inv2s2 = 1.0 / (2.0 * sigma ** 2)
@@ -297,13 +331,10 @@ def _icm(chi, loc: dict, sigma: float, voxel_mm, allowed: dict, forced: dict, n_
             new[m] = v
         changed = int((new != labels).sum())
         labels = new
-        for c in classes:
-            sel = labels == c
-            if c == BACKGROUND:
-                sel &= ndi.binary_dilation(labels > 0, iterations=3)
-            if sel.sum() >= 5:
-                means[c] = float(np.mean(chi[sel]))
-        if DEBUG: print("ICM", it, changed, round(sigma, 4), {k: round(v, 3) for k, v in means.items()})
+        for c, m in _class_means(chi, labels, classes, local_sigma_mm, voxel_mm, core_means).items():
+            if m is not None:
+                means[c] = m
+        if DEBUG: print("ICM", it, changed, round(sigma, 4), {k: round(float(np.mean(v)), 3) for k, v in means.items()})
         if changed == 0:
             break
     return labels, means
@@ -481,7 +512,7 @@ def segment_nuclei(qsm: Volume, prior_labels: Volume, seeds: dict | None = None,
     source = {}
     vol_mm3 = float(np.prod(voxel_mm))
     ring_all = ndi.binary_dilation(labels > 0, iterations=3) & (labels == 0) & ~union
-    bg_level = float(np.median(chi[ring_all])) if ring_all.any() else means[BACKGROUND]
+    bg_level = float(np.median(chi[ring_all])) if ring_all.any() else float(np.mean(means[BACKGROUND]))
     results = {}
     side_shift = {}
     for parity in (0, 1):  # 1 = left (odd values), 0 = right

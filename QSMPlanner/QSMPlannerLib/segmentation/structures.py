@@ -20,7 +20,8 @@ SIDES = {"L": ("SCT", "7771000", "Left"), "R": ("SCT", "24028007", "Right")}
 
 # Guard rails (adult nuclei at 3 T / 1 mm; generous on purpose)
 VOLUME_RANGE_MM3 = {"STN": (40.0, 500.0), "SN": (150.0, 2000.0), "RN": (80.0, 1000.0)}
-CHI_RANGE_PPM = {"STN": (0.02, 0.35), "SN": (0.03, 0.45), "RN": (0.03, 0.40)}
+# mean χ (ppm); the zero of a QSM is a choice of reference: the contrast-to-noise check is the relative one
+CHI_RANGE_PPM = {"STN": (0.01, 0.35), "SN": (0.03, 0.45), "RN": (0.03, 0.40)}
 # voxel χ a nucleus may hold (ppm); outside: vessel, artefact or CSF/air edge
 VOXEL_CHI_PPM = {"STN": (-0.05, 0.25), "SN": (-0.05, 0.35), "RN": (-0.05, 0.30)}
 # voxels outside this range are left out of the localization (streaks, veins, air edges)

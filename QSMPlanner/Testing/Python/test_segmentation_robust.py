@@ -111,3 +111,36 @@ def test_progress_and_cancel():
     p.cancel()
     with pytest.raises(Cancelled):
         segment_nuclei(case["qsm"], case["prior"], progress=p)
+
+
+def _ball_on_uneven_background(n=24, radius=4.5, sub=4):
+    """χ of a 0.09 ppm ball with partial volume, dark tissue (-0.03) on one side, bright (+0.06) on
+    the other; truth = voxel centres inside the ball."""
+    c = (n - 1) / 2.0
+    f = (np.arange(n * sub) + 0.5) / sub - 0.5
+    x, y, z = np.meshgrid(f, f, f, indexing="ij")
+    inside = ((x - c) ** 2 + (y - c) ** 2 + (z - c) ** 2) <= radius ** 2
+    bg = np.where(x < c, -0.03, 0.06)
+    fine = np.where(inside, 0.09, bg)
+    chi = fine.reshape(n, sub, n, sub, n, sub).mean(axis=(1, 3, 5))
+    i = np.indices((n, n, n)).astype(float)
+    truth = ((i - c) ** 2).sum(axis=0) <= radius ** 2
+    return chi, truth
+
+
+def test_local_background_level_places_the_border_on_both_sides():
+    """Nucleus between darker and brighter tissue: a background level taken locally (away from the
+    partial-volume rim) puts the border half-way on each side; one global level cannot."""
+    from QSMPlannerLib.segmentation.nuclei import _icm
+    chi, truth = _ball_on_uneven_background()
+    loc = {1: np.roll(truth, 1, axis=1)}          # prior one voxel off
+    allowed = {1: np.ones(chi.shape, bool)}
+    common = dict(n_iter=8, beta=0.6, alpha_per_mm=1.5, tol_mm=0.5, pooled_sigma=(0.01, 0.025))
+    glob, _ = _icm(chi, loc, 0.02, np.ones(3), allowed, {}, **common)
+    local, _ = _icm(chi, loc, 0.02, np.ones(3), allowed, {}, local_sigma_mm=3.0,
+                    core_means="background", **common)
+    d_glob, d_local = dice(glob == 1, truth), dice(local == 1, truth)
+    assert d_local > 0.93, d_local
+    assert d_local > d_glob + 0.02, (d_local, d_glob)
+    bright = np.indices(chi.shape)[0] > chi.shape[0] // 2  # no leak into the bright tissue
+    assert ((local == 1) & ~truth & bright).sum() <= 0.1 * truth.sum()

@@ -58,6 +58,7 @@ CONFIG = {
     "final_relaxation": 0.6,
     "final_step_mm": 0.25,
     "final_min_step_mm": 0.005,
+    "coarse_mask_dilation": 2,   # voxels, masks at the search / multi-start levels (16, 8 mm)
     "restart_perturbation": (3.0, 3.0),      # mm, deg at the 2 mm level
     "restart_tolerance_mm": 1.5,
     "pyramid_tolerance_mm": 1.5,
@@ -159,6 +160,18 @@ class _Level:
             fov = sitk.And(fov, self.fm)
         if sitk.GetArrayViewFromImage(fov).sum() > 1000:
             self.fm = fov
+            self._n = None
+        return self
+
+    def with_dilated_masks(self, voxels):
+        """Masks dilated by ``voxels`` level voxels: at coarse levels a brain mask leaves a nearly
+        featureless interior (MI then favours wrong poses); its rim (CSF, skull, scalp) restores the
+        outline that makes the coarse metric discriminative."""
+        import SimpleITK as sitk
+        if voxels > 0:
+            self.fm = sitk.BinaryDilate(self.fm, [int(voxels)] * 3) if self.fm is not None else None
+            self.mm_mask = sitk.BinaryDilate(self.mm_mask, [int(voxels)] * 3) \
+                if self.mm_mask is not None else None
             self._n = None
         return self
 
@@ -379,6 +392,8 @@ def _register(fixed, moving, fixed_mask, moving_mask, init, progress):
         base = sitk.CenteredTransformInitializer(search.f, search.m, sitk.Euler3DTransform(),
                                                  sitk.CenteredTransformInitializerFilter.GEOMETRY)
     base = sitk.Euler3DTransform(base)
+    for level in levels[:-2]:  # search / multi-start levels (after the centring on the true masks)
+        level.with_dilated_masks(cfg["coarse_mask_dilation"])
     identity_metric = _evaluate(levels[-2], sitk.Euler3DTransform())
     # coarse search: rotations x (slab) shifts along the thin axis
     thin, gap = _thin_axis(m_img, f_img)

@@ -32,7 +32,6 @@ DEBUG = False
 SMOOTH_SIGMA_VOX = 0.0   # smoothing of χ (voxels) for the competition
 INVALID_MARGIN_VOX = 2   # rim (voxels) around implausible χ left out
 LOCALIZE_SMOOTH = 0.0    # smoothing of χ (voxels) for the localization
-LOCAL_BACKGROUND_ONLY = True
 
 
 @dataclass
@@ -267,7 +266,7 @@ def _class_means(chi, labels, classes, local_sigma_mm: float, voxel_mm, core_onl
             means[c] = None
             continue
         g = float(np.mean(chi[sel]))
-        if local_sigma_mm > 0 and (c == BACKGROUND or not LOCAL_BACKGROUND_ONLY):
+        if local_sigma_mm > 0:
             sig = local_sigma_mm / np.asarray(voxel_mm, float)
             w = ndi.gaussian_filter(sel.astype(np.float64), sig, truncate=3.0)
             s = ndi.gaussian_filter(np.where(sel, chi, 0.0), sig, truncate=3.0)

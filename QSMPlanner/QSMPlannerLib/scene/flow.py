@@ -81,10 +81,15 @@ def run_whole_flow(logic: PlannerLogic | None = None, seed: int = 0, small: bool
         plans, suggestions, profiles = {}, {}, {}
         for side in ("left", "right"):
             first = logic.plan_trajectory(side, segmentation_node=seg, qsm_node=qsm)
-            table = logic.rank_entries(side, qsm, seg, target_ras=first["target_ras"])
+            target = first["target_ras"]
+            table = logic.rank_entries(side, qsm, seg, target_ras=target)
+            safer = table.GetAttribute("QSMPlanner.SaferTargetRAS")
+            if safer:  # a vein next to the suggestion blocks every entry: move it, as run_patient does
+                target = np.array([float(v) for v in safer.split(",")])
+                table = logic.rank_entries(side, qsm, seg, target_ras=target)
             best = [r for r in mrml.table_to_rows(table) if r["rank"] == 1]
             entry = np.array([best[0]["R"], best[0]["A"], best[0]["S"]]) if best else None
-            plans[side] = logic.plan_trajectory(side, target_ras=first["target_ras"], entry_ras=entry,
+            plans[side] = logic.plan_trajectory(side, target_ras=target, entry_ras=entry,
                                                 segmentation_node=seg, qsm_node=qsm)
             suggestions[side] = table
             profiles[side] = logic.distance_profile(side, qsm, seg)[0]

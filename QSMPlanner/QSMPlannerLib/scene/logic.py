@@ -811,9 +811,32 @@ class PlannerLogic:
                          "safe": "yes" if c.safe else "no", "risk": c.risk,
                          "label": c.label or ("standard" if rank == 0 else f"candidate {rank}")})
         table = mrml.add_table(self.scene, rows, f"Suggestions_{s}")
-        table.SetAttribute("QSMPlanner.Statement", search.statement())
-        self._log(f"Entries {s}: {search.statement()}")
+        statement = search.statement()
+        safer = None if search.feasible else self.safer_target(side, target, risk, segmentation_node)
+        if safer is not None:
+            shift = float(np.linalg.norm(safer - target))
+            statement += (f" A target {shift:.1f} mm away inside the STN (RAS {safer[0]:.1f}, {safer[1]:.1f},"
+                          f" {safer[2]:.1f} mm) has a safe entry: move the target there to use it.")
+            table.SetAttribute("QSMPlanner.SaferTargetRAS", ",".join(f"{v:.3f}" for v in safer))
+        table.SetAttribute("QSMPlanner.Statement", statement)
+        self._log(f"Entries {s}: {statement}")
         return table
+
+    def safer_target(self, side: str, target, risk, segmentation_node=None, max_shift_mm: float = 2.5):
+        """The nearest point inside the side's STN (within ``max_shift_mm`` of ``target``, world RAS) from
+        which ``planning.search_entries`` finds an entry keeping the margin, as ``run_patient`` moves its
+        suggestion; None without a segmentation or when there is none."""
+        from ..planning import search_entries
+        from ..planning.plan import vein_clear_targets
+        node = segmentation_node or self.node(NUCLEI_NAME, "vtkMRMLSegmentationNode")
+        if self.segmentation_result is None or node is None:
+            return None
+        world = mrml.world_from_node_matrix(node)
+        for alt in vein_clear_targets(self.segmentation_result, side, target, risk, world, self.margin_mm,
+                                      max_shift_mm=max_shift_mm):
+            if search_entries(alt, side, risk, self.margin_mm, self.landmarks() or None).feasible:
+                return np.asarray(alt, float)
+        return None
 
     def probe_eye_slice(self, slice_node, side: str, depth_mm: float = 0.0):
         """Point ``slice_node`` perpendicular to the trajectory, ``depth_mm`` above the target (probe's-eye

@@ -394,3 +394,36 @@ def test_stage_results_become_nodes_observed_or_hardened(patient):
     p = np.array([-12.0, -2.0, -4.0])
     m = logic.xyz_from_world(ct)
     np.testing.assert_allclose(m[:3, :3] @ p + m[:3, 3], xyz_from_t1[:3, :3] @ p + xyz_from_t1[:3, 3], atol=1e-9)
+
+
+def test_blocked_target_gets_a_safer_target_inside_the_stn(patient):
+    """A vein running up beside the suggested left target blocks every entry (the lateral microelectrode
+    track passes within the margin): the ranking says so and offers the nearest STN point with a safe
+    entry, as run_patient moves its suggestion."""
+    scene = mrml.new_scene()
+    logic = PlannerLogic(scene)
+    nodes = logic.load_patient_nodes(patient, known_transforms=True)
+    t_gre = nodes["T1_from_GRE"]
+    lab = _nuclei_labelmap(patient)
+    logic.segmentation_result = lab
+    seg = mrml.add_segmentation(scene, lab, NUCLEI, "Nuclei", parent_transform=t_gre)
+    target = logic.suggest_target("left", seg)
+    t1_from_gre = patient.transforms["t1_from_gre"]
+    grid = lab.voxel_ras_grid()
+    grid_t1 = grid @ t1_from_gre[:3, :3].T + t1_from_gre[:3, 3]
+    axis = target + np.array([-5.5, 0.0, 0.0])                      # 5.5 mm lateral, running up (S)
+    radial = np.linalg.norm((grid_t1 - axis)[..., :2], axis=-1)
+    chi = np.array(patient.truth["chi_ppm"].data, np.float32)
+    chi[(radial < 1.0) & (grid_t1[..., 2] > target[2] - 10)] = 0.45
+    qsm = mrml.add_volume(scene, Volume(chi, lab.ras_from_ijk), "QSM", kind="qsm", parent_transform=t_gre)
+    table = logic.rank_entries("left", qsm, seg, target_ras=target)
+    assert not any(r["safe"] == "yes" for r in mrml.table_to_rows(table))
+    safer = table.GetAttribute("QSMPlanner.SaferTargetRAS")
+    assert safer and "has a safe entry" in table.GetAttribute("QSMPlanner.Statement")
+    safer = np.array([float(v) for v in safer.split(",")])
+    assert 0.0 < np.linalg.norm(safer - target) <= 2.5
+    ijk = np.round(lab.ras_to_ijk(np.linalg.inv(t1_from_gre)[:3, :3] @ safer
+                                  + np.linalg.inv(t1_from_gre)[:3, 3])).astype(int)
+    assert NUCLEI[int(np.asarray(lab.data)[tuple(ijk)])] == "STN_L"
+    rows = mrml.table_to_rows(logic.rank_entries("left", qsm, seg, target_ras=safer))
+    assert any(r["rank"] > 0 and r["safe"] == "yes" for r in rows)

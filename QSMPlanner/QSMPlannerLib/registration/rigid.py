@@ -43,7 +43,8 @@ CONFIG = {
     "bins": 32,
     "relaxation": 0.8,
     "search_angles_deg": (-40.0, -20.0, 0.0, 20.0, 40.0),
-    "search_keep": 3,            # candidates optimised at the search level
+    "search_refine": 8,          # grid points refined on the search level (if coarser than 8 mm)
+    "search_keep": 3,            # candidates optimised on the multi-start levels
     "mid_keep": 2,               # candidates optimised again at 4 mm
     "mid_margin": 0.2,           # ... if their 8 mm metric is within 20 % of the best
     "distinct_mm": 3.0,          # ... and they are this far from every better one (box points)
@@ -329,6 +330,61 @@ def _thin_axis(img, other):
     return d, float(other_ext.min() - ext[k])
 
 
+def _centre_of_mass(img, mask):
+    """Intensity-weighted centre of mass (LPS mm) of ``img`` inside ``mask`` (None if empty)."""
+    import SimpleITK as sitk
+    w = sitk.GetArrayFromImage(img).astype(np.float64)
+    if mask is not None:
+        w = w * (sitk.GetArrayViewFromImage(mask) > 0)
+    w = np.clip(w, 0, None)
+    if w.sum() <= 0:
+        return None
+    idx = [float((w.sum(axis=tuple(a for a in range(3) if a != 2 - k)) * np.arange(w.shape[2 - k])).sum()
+                 / w.sum()) for k in range(3)]  # (i, j, k) = (x, y, z) axes of the numpy (z, y, x) array
+    return np.array(img.TransformContinuousIndexToPhysicalPoint(idx))
+
+
+def _centred(c_fixed, c_moving):
+    import SimpleITK as sitk
+    t = sitk.Euler3DTransform()
+    t.SetCenter(c_fixed.tolist())
+    t.SetTranslation((c_moving - c_fixed).tolist())
+    return t
+
+
+def _centrings(level, init):
+    """Candidate starting transforms (no rotation) on ``level``: the requested centring (moments or
+    geometry), the other one, and the moments of the overlap (each mask restricted to the other image's
+    field of view, twice): with partial coverage (a slab vs a whole head with neck) the centres of
+    mass of the whole masks do not correspond. Near-duplicates (< 5 mm apart) are dropped."""
+    import SimpleITK as sitk
+    geometry = [np.array(i.TransformContinuousIndexToPhysicalPoint(((np.array(i.GetSize()) - 1) / 2.0)
+                                                                    .tolist())) for i in (level.f, level.m)]
+    moments = [_centre_of_mass(level.f, level.fm), _centre_of_mass(level.m, level.mm_mask)]
+    if moments[0] is None or moments[1] is None:
+        moments = geometry
+    found = {"moments": _centred(*moments), "geometry": _centred(*geometry)}
+    overlap = found["moments"]
+    for _ in range(2):
+        f_in = _fov_in_fixed(level.m, level.f, overlap, 0.0)
+        m_in = _fov_in_fixed(level.f, level.m, _inverse(overlap), 0.0)
+        if level.fm is not None:
+            f_in = sitk.And(f_in, level.fm)
+        if level.mm_mask is not None:
+            m_in = sitk.And(m_in, level.mm_mask)
+        c_f, c_m = _centre_of_mass(level.f, f_in), _centre_of_mass(level.m, m_in)
+        if c_f is None or c_m is None:
+            break
+        overlap = _centred(c_f, c_m)
+    other = "geometry" if init == "moments" else "moments"
+    pts = _box_points(level.f, level.fm)
+    out = []
+    for t in (found[init], found[other], overlap):
+        if all(_distance_mm(t, o, pts) > 5.0 for o in out):
+            out.append(t)
+    return out
+
+
 def _perturbed(tx, shift_mm, angle_deg, sign):
     import SimpleITK as sitk
     t = sitk.Euler3DTransform(tx)
@@ -381,17 +437,10 @@ def _register(fixed, moving, fixed_mask, moving_mask, init, progress):
         levels.insert(0, src)
     timing = {"pyramid": time.process_time() - c0}
     search = levels[0]
-    # centring (moments on the masked coarse images: cheap and noise-robust)
-    mode = sitk.CenteredTransformInitializerFilter.MOMENTS if init == "moments" \
-        else sitk.CenteredTransformInitializerFilter.GEOMETRY
-    f_c = sitk.Mask(search.f, search.fm) if search.fm is not None else search.f
-    m_c = sitk.Mask(search.m, search.mm_mask) if search.mm_mask is not None else search.m
-    try:
-        base = sitk.CenteredTransformInitializer(f_c, m_c, sitk.Euler3DTransform(), mode)
-    except RuntimeError:
-        base = sitk.CenteredTransformInitializer(search.f, search.m, sitk.Euler3DTransform(),
-                                                 sitk.CenteredTransformInitializerFilter.GEOMETRY)
-    base = sitk.Euler3DTransform(base)
+    # centring (moments on the masked coarse images: cheap and noise-robust); the coarse search starts
+    # from several centrings (requested one first) and lets the metric choose
+    bases = _centrings(search, init)
+    base = bases[0]
     for level in levels[:-2]:  # search / multi-start levels (after the centring on the true masks)
         level.with_dilated_masks(cfg["coarse_mask_dilation"])
     identity_metric = _evaluate(levels[-2], sitk.Euler3DTransform())
@@ -401,11 +450,11 @@ def _register(fixed, moving, fixed_mask, moving_mask, init, progress):
     angles = np.deg2rad(cfg["search_angles_deg"])
     scored = []
     evaluator = _method(search)
-    for k, (ax, ay, az) in enumerate(itertools.product(angles, angles, angles)):
+    for k, (ax, ay, az, b) in enumerate(itertools.product(angles, angles, angles, bases)):
         if k % 25 == 0:
             prog.check()
-        for s in shifts:
-            tx = sitk.Euler3DTransform(base)
+        for s in (shifts if b is base else [0.0]):  # slab shifts from the requested centring only
+            tx = sitk.Euler3DTransform(b)
             tx.SetRotation(float(ax), float(ay), float(az))
             if s:
                 tx.SetTranslation((np.array(tx.GetTranslation()) + s * thin).tolist())
@@ -416,21 +465,40 @@ def _register(fixed, moving, fixed_mask, moving_mask, init, progress):
                 pass
     scored.sort(key=lambda x: x[0])
     pts = _box_points(f_img, f_mask)
+    # a search level coarser than the multi-start levels is cheap: a larger pool of grid points is
+    # refined there by a local optimisation (a 20 deg grid point with a centring off by 15-20 mm is
+    # often not among the best few raw scores, but its basin is far deeper), the best go on
+    refine = len(levels) > 3
+    n_starts = cfg["search_refine"] if refine else cfg["search_keep"]
     starts = []
     for v, tx in scored:  # distinct starts (> 15 mm apart over the box)
         if all(_distance_mm(tx, o, pts) > 15.0 for _, o in starts):
             starts.append((v, tx))
-        if len(starts) >= cfg["search_keep"]:
+        if len(starts) >= n_starts:
             break
     timing["search"] = time.process_time() - c0
     prog.update(0.2, "multi-start")
     n_iter = [0]
+    pool = [(None, sitk.Euler3DTransform(tx)) for _, tx in starts]  # (before the last level, current)
+    if refine:
+        refined = []
+        for _, tx in starts:
+            prog.check()
+            t = sitk.Euler3DTransform(tx)
+            val, _ = _optimise(levels[0], t, cfg["level_iters"][0], cfg["level_step_mm"][0],
+                               cfg["level_min_step_mm"][0], cfg["level_samples"][0], n_iter)
+            refined.append((val, tx, t))
+        refined.sort(key=lambda x: x[0])
+        pool = []
+        for _, tx, t in refined:
+            if all(_distance_mm(t, o, pts) > cfg["distinct_mm"] for _, o in pool):
+                pool.append((tx, t))
+            if len(pool) >= cfg["search_keep"]:
+                break
     local = []
-    for v, tx in starts:
+    for before, t in pool:
         prog.check()
-        t = sitk.Euler3DTransform(tx)
-        before = None
-        for k in range(len(levels) - 2):  # the coarse levels, coarsest first
+        for k in range(1 if refine else 0, len(levels) - 2):  # the coarse levels, coarsest first
             # the previous (coarser) level's move is kept only if this level's metric agrees (a small
             # brain-masked blob at 16 mm can pull away from the optimum)
             if before is not None and _evaluate(levels[k], before) < _evaluate(levels[k], t):

@@ -181,7 +181,8 @@ def _pdf_solve(f, m, w2, vox, b0_dir_ijk, tol, max_iter, x0=None):
 
 def pdf(field: np.ndarray, mask: np.ndarray, voxel_mm=(1, 1, 1), b0_dir_ijk=(0, 0, 1),
         weight: np.ndarray | None = None, tol: float = 1e-2, max_iter: int = 100,
-        pad=None, coarse: bool = True, chi_local: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        pad=None, coarse: bool = True, chi_local: np.ndarray | None = None,
+        sources0: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Projection onto dipole fields (Liu T et al., NMR Biomed 2011;24:1129): the background field is
     the field, inside the mask, of sources outside it: min_chi || W M (f - D (1-M) chi) ||^2,
     conjugate gradients on the normal equations, zero-padded grid (default 1/6 of each size per side:
@@ -192,7 +193,9 @@ def pdf(field: np.ndarray, mask: np.ndarray, voxel_mm=(1, 1, 1), b0_dir_ijk=(0, 
     ``chi_local``: an estimate of the sources inside the mask (e.g. a first dipole inversion, ppm);
     their field is taken out before the background is fitted, so the outside sources no longer absorb
     the far field of deep sources near the boundary (one step of a total-field-inversion alternation).
-    Returns (local_field, mask)."""
+    ``sources0``: start for the background sources (``pdf.sources`` of an earlier call with the same
+    mask and pad, e.g. before a ``chi_local`` refit); skips the coarse start.
+    Returns (local_field, mask); the fitted outside sources are left in ``pdf.sources``."""
     mask = np.asarray(mask, bool)
     vox = np.asarray(voxel_mm, float)
     if pad is None:
@@ -209,7 +212,10 @@ def pdf(field: np.ndarray, mask: np.ndarray, voxel_mm=(1, 1, 1), b0_dir_ijk=(0, 
         del cl
         f = (f - known).astype(np.float32)
     x0 = None
-    if coarse and min(shape) >= 32:
+    if sources0 is not None and np.shape(sources0) == shape:
+        x0 = np.where(m, 0, sources0).astype(np.float32)
+        pdf.coarse_iterations = 0
+    elif coarse and min(shape) >= 32:
         frac = _block2_mean(m.astype(np.float32))
         mc = frac > 0
         w2c = _block2_mean(w2)
@@ -220,6 +226,7 @@ def pdf(field: np.ndarray, mask: np.ndarray, voxel_mm=(1, 1, 1), b0_dir_ijk=(0, 
         pdf.coarse_iterations = _cg.iterations
     chi_bg, dconv = _pdf_solve(f, m, w2, vox, b0_dir_ijk, tol, max_iter, x0=x0)
     pdf.iterations = _cg.iterations
+    pdf.sources = chi_bg
     background = dconv(np.where(m, 0, chi_bg))
     if known is not None:
         f += known

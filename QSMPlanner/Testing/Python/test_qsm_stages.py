@@ -186,3 +186,22 @@ def test_tv_admm_warm_start_needs_fewer_iterations_for_the_same_map():
     warm = inversion.tv_admm(field, mask, VOX, OBLIQUE, tol=1e-3, max_iter=60, chi0=cold)
     assert inversion.tv_admm.iterations < n_cold
     assert np.linalg.norm(warm - cold) < 0.05 * np.linalg.norm(cold)
+
+
+def test_pdf_refit_started_from_the_earlier_sources_needs_fewer_iterations():
+    c = _centre()
+    inside = sphere_chi(SHAPE, VOX, c + [0, 0, 9], 4.0, 0.2)
+    outside = sphere_chi(SHAPE, VOX, c + [0, 0, 26], 5.0, 9.0)
+    local = forward_field(inside, VOX, OBLIQUE)
+    total = local + forward_field(outside, VOX, OBLIQUE)
+    g = [np.arange(n) * v - cc for n, v, cc in zip(SHAPE, VOX, c)]
+    x, y, z = np.meshgrid(*g, indexing="ij")
+    brain = x * x + y * y + z * z < 15 ** 2
+    plain, _ = bgremove.pdf(total, brain, VOX, OBLIQUE, tol=1e-3)
+    sources = bgremove.pdf.sources
+    rough = inversion.tkd(plain, brain, VOX, OBLIQUE)
+    cold, _ = bgremove.pdf(total, brain, VOX, OBLIQUE, tol=1e-3, chi_local=rough, coarse=False)
+    n_cold = bgremove.pdf.iterations
+    warm, _ = bgremove.pdf(total, brain, VOX, OBLIQUE, tol=1e-3, chi_local=rough, sources0=sources)
+    assert bgremove.pdf.iterations < n_cold
+    assert np.std((warm - cold)[brain]) < 0.1 * np.std(local[brain])

@@ -97,8 +97,9 @@ def reconstruct_qsm(gre, mask: Volume | None = None, bfr: str = "vsharp", invers
     ``unwrap``: "romeo" (exact, quality-guided) | "laplacian" (per echo, then fit; not exact);
     ``keep_dir``: write intermediates (NIfTI) there. ``reference``: "mean" (whole brain) | "csf".
     ``bfr_passes`` (PDF only): > 1 alternates background fit and inversion: the background is fitted
-    again after the field of the chi found so far, and the inversion restarts from that chi (closer
-    deep-nuclei values, about +60% time).
+    again after the field of the chi found so far (CG started from the earlier background sources),
+    and the inversion restarts from that chi, at most 12 TV iterations per pass (closer deep-nuclei
+    values and lower NRMSE; about +40% time).
     Returns ``QSMResult`` (chi in ppm on the GRE grid, referenced as ``reference``).
     """
     from . import bgremove, inversion as inv_mod
@@ -207,12 +208,18 @@ def reconstruct_qsm(gre, mask: Volume | None = None, bfr: str = "vsharp", invers
     prog.update(0.6, f"dipole inversion ({inversion})")
     chi = np.zeros(shape, np.float32)
     n_passes = max(1, int(bfr_passes)) if bfr == "pdf" else 1
+    sources = getattr(bgremove.pdf, "sources", None) if n_passes > 1 else None
+    # alternating passes share about the iteration budget of one converged TV solve
+    tv_iter = 40 if n_passes == 1 else 12
     timings["inversion"] = 0.0
     for n in range(n_passes):
         if n:  # background again, after the field of the chi found so far
             t = time.perf_counter()
             prog.update(0.6, f"background removal ({bfr}), pass {n + 1}")
-            local_b, m_local_b = bgremove.pdf(fb, mb, vox, b0_dir, chi_local=chi[box])
+            # from the earlier background sources, to a tighter residual (the refit changes little)
+            local_b, m_local_b = bgremove.pdf(fb, mb, vox, b0_dir, chi_local=chi[box], sources0=sources,
+                                              tol=3e-3)
+            sources = bgremove.pdf.sources
             local[box] = local_b
             timings["bfr"] += time.perf_counter() - t
             t = time.perf_counter()
@@ -222,7 +229,7 @@ def reconstruct_qsm(gre, mask: Volume | None = None, bfr: str = "vsharp", invers
             sub = prog.sub(0.6 + 0.38 * n / n_passes, 0.6 + 0.38 * (n + 1) / n_passes)
             chi[box] = inv_mod.tv_admm(local_b, m_local_b, vox, b0_dir, lam=tv_lambda, progress=sub,
                                        magnitude=np.sqrt((mag[box] ** 2).sum(axis=3)),
-                                       chi0=chi[box] if n else None)
+                                       chi0=chi[box] if n else None, max_iter=tv_iter)
             messages.append(f"TV-ADMM: {getattr(inv_mod.tv_admm, 'iterations', '?')} iterations")
         timings["inversion"] += time.perf_counter() - t
     if n_passes > 1:

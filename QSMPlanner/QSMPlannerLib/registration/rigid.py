@@ -1,13 +1,17 @@
 """Rigid multimodal registration (SimpleITK): Mattes MI, own image pyramid, masks, robust start.
 
 Pinned, validated configuration (``CONFIG``; fixed seeds, deterministic):
-1. centring by moments (or geometry) of the masked images;
+1. centrings of the masked images: the requested one (moments or geometry), the other one, and the
+   moments of the overlap (each mask cut to the other image's field of view): with partial coverage
+   (a GRE slab vs a T1 with neck) the centres of mass of the whole masks do not correspond;
 2. coarse search on the coarsest pyramid level (16 mm: wide basins, so a centring pulled off by a
    neck the other image lacks, e.g. frame CT vs T1, still converges; a level with fewer than 5
-   voxels across the thinnest image, i.e. a slab, is dropped): a grid of rotations (and, for a
-   partial-coverage slab, shifts along the slab normal) scored by Mattes MI on all voxels;
-3. multi-start: the best distinct candidates are optimised locally at 16 and 8 mm, the competitive
-   and distinct ones again at 4 mm, the best one wins;
+   voxels across the thinnest image, i.e. a slab, is dropped): a grid of rotations from each centring
+   (and, for a partial-coverage slab, shifts along the slab normal) scored by Mattes MI on all voxels;
+   masks are dilated by 2 voxels on the search / multi-start levels (a brain mask alone leaves a
+   featureless interior at 16-8 mm, where MI then prefers wrong poses);
+3. multi-start: the best distinct grid points (8) are optimised locally at 16 mm, the best distinct
+   3 of them at 8 mm, the competitive and distinct ones again at 4 mm, the best one wins;
 4. refinement at 2 mm from two opposite perturbations (restart consistency; restarts that disagree
    are each continued once with a fresh step before the check), then the full
    resolution with a capped, fixed sample set (regular-step gradient descent, physical-shift scales)
@@ -43,7 +47,7 @@ CONFIG = {
     "bins": 32,
     "relaxation": 0.8,
     "search_angles_deg": (-40.0, -20.0, 0.0, 20.0, 40.0),
-    "search_refine": 8,          # grid points refined on the search level (if coarser than 8 mm)
+    "search_refine": 8,          # grid points refined on the search level (if a 16 mm level exists)
     "search_keep": 3,            # candidates optimised on the multi-start levels
     "mid_keep": 2,               # candidates optimised again at 4 mm
     "mid_margin": 0.2,           # ... if their 8 mm metric is within 20 % of the best

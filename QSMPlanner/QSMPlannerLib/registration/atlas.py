@@ -2,7 +2,8 @@
 
 Both images brain-masked with the same recipe; affine MI with central-difference derivatives; the
 affinely warped template histogram-matched to the T1; demons (field sigma 2.5 voxels at 2 mm) at half
-then full working resolution.
+then full working resolution; optionally, on T1s of about 1 mm, a last demons level at 1 mm (sigma 4 mm)
+on the box of the CIT168 deep-grey labels, its correction tapered to zero at the box faces.
 
 ITK convention inside: the composite transform maps patient T1 LPS points -> MNI LPS points (the
 resampling direction for pulling atlas images into the patient space). Public API is RAS mm.
@@ -26,6 +27,11 @@ LABELS = "CIT168_subcortex.nii.gz"
 SEED = 20240607
 DEMONS_ITERATIONS = (60, 60)   # half, then full working resolution
 CROP_MARGIN_MM = 12.0
+ROI_VOXEL_MM = 1.0             # final demons level: the CIT168 deep-grey box at fine resolution
+ROI_MARGIN_MM = 12.0
+ROI_TAPER_MM = 8.0             # the fine correction fades to zero towards the box faces
+ROI_ITERATIONS = 40
+ROI_FIELD_SIGMA_MM = 4.0
 
 
 def brain_mask(t1: Volume) -> Volume:
@@ -103,9 +109,75 @@ def _template():
     return _prep(tmpl, tmask)
 
 
+@functools.lru_cache(maxsize=1)
+def _label_box_mni():
+    """LPS corners of the CIT168 labels' bounding box (+ ROI_MARGIN_MM) in MNI space."""
+    import SimpleITK as sitk
+    lab = read_volume(ATLAS_DIR / LABELS).to_sitk(np.float32) > 0.5
+    stats = sitk.LabelShapeStatisticsImageFilter()
+    stats.Execute(lab)
+    bb = stats.GetBoundingBox(1)  # x, y, z start then sizes
+    lo, n = np.array(bb[:3]), np.array(bb[3:])
+    corners = [lab.TransformContinuousIndexToPhysicalPoint([float(v) for v in lo + (n - 1) * np.array(c)])
+               for c in np.ndindex(2, 2, 2)]
+    c = np.array(corners)
+    return c.min(0) - ROI_MARGIN_MM, c.max(0) + ROI_MARGIN_MM
+
+
+def _taper(ref, width_mm):
+    """Weights on ``ref``'s grid: 1 inside, smoothly to 0 at the faces over ``width_mm``."""
+    w = np.ones(ref.GetSize()[::-1], np.float32)
+    for axis_img, axis_np in zip(range(3), (2, 1, 0)):
+        n, sp = ref.GetSize()[axis_img], ref.GetSpacing()[axis_img]
+        d = np.minimum(np.arange(n), n - 1 - np.arange(n)) * sp
+        ramp = np.clip(d / width_mm, 0.0, 1.0)
+        ramp = (0.5 - 0.5 * np.cos(np.pi * ramp)).astype(np.float32)
+        shape = [1, 1, 1]
+        shape[axis_np] = n
+        w *= ramp.reshape(shape)
+    return w
+
+
+def _refine_deep_grey(fixed_full, moving_full, comp, affine):
+    """Final demons level on the deep-grey box at ROI_VOXEL_MM: a tapered residual field (T1 LPS)."""
+    import SimpleITK as sitk
+    lo_mni, hi_mni = _label_box_mni()
+    inv = affine.GetInverse()
+    corners = np.array([inv.TransformPoint(tuple(float(v) for v in np.where(c, hi_mni, lo_mni)))
+                        for c in np.ndindex(2, 2, 2)])
+    d = np.array(fixed_full.GetDirection()).reshape(3, 3)
+    local = corners @ d  # coordinates along the T1 axes
+    lo, hi = local.min(0), local.max(0)
+    size = [int(np.ceil((b - a) / ROI_VOXEL_MM)) + 1 for a, b in zip(lo, hi)]
+    ref = sitk.Image(size, sitk.sitkFloat32)
+    ref.SetSpacing([ROI_VOXEL_MM] * 3)
+    ref.SetDirection(fixed_full.GetDirection())
+    ref.SetOrigin(tuple(float(v) for v in d @ lo))
+    fixed = sitk.Resample(sitk.SmoothingRecursiveGaussian(fixed_full, ROI_VOXEL_MM / 2), ref)
+    ones = sitk.Cast(fixed * 0 + 1, sitk.sitkUInt8)
+    fixed = _prep(fixed, ones)
+    warped = sitk.Resample(moving_full, ref, comp, sitk.sitkLinear, 0.0)
+    warped = sitk.HistogramMatching(_prep(warped, ones), fixed, 128, 7, True)
+    demons = sitk.FastSymmetricForcesDemonsRegistrationFilter()
+    demons.SetNumberOfIterations(ROI_ITERATIONS)
+    demons.SetStandardDeviations(ROI_FIELD_SIGMA_MM / ROI_VOXEL_MM)
+    demons.SetSmoothUpdateField(True)
+    demons.SetUpdateFieldStandardDeviations(1.0)
+    disp = demons.Execute(fixed, warped)
+    arr = sitk.GetArrayFromImage(disp) * _taper(ref, ROI_TAPER_MM)[..., None]
+    out = sitk.GetImageFromArray(arr.astype(np.float64), isVector=True)
+    out.CopyInformation(ref)
+    return sitk.DisplacementFieldTransform(out)
+
+
 def normalize_to_mni(t1: Volume, t1_mask: Volume | None = None, progress=None,
-                     voxel_mm: float = 2.0) -> AtlasNormalization:
-    """Register the MNI template to the patient T1 (affine then demons). Returns the mapping."""
+                     voxel_mm: float = 2.0, refine: bool = False) -> AtlasNormalization:
+    """Register the MNI template to the patient T1 (affine then demons). Returns the mapping.
+
+    ``refine``: the extra 1 mm deep-grey demons level (about 1 mm T1s only; +10-30 s). Digital patients
+    0-2: mean STN Dice 0.82 -> 0.85, mean centroid error 0.57 -> 0.49 mm, but one STN 0.73 -> 0.69:
+    off by default until that case is understood.
+    """
     import SimpleITK as sitk
     prog = as_progress(progress)
     prog.update(0.0, "brain mask")
@@ -167,5 +239,9 @@ def normalize_to_mni(t1: Volume, t1_mask: Volume | None = None, progress=None,
     comp = sitk.CompositeTransform(3)
     comp.AddTransform(affine)
     comp.AddTransform(field)  # applied first: T1 -> (T1 + d) -> affine -> MNI
+    # the fine level only where the T1 resolves it (a 2 mm T1 gains nothing; its blur misleads demons)
+    if refine and max(fixed_full.GetSpacing()) <= 1.5 * ROI_VOXEL_MM:
+        prog.update(0.85, "deep-grey refinement")
+        comp.AddTransform(_refine_deep_grey(fixed_full, moving, comp, affine))  # applied first of all
     prog.update(1.0, "done")
     return AtlasNormalization(comp, t1)

@@ -3,8 +3,8 @@
 Both images brain-masked with the same recipe; affine MI with central-difference derivatives; the
 affinely warped template histogram-matched to the T1; demons (field sigma 2.5 voxels at 2 mm) at half
 then full working resolution (template blurred as the T1); then, on T1s of about 1 mm, a last demons
-level at 1 mm (field sigma 4 mm)
-on the box of the CIT168 deep-grey labels, its correction tapered to zero at the box faces.
+level at 1 mm (field sigma 4 mm) on the box of the CIT168 deep-grey labels, its correction tapered to
+zero at the box faces.
 
 ITK convention inside: the composite transform maps patient T1 LPS points -> MNI LPS points (the
 resampling direction for pulling atlas images into the patient space). Public API is RAS mm.

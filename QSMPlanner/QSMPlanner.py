@@ -120,7 +120,7 @@ class QSMPlannerParameterNode:
     t1Volume: vtkMRMLScalarVolumeNode
     ctVolume: vtkMRMLScalarVolumeNode
     # QSM
-    backgroundRemoval: Annotated[str, Choice(["vsharp", "pdf", "lbv", "resharp"])] = "vsharp"
+    backgroundRemoval: Annotated[str, Choice(["vsharp", "pdf", "lbv", "resharp"])] = "pdf"
     inversion: Annotated[str, Choice(["tv", "tkd"])] = "tv"
     qsmVolume: vtkMRMLScalarVolumeNode
     # Registration

@@ -13,8 +13,8 @@ def register(sub):
     from ..io import add_gre_arguments
     add_gre_arguments(p)
     p.add_argument("--mask", help="brain mask on the GRE grid (default: from the magnitude)")
-    p.add_argument("--bfr", choices=["vsharp", "pdf", "lbv", "resharp"], default="vsharp",
-                   help="background field removal (default vsharp)")
+    p.add_argument("--bfr", choices=["vsharp", "pdf", "lbv", "resharp"], default="pdf",
+                   help="background field removal (default pdf: projection onto dipole fields, refitted once after the first chi; vsharp erodes the mask edge)")
     p.add_argument("--inversion", choices=["tkd", "tv"], default="tv",
                    help="dipole inversion (default tv = TV-ADMM; tkd = fast preview)")
     p.add_argument("--keep-intermediates", metavar="DIR",

@@ -87,9 +87,9 @@ def _as_mask(mask, shape, ras_from_ijk) -> np.ndarray:
     return m
 
 
-def reconstruct_qsm(gre, mask: Volume | None = None, bfr: str = "vsharp", inversion: str = "tv",
+def reconstruct_qsm(gre, mask: Volume | None = None, bfr: str = "pdf", inversion: str = "tv",
                     progress=None, keep_dir=None, unwrap: str = "romeo", tv_lambda: float | None = None,
-                    reference: str = "mean", bfr_passes: int = 1) -> QSMResult:
+                    reference: str = "mean", bfr_passes: int = 2) -> QSMResult:
     """QSM from a ``MultiEchoGRE`` (phase in rad, TE in s, B0 direction in the voxel frame).
 
     ``mask``: optional brain mask Volume on the GRE grid (else computed from the magnitude).

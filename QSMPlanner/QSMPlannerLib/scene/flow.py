@@ -46,7 +46,7 @@ def run_whole_flow(logic: PlannerLogic | None = None, seed: int = 0, small: bool
     mag, pha, t1, ct = nodes["gre_magnitude"][0], nodes["gre_phase"][0], nodes[T1_NAME], nodes.get(CT_NAME)
     out.update(patient=patient, nodes=nodes)
 
-    qsm = stage("QSM", lambda: logic.run(logic.qsm_task(mag, pha, bfr="vsharp", inversion="tv")))
+    qsm = stage("QSM", lambda: logic.run(logic.qsm_task(mag, pha, bfr="pdf", inversion="tv")))
     moved = [n for n in logic.gre_nodes_for(mag) if n is not mag] + [qsm]
     gre_t = stage("GRE -> T1", lambda: logic.run(logic.registration_task(t1, mag, T1_FROM_GRE, moved)))
     out.update(qsm=qsm, gre_transform=gre_t)

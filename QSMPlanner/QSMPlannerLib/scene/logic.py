@@ -345,7 +345,7 @@ class PlannerLogic:
         return StageTask("digital patient", compute, apply)
 
     # ---- QSM -------------------------------------------------------------------------------------
-    def qsm_task(self, magnitude_node, phase_node, te_ms=None, b0_tesla=None, bfr: str = "vsharp",
+    def qsm_task(self, magnitude_node, phase_node, te_ms=None, b0_tesla=None, bfr: str = "pdf",
                  inversion: str = "tv", output_name: str = QSM_NAME) -> StageTask:
         gre = self.gre_from_nodes(magnitude_node, phase_node, te_ms, b0_tesla)
         parent = magnitude_node.GetParentTransformNode()

@@ -217,7 +217,7 @@ def test_module_metadata_and_parameter_defaults(env):
     assert "CIT168" in parent.acknowledgementText and "ICBM152" in parent.acknowledgementText
     p = env.p
     assert p.gui is env.ui                                    # connectGui bound the panel
-    assert (p.backgroundRemoval, p.inversion, p.side, p.mounting) == ("vsharp", "tv", "left", "lateral-right")
+    assert (p.backgroundRemoval, p.inversion, p.side, p.mounting) == ("pdf", "tv", "left", "lateral-right")
     assert p.fieldStrengthT == 3.0 and p.marginMm == 2.0 and p.hardenTransforms is False
     assert p.electrode == "medtronic_3389"
     assert env.module.QSMPlannerLogic.missingRequirements() == []

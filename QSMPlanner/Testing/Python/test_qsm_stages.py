@@ -132,15 +132,21 @@ def test_other_background_removals_remove_external_source_field(method):
     assert np.corrcoef(est[core], local[core])[0, 1] > 0.7
 
 
-def test_pdf_coarse_start_converges_to_the_same_local_field_in_fewer_full_size_iterations():
+def _sphere_head(inside_at, inside_r, inside_chi, outside_at):
+    """Fields of a source inside a 15 mm brain sphere and a strong one outside it (oblique B0):
+    (local, total, brain, x, y, z) with x, y, z the coordinates (mm) from the grid centre."""
     c = _centre()
-    inside = sphere_chi(SHAPE, VOX, c + [3, 0, 0], 4.0, 0.1)
-    outside = sphere_chi(SHAPE, VOX, c + [0, 0, 24], 5.0, 9.0)
+    inside = sphere_chi(SHAPE, VOX, c + inside_at, inside_r, inside_chi)
+    outside = sphere_chi(SHAPE, VOX, c + outside_at, 5.0, 9.0)
     local = forward_field(inside, VOX, OBLIQUE)
     total = local + forward_field(outside, VOX, OBLIQUE)
     g = [np.arange(n) * v - cc for n, v, cc in zip(SHAPE, VOX, c)]
     x, y, z = np.meshgrid(*g, indexing="ij")
-    brain = x * x + y * y + z * z < 15 ** 2
+    return local, total, x * x + y * y + z * z < 15 ** 2, x, y, z
+
+
+def test_pdf_coarse_start_converges_to_the_same_local_field_in_fewer_full_size_iterations():
+    local, total, brain, x, y, z = _sphere_head([3, 0, 0], 4.0, 0.1, [0, 0, 24])
     plain, _ = bgremove.pdf(total, brain, VOX, OBLIQUE, coarse=False, tol=1e-3)
     plain_iterations = bgremove.pdf.iterations
     warm, _ = bgremove.pdf(total, brain, VOX, OBLIQUE, coarse=True, tol=1e-3)
@@ -156,14 +162,7 @@ def test_pdf_coarse_start_converges_to_the_same_local_field_in_fewer_full_size_i
 
 
 def test_pdf_with_known_local_sources_keeps_their_far_field_near_the_boundary():
-    c = _centre()
-    inside = sphere_chi(SHAPE, VOX, c + [0, 0, 9], 4.0, 0.2)  # close to the mask edge, along B0
-    outside = sphere_chi(SHAPE, VOX, c + [0, 0, 26], 5.0, 9.0)
-    local = forward_field(inside, VOX, OBLIQUE)
-    total = local + forward_field(outside, VOX, OBLIQUE)
-    g = [np.arange(n) * v - cc for n, v, cc in zip(SHAPE, VOX, c)]
-    x, y, z = np.meshgrid(*g, indexing="ij")
-    brain = x * x + y * y + z * z < 15 ** 2
+    local, total, brain, *_ = _sphere_head([0, 0, 9], 4.0, 0.2, [0, 0, 26])  # near the edge, along B0
 
     def err(est):
         e = (est - local)[brain]
@@ -189,14 +188,7 @@ def test_tv_admm_warm_start_needs_fewer_iterations_for_the_same_map():
 
 
 def test_pdf_refit_started_from_the_earlier_sources_needs_fewer_iterations():
-    c = _centre()
-    inside = sphere_chi(SHAPE, VOX, c + [0, 0, 9], 4.0, 0.2)
-    outside = sphere_chi(SHAPE, VOX, c + [0, 0, 26], 5.0, 9.0)
-    local = forward_field(inside, VOX, OBLIQUE)
-    total = local + forward_field(outside, VOX, OBLIQUE)
-    g = [np.arange(n) * v - cc for n, v, cc in zip(SHAPE, VOX, c)]
-    x, y, z = np.meshgrid(*g, indexing="ij")
-    brain = x * x + y * y + z * z < 15 ** 2
+    local, total, brain, *_ = _sphere_head([0, 0, 9], 4.0, 0.2, [0, 0, 26])
     plain, _ = bgremove.pdf(total, brain, VOX, OBLIQUE, tol=1e-3)
     sources = bgremove.pdf.sources
     rough = inversion.tkd(plain, brain, VOX, OBLIQUE)

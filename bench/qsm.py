@@ -207,7 +207,7 @@ def main(argv=None):
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     ap.add_argument("--tilts", type=float, nargs="+", default=[0.0, 15.0])
     ap.add_argument("--bfr", default="pdf", help="our background removal (default pdf)")
-    ap.add_argument("--also", nargs="*", default=["vsharp:tv", "pdf:tv:2"],
+    ap.add_argument("--also", nargs="*", default=["vsharp:tv", "pdf:tv:1"],
                     help="extra configs of ours, bfr:inversion[:passes] (passes: PDF background refits)")
     ap.add_argument("--real", type=Path, default=REAL_DIR, help="real 3-echo crop directory ('' to skip)")
     args = ap.parse_args(argv)
@@ -221,7 +221,7 @@ def main(argv=None):
             print(f"# patient seed {seed} tilt {tilt:g}: {patient.gre.shape3}x{patient.gre.n_echoes} "
                   f"({time.perf_counter() - t:.0f} s to simulate)", file=sys.stderr, flush=True)
             case = f"s{seed} {'axial' if tilt == 0 else f'{tilt:g}deg'}"
-            configs = [(f"ours {args.bfr}+tv", dict(bfr=args.bfr, inversion="tv"))]
+            configs = [(f"ours {args.bfr}+tv default", dict(bfr=args.bfr, inversion="tv"))]  # pdf: x2 refit
             for c in args.also:
                 parts = c.split(":")
                 kw = dict(bfr=parts[0], inversion=parts[1], bfr_passes=int(parts[2]) if len(parts) > 2 else 1)

@@ -104,6 +104,19 @@ def vein_clear_targets(segmentation, side, target_ras, risk: RiskMap, world_from
     return out
 
 
+def safer_target(segmentation, side, target_ras, risk: RiskMap, world_from_segmentation=None,
+                 margin_mm: float = 3.0, instruments: Instruments | None = None, landmarks=None,
+                 max_shift_mm: float = 2.5):
+    """(target, EntrySearch) for the nearest of ``vein_clear_targets`` from which ``search_entries`` finds
+    an entry keeping ``margin_mm``; None when there is none."""
+    for alt in vein_clear_targets(segmentation, side, target_ras, risk, world_from_segmentation, margin_mm,
+                                  instruments, max_shift_mm):
+        alt_search = search_entries(alt, side, risk, margin_mm, landmarks, instruments)
+        if alt_search.feasible:
+            return np.asarray(alt, float), alt_search
+    return None
+
+
 def plan_both_sides(segmentation, risk: RiskMap, world_from_segmentation=None, landmarks=None,
                     xyz_from_world=None, mounting: str = "lateral-right", margin_mm: float = 3.0,
                     electrode: str = "medtronic_3389", instruments: Instruments | None = None,
@@ -127,20 +140,20 @@ def plan_both_sides(segmentation, risk: RiskMap, world_from_segmentation=None, l
         search = search_entries(target, side, risk, margin_mm, landmarks, instruments, progress=sub)
         adjustment = None
         surgeon = bool((targets and side in targets) or (entries and side in entries))
+        found = None
         if not search.feasible and not surgeon and adjust_target_mm > 0:
-            for alt in vein_clear_targets(segmentation, side, target, risk, w, margin_mm, instruments,
-                                          adjust_target_mm):
-                alt_search = search_entries(alt, side, risk, margin_mm, landmarks, instruments)
-                if alt_search.feasible:
-                    adjustment = {"suggested_RAS_mm": [float(v) for v in target],
-                                  "shift_mm": round(float(np.linalg.norm(alt - target)), 2),
-                                  "suggested_best_vessel_clearance_mm": round(search.best.vessel_clearance_mm, 2),
-                                  "reason": f"moved {np.linalg.norm(alt - target):.1f} mm inside the STN: no entry "
-                                            f"to the dorsolateral suggestion keeps {margin_mm:g} mm from the vessels "
-                                            f"(best {search.best.vessel_clearance_mm:.1f} mm, "
-                                            f"{_where(_bottleneck_depth(search.best))})"}
-                    target, search = np.asarray(alt, float), alt_search
-                    break
+            found = safer_target(segmentation, side, target, risk, w, margin_mm, instruments, landmarks,
+                                 adjust_target_mm)
+        if found is not None:
+            alt, alt_search = found
+            adjustment = {"suggested_RAS_mm": [float(v) for v in target],
+                          "shift_mm": round(float(np.linalg.norm(alt - target)), 2),
+                          "suggested_best_vessel_clearance_mm": round(search.best.vessel_clearance_mm, 2),
+                          "reason": f"moved {np.linalg.norm(alt - target):.1f} mm inside the STN: no entry "
+                                    f"to the dorsolateral suggestion keeps {margin_mm:g} mm from the vessels "
+                                    f"(best {search.best.vessel_clearance_mm:.1f} mm, "
+                                    f"{_where(_bottleneck_depth(search.best))})"}
+            target, search = alt, alt_search
         if entries and side in entries:
             chosen = score_trajectory(target, entries[side], risk, side, margin_mm, instruments, landmarks,
                                       label="surgeon's entry")

@@ -823,20 +823,15 @@ class PlannerLogic:
         return table
 
     def safer_target(self, side: str, target, risk, segmentation_node=None, max_shift_mm: float = 2.5):
-        """The nearest point inside the side's STN (within ``max_shift_mm`` of ``target``, world RAS) from
-        which ``planning.search_entries`` finds an entry keeping the margin, as ``run_patient`` moves its
-        suggestion; None without a segmentation or when there is none."""
-        from ..planning import search_entries
-        from ..planning.plan import vein_clear_targets
+        """``planning.plan.safer_target`` on the last segmentation (world RAS), as ``run_patient`` moves
+        its suggestion; None without a segmentation or when there is none."""
+        from ..planning.plan import safer_target
         node = segmentation_node or self.node(NUCLEI_NAME, "vtkMRMLSegmentationNode")
         if self.segmentation_result is None or node is None:
             return None
-        world = mrml.world_from_node_matrix(node)
-        for alt in vein_clear_targets(self.segmentation_result, side, target, risk, world, self.margin_mm,
-                                      max_shift_mm=max_shift_mm):
-            if search_entries(alt, side, risk, self.margin_mm, self.landmarks() or None).feasible:
-                return np.asarray(alt, float)
-        return None
+        found = safer_target(self.segmentation_result, side, target, risk, mrml.world_from_node_matrix(node),
+                             self.margin_mm, landmarks=self.landmarks() or None, max_shift_mm=max_shift_mm)
+        return None if found is None else found[0]
 
     def probe_eye_slice(self, slice_node, side: str, depth_mm: float = 0.0):
         """Point ``slice_node`` perpendicular to the trajectory, ``depth_mm`` above the target (probe's-eye

@@ -212,6 +212,7 @@ def reconstruct_qsm(gre, mask: Volume | None = None, bfr: str = "pdf", inversion
     # alternating passes share about the iteration budget of one converged TV solve
     tv_iter = 40 if n_passes == 1 else 12
     timings["inversion"] = 0.0
+    mag_rss = np.sqrt((mag[box] ** 2).sum(axis=3)) if inversion != "tkd" else None
     for n in range(n_passes):
         if n:  # background again, after the field of the chi found so far
             t = time.perf_counter()
@@ -228,7 +229,7 @@ def reconstruct_qsm(gre, mask: Volume | None = None, bfr: str = "pdf", inversion
         else:
             sub = prog.sub(0.6 + 0.38 * n / n_passes, 0.6 + 0.38 * (n + 1) / n_passes)
             chi[box] = inv_mod.tv_admm(local_b, m_local_b, vox, b0_dir, lam=tv_lambda, progress=sub,
-                                       magnitude=np.sqrt((mag[box] ** 2).sum(axis=3)),
+                                       magnitude=mag_rss,
                                        chi0=chi[box] if n else None, max_iter=tv_iter)
             messages.append(f"TV-ADMM: {getattr(inv_mod.tv_admm, 'iterations', '?')} iterations")
         timings["inversion"] += time.perf_counter() - t

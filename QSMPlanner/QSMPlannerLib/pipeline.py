@@ -193,10 +193,8 @@ def run_patient(gre, t1: Volume, ct: Volume | None = None, landmarks: dict | Non
     if t1_from_gre is None:
         mag_head = head_mask(mag)
         t1_brain = _t1_brain(t1)
-        # scanner geometry first (GRE and T1 of one session share it; a partial-coverage GRE slab moves the
-        # centre of mass away from the T1's), then moments; the failure checks decide between them
-        reg = _rigid_with_retries(t1, mag, [dict(moving_mask=qsm_res.mask, fixed_mask=t1_brain, init="geometry"),
-                                            dict(moving_mask=qsm_res.mask, fixed_mask=t1_brain),
+        # register_rigid itself starts from the moments, the scanner geometry and the overlap's centre
+        reg = _rigid_with_retries(t1, mag, [dict(moving_mask=qsm_res.mask, fixed_mask=t1_brain),
                                             dict(moving_mask=mag_head, fixed_mask=t1_head, reverse=True),
                                             dict(moving_mask=qsm_res.mask),
                                             dict(moving_mask=mag_head, fixed_mask=t1_head)],

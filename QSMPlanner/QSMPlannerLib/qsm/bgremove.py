@@ -5,6 +5,8 @@ All take the total field (any unit, e.g. ppm), a brain mask and the voxel size (
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numba
 import numpy as np
 
@@ -101,15 +103,16 @@ def vsharp(field: np.ndarray, mask: np.ndarray, voxel_mm=(1, 1, 1), radii_mm=Non
 
 
 def _cg(apply_a, b, x0=None, tol=1e-3, max_iter=200):
-    """Conjugate gradients for a symmetric positive (semi)definite operator; float32 arrays."""
+    """Conjugate gradients for a symmetric positive (semi)definite operator; float32 arrays.
+    Returns (x, iterations)."""
     x = np.zeros_like(b) if x0 is None else x0.copy()
     r = b - apply_a(x) if x0 is not None else b.copy()
     p = r.copy()
     rs = float(np.vdot(r, r))
     b_norm = max(float(np.sqrt(np.vdot(b, b))), 1e-30)
-    _cg.iterations = 0
+    iterations = 0
     for _ in range(max_iter):
-        _cg.iterations += 1
+        iterations += 1
         if np.sqrt(rs) <= tol * b_norm:
             break
         ap = apply_a(p)
@@ -119,7 +122,7 @@ def _cg(apply_a, b, x0=None, tol=1e-3, max_iter=200):
         rs_new = float(np.vdot(r, r))
         p = r + np.float32(rs_new / rs) * p
         rs = rs_new
-    return x
+    return x, iterations
 
 
 def resharp(field: np.ndarray, mask: np.ndarray, voxel_mm=(1, 1, 1), radius_mm: float | None = None,
@@ -145,7 +148,7 @@ def resharp(field: np.ndarray, mask: np.ndarray, voxel_mm=(1, 1, 1), radius_mm: 
         return np.where(m, conv(np.where(eroded, conv(np.where(m, x, 0)), 0)), 0) + np.float32(lam) * x
 
     rhs = np.where(m, conv(np.where(eroded, conv(f), 0)), 0).astype(np.float32)
-    local = _cg(normal, rhs, tol=tol, max_iter=max_iter)
+    local, _ = _cg(normal, rhs, tol=tol, max_iter=max_iter)
     return np.where(m, local, 0)[sl].astype(np.float32), m[sl].copy()
 
 
@@ -165,7 +168,8 @@ def _block2_mean(x):
 
 
 def _pdf_solve(f, m, w2, vox, b0_dir_ijk, tol, max_iter, x0=None):
-    """CG for the PDF normal equations on a padded grid; returns the background sources (outside m)."""
+    """CG for the PDF normal equations on a padded grid: (background sources outside m, CG iterations,
+    the dipole convolution)."""
     shape = f.shape
     d = dipole_kernel(shape, vox, b0_dir_ijk)
 
@@ -176,13 +180,30 @@ def _pdf_solve(f, m, w2, vox, b0_dir_ijk, tol, max_iter, x0=None):
         return np.where(m, 0, dconv(w2 * dconv(np.where(m, 0, x))))
 
     rhs = np.where(m, 0, dconv(w2 * f)).astype(np.float32)
-    return _cg(normal, rhs, x0=x0, tol=tol, max_iter=max_iter), dconv
+    sources, iterations = _cg(normal, rhs, x0=x0, tol=tol, max_iter=max_iter)
+    return sources, iterations, dconv
+
+
+@dataclass
+class PDFFit:
+    local: np.ndarray        # local field on the input grid (0 outside the mask)
+    mask: np.ndarray         # mask the local field is defined on (the input mask: no erosion)
+    sources: np.ndarray      # fitted background sources on the padded grid (start for a refit)
+    iterations: int          # full-resolution CG iterations
+    coarse_iterations: int   # CG iterations of the coarse-grid start (0 if none)
 
 
 def pdf(field: np.ndarray, mask: np.ndarray, voxel_mm=(1, 1, 1), b0_dir_ijk=(0, 0, 1),
-        weight: np.ndarray | None = None, tol: float = 1e-2, max_iter: int = 100,
-        pad=None, coarse: bool = True, chi_local: np.ndarray | None = None,
-        sources0: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        **options) -> tuple[np.ndarray, np.ndarray]:
+    """Projection onto dipole fields (see ``pdf_fit`` for the options): (local_field, mask)."""
+    fit = pdf_fit(field, mask, voxel_mm, b0_dir_ijk, **options)
+    return fit.local, fit.mask
+
+
+def pdf_fit(field: np.ndarray, mask: np.ndarray, voxel_mm=(1, 1, 1), b0_dir_ijk=(0, 0, 1),
+            weight: np.ndarray | None = None, tol: float = 1e-2, max_iter: int = 100,
+            pad=None, coarse: bool = True, chi_local: np.ndarray | None = None,
+            sources0: np.ndarray | None = None) -> PDFFit:
     """Projection onto dipole fields (Liu T et al., NMR Biomed 2011;24:1129): the background field is
     the field, inside the mask, of sources outside it: min_chi || W M (f - D (1-M) chi) ||^2,
     conjugate gradients on the normal equations, zero-padded grid (default 1/6 of each size per side:
@@ -193,9 +214,9 @@ def pdf(field: np.ndarray, mask: np.ndarray, voxel_mm=(1, 1, 1), b0_dir_ijk=(0, 
     ``chi_local``: an estimate of the sources inside the mask (e.g. a first dipole inversion, ppm);
     their field is taken out before the background is fitted, so the outside sources no longer absorb
     the far field of deep sources near the boundary (one step of a total-field-inversion alternation).
-    ``sources0``: start for the background sources (``pdf.sources`` of an earlier call with the same
+    ``sources0``: start for the background sources (``PDFFit.sources`` of an earlier call with the same
     mask and pad, e.g. before a ``chi_local`` refit); skips the coarse start.
-    Returns (local_field, mask); the fitted outside sources are left in ``pdf.sources``."""
+    Returns a ``PDFFit`` (local field, mask, background sources, iteration counts)."""
     mask = np.asarray(mask, bool)
     vox = np.asarray(voxel_mm, float)
     if pad is None:
@@ -211,27 +232,24 @@ def pdf(field: np.ndarray, mask: np.ndarray, voxel_mm=(1, 1, 1), b0_dir_ijk=(0, 
         known = np.where(m, irfft3(rfft3(cl) * dipole_kernel(shape, vox, b0_dir_ijk), shape), 0)
         del cl
         f = (f - known).astype(np.float32)
-    x0 = None
+    x0, coarse_iterations = None, 0
     if sources0 is not None and np.shape(sources0) == shape:
         x0 = np.where(m, 0, sources0).astype(np.float32)
-        pdf.coarse_iterations = 0
     elif coarse and min(shape) >= 32:
         frac = _block2_mean(m.astype(np.float32))
         mc = frac > 0
         w2c = _block2_mean(w2)
         fc = np.where(mc, _block2_mean(f * m) / np.maximum(frac, 1e-6), 0).astype(np.float32)
-        chi_c, _ = _pdf_solve(fc, mc, w2c / np.maximum(frac, 1e-6), 2 * vox, b0_dir_ijk, tol, max_iter)
+        chi_c, coarse_iterations, _ = _pdf_solve(fc, mc, w2c / np.maximum(frac, 1e-6), 2 * vox,
+                                                 b0_dir_ijk, tol, max_iter)
         up = np.repeat(np.repeat(np.repeat(chi_c, 2, 0), 2, 1), 2, 2)
         x0 = np.where(m, 0, up).astype(np.float32)
-        pdf.coarse_iterations = _cg.iterations
-    chi_bg, dconv = _pdf_solve(f, m, w2, vox, b0_dir_ijk, tol, max_iter, x0=x0)
-    pdf.iterations = _cg.iterations
-    pdf.sources = chi_bg
+    chi_bg, iterations, dconv = _pdf_solve(f, m, w2, vox, b0_dir_ijk, tol, max_iter, x0=x0)
     background = dconv(np.where(m, 0, chi_bg))
     if known is not None:
         f += known
     local = np.where(m, f - background, 0)[sl].astype(np.float32)
-    return local, mask.copy()
+    return PDFFit(local, mask.copy(), chi_bg, iterations, coarse_iterations)
 
 
 @numba.njit(parallel=True, cache=True, fastmath=True)
@@ -282,7 +300,7 @@ def lbv(field: np.ndarray, mask: np.ndarray, voxel_mm=(1, 1, 1), tol: float = 1e
     rhs = (-tmp).astype(np.float32)
     # start: the field smoothed inside (a crude harmonic guess) keeps the iteration count down
     x0 = np.where(interior, ndimage.gaussian_filter(fb, 4.0 / vox.min()), 0).astype(np.float32)
-    u = _cg(apply, rhs, x0=x0, tol=tol, max_iter=max_iter)
+    u, _ = _cg(apply, rhs, x0=x0, tol=tol, max_iter=max_iter)
     background = np.where(interior, u, fbound)
     local = np.where(mb, fb - background, 0)[1:-1, 1:-1, 1:-1]
     out[box] = local

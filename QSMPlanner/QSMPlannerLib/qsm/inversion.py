@@ -100,6 +100,15 @@ def tv_admm(local_field_ppm: np.ndarray, mask: np.ndarray, voxel_mm=(1, 1, 1), b
             lam: float | None = None, rho: float | None = None, max_iter: int = 40, tol: float = 1e-2,
             pad: int = 8, progress=None, magnitude: np.ndarray | None = None,
             chi0: np.ndarray | None = None) -> np.ndarray:
+    """TV-ADMM dipole inversion (see ``tv_admm_fit``): chi (ppm) in ``mask`` (0 outside)."""
+    return tv_admm_fit(local_field_ppm, mask, voxel_mm, b0_dir_ijk, lam, rho, max_iter, tol, pad,
+                       progress, magnitude, chi0)[0]
+
+
+def tv_admm_fit(local_field_ppm: np.ndarray, mask: np.ndarray, voxel_mm=(1, 1, 1), b0_dir_ijk=(0, 0, 1),
+                lam: float | None = None, rho: float | None = None, max_iter: int = 40, tol: float = 1e-2,
+                pad: int = 8, progress=None, magnitude: np.ndarray | None = None,
+                chi0: np.ndarray | None = None) -> tuple[np.ndarray, int]:
     """Total-variation regularised dipole inversion by ADMM (Bilgic B et al., MRM 2014;72:1444;
     Milovic C et al., FANSI, MRM 2018;80:814):  min_chi 1/2 ||D chi - f||^2 + lam ||W grad chi||_1.
 
@@ -109,7 +118,7 @@ def tv_admm(local_field_ppm: np.ndarray, mask: np.ndarray, voxel_mm=(1, 1, 1), b
     ``magnitude``: optional prior; W = 0 across its strongest edges (see ``magnitude_edge_weights``).
     Defaults: lam = 2e-3 (field and chi in ppm, gradients per mm), rho = 100*lam; stops when the
     relative change of chi < ``tol`` or after ``max_iter``. ``chi0``: start (e.g. a previous solution),
-    else a Tikhonov closed form. Returns chi (ppm) in ``mask`` (0 outside).
+    else a Tikhonov closed form. Returns (chi (ppm) in ``mask``, 0 outside; iterations run).
     """
     mask = np.asarray(mask, bool)
     vox = np.asarray(voxel_mm, float)
@@ -117,7 +126,7 @@ def tv_admm(local_field_ppm: np.ndarray, mask: np.ndarray, voxel_mm=(1, 1, 1), b
     rho = 100 * lam if rho is None else float(rho)
     out = np.zeros(mask.shape, np.float32)
     if not mask.any():
-        return out
+        return out, 0
     box = mask_box(mask, 0)
     mb = mask[box]
     shape = fast_shape(mb.shape, (pad,) * 3)
@@ -156,6 +165,5 @@ def tv_admm(local_field_ppm: np.ndarray, mask: np.ndarray, voxel_mm=(1, 1, 1), b
             progress.update((it + 1) / max_iter, f"TV iteration {it + 1}")
         if change < tol:
             break
-    tv_admm.iterations = it + 1
     out[box] = np.where(mb, chi[sl], 0)
-    return out
+    return out, it + 1

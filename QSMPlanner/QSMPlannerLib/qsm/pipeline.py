@@ -192,7 +192,8 @@ def reconstruct_qsm(gre, mask: Volume | None = None, bfr: str = "pdf", inversion
     elif bfr == "resharp":
         local_b, m_local_b = bgremove.resharp(fb, mb, vox)
     elif bfr == "pdf":
-        local_b, m_local_b = bgremove.pdf(fb, mb, vox, b0_dir)
+        pdf_fit = bgremove.pdf_fit(fb, mb, vox, b0_dir)
+        local_b, m_local_b = pdf_fit.local, pdf_fit.mask
     else:
         local_b, m_local_b = bgremove.lbv(fb, mb, vox)
     if not m_local_b.any():
@@ -208,7 +209,7 @@ def reconstruct_qsm(gre, mask: Volume | None = None, bfr: str = "pdf", inversion
     prog.update(0.6, f"dipole inversion ({inversion})")
     chi = np.zeros(shape, np.float32)
     n_passes = max(1, int(bfr_passes)) if bfr == "pdf" else 1
-    sources = getattr(bgremove.pdf, "sources", None) if n_passes > 1 else None
+    sources = pdf_fit.sources if n_passes > 1 else None
     # alternating passes share about the iteration budget of one converged TV solve
     tv_iter = 40 if n_passes == 1 else 12
     timings["inversion"] = 0.0
@@ -218,9 +219,8 @@ def reconstruct_qsm(gre, mask: Volume | None = None, bfr: str = "pdf", inversion
             t = time.perf_counter()
             prog.update(0.6, f"background removal ({bfr}), pass {n + 1}")
             # from the earlier background sources, to a tighter residual (the refit changes little)
-            local_b, m_local_b = bgremove.pdf(fb, mb, vox, b0_dir, chi_local=chi[box], sources0=sources,
-                                              tol=3e-3)
-            sources = bgremove.pdf.sources
+            pdf_fit = bgremove.pdf_fit(fb, mb, vox, b0_dir, chi_local=chi[box], sources0=sources, tol=3e-3)
+            local_b, m_local_b, sources = pdf_fit.local, pdf_fit.mask, pdf_fit.sources
             local[box] = local_b
             timings["bfr"] += time.perf_counter() - t
             t = time.perf_counter()
@@ -228,10 +228,10 @@ def reconstruct_qsm(gre, mask: Volume | None = None, bfr: str = "pdf", inversion
             chi[box] = inv_mod.tkd(local_b, m_local_b, vox, b0_dir)
         else:
             sub = prog.sub(0.6 + 0.38 * n / n_passes, 0.6 + 0.38 * (n + 1) / n_passes)
-            chi[box] = inv_mod.tv_admm(local_b, m_local_b, vox, b0_dir, lam=tv_lambda, progress=sub,
-                                       magnitude=mag_rss,
-                                       chi0=chi[box] if n else None, max_iter=tv_iter)
-            messages.append(f"TV-ADMM: {getattr(inv_mod.tv_admm, 'iterations', '?')} iterations")
+            chi[box], tv_iterations = inv_mod.tv_admm_fit(local_b, m_local_b, vox, b0_dir, lam=tv_lambda,
+                                                          progress=sub, magnitude=mag_rss,
+                                                          chi0=chi[box] if n else None, max_iter=tv_iter)
+            messages.append(f"TV-ADMM: {tv_iterations} iterations")
         timings["inversion"] += time.perf_counter() - t
     if n_passes > 1:
         keep(local, "local_field_ppm_final")

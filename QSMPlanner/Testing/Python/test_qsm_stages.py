@@ -147,10 +147,11 @@ def _sphere_head(inside_at, inside_r, inside_chi, outside_at):
 
 def test_pdf_coarse_start_converges_to_the_same_local_field_in_fewer_full_size_iterations():
     local, total, brain, x, y, z = _sphere_head([3, 0, 0], 4.0, 0.1, [0, 0, 24])
-    plain, _ = bgremove.pdf(total, brain, VOX, OBLIQUE, coarse=False, tol=1e-3)
-    plain_iterations = bgremove.pdf.iterations
-    warm, _ = bgremove.pdf(total, brain, VOX, OBLIQUE, coarse=True, tol=1e-3)
-    assert bgremove.pdf.iterations < plain_iterations
+    plain_fit = bgremove.pdf_fit(total, brain, VOX, OBLIQUE, coarse=False, tol=1e-3)
+    warm_fit = bgremove.pdf_fit(total, brain, VOX, OBLIQUE, coarse=True, tol=1e-3)
+    assert warm_fit.coarse_iterations > 0 and plain_fit.coarse_iterations == 0
+    assert warm_fit.iterations < plain_fit.iterations
+    plain, warm = plain_fit.local, warm_fit.local
     core = x * x + y * y + z * z < 11 ** 2
     for est in (plain, warm):
         err = est[core] - local[core]
@@ -180,20 +181,17 @@ def test_tv_admm_warm_start_needs_fewer_iterations_for_the_same_map():
     chi = sphere_chi(SHAPE, VOX, c, 6.0, 0.2)
     field = forward_field(chi, VOX, OBLIQUE)
     mask = np.ones(SHAPE, bool)
-    cold = inversion.tv_admm(field, mask, VOX, OBLIQUE, tol=1e-3, max_iter=60)
-    n_cold = inversion.tv_admm.iterations
-    warm = inversion.tv_admm(field, mask, VOX, OBLIQUE, tol=1e-3, max_iter=60, chi0=cold)
-    assert inversion.tv_admm.iterations < n_cold
+    cold, n_cold = inversion.tv_admm_fit(field, mask, VOX, OBLIQUE, tol=1e-3, max_iter=60)
+    warm, n_warm = inversion.tv_admm_fit(field, mask, VOX, OBLIQUE, tol=1e-3, max_iter=60, chi0=cold)
+    assert n_warm < n_cold
     assert np.linalg.norm(warm - cold) < 0.05 * np.linalg.norm(cold)
 
 
 def test_pdf_refit_started_from_the_earlier_sources_needs_fewer_iterations():
     local, total, brain, *_ = _sphere_head([0, 0, 9], 4.0, 0.2, [0, 0, 26])
-    plain, _ = bgremove.pdf(total, brain, VOX, OBLIQUE, tol=1e-3)
-    sources = bgremove.pdf.sources
-    rough = inversion.tkd(plain, brain, VOX, OBLIQUE)
-    cold, _ = bgremove.pdf(total, brain, VOX, OBLIQUE, tol=1e-3, chi_local=rough, coarse=False)
-    n_cold = bgremove.pdf.iterations
-    warm, _ = bgremove.pdf(total, brain, VOX, OBLIQUE, tol=1e-3, chi_local=rough, sources0=sources)
-    assert bgremove.pdf.iterations < n_cold
-    assert np.std((warm - cold)[brain]) < 0.1 * np.std(local[brain])
+    plain = bgremove.pdf_fit(total, brain, VOX, OBLIQUE, tol=1e-3)
+    rough = inversion.tkd(plain.local, brain, VOX, OBLIQUE)
+    cold = bgremove.pdf_fit(total, brain, VOX, OBLIQUE, tol=1e-3, chi_local=rough, coarse=False)
+    warm = bgremove.pdf_fit(total, brain, VOX, OBLIQUE, tol=1e-3, chi_local=rough, sources0=plain.sources)
+    assert warm.iterations < cold.iterations
+    assert np.std((warm.local - cold.local)[brain]) < 0.1 * np.std(local[brain])

@@ -7,20 +7,22 @@ Pinned, validated configuration (``CONFIG``; fixed seeds, deterministic):
 2. coarse search on the coarsest pyramid level (16 mm: wide basins, so a centring pulled off by a
    neck the other image lacks, e.g. frame CT vs T1, still converges; a level with fewer than 5
    voxels across the thinnest image, i.e. a slab, is dropped): a grid of rotations from each centring
-   (and, for a partial-coverage slab, shifts along the slab normal) scored by Mattes MI on all voxels;
+   (and, for a partial-coverage slab, shifts along the slab normal) scored by Mattes MI on all voxels
+   (vectorised over the grid in numpy, SimpleITK's values);
    masks are dilated by 2 voxels on the search / multi-start levels (a brain mask alone leaves a
    featureless interior at 16-8 mm, where MI then prefers wrong poses);
 3. multi-start: the best distinct grid points (8) are optimised locally at 16 mm, the best distinct
    3 of them at 8 mm, the competitive and distinct ones again at 4 mm, the best one wins;
-4. refinement at 2 mm from two opposite perturbations (restart consistency; restarts that disagree
-   are each continued once with a fresh step before the check), then the full
-   resolution with a capped, fixed sample set (regular-step gradient descent, physical-shift scales)
-   drawn on strong fixed-image edges inside the moving field of view. A partial-coverage slab is
-   sampled in the slab (roles swapped at full resolution: the T1 contains it).
+4. restarts at 4 mm from two opposite perturbations (restart consistency; restarts that disagree
+   are each continued once with a fresh step before the check), the better one refined at 2 mm, then
+   the full resolution with a capped, fixed sample set (regular-step gradient descent, physical-shift
+   scales) drawn on strong fixed-image edges inside the moving field of view, both images cropped to
+   the samples' region (each metric set-up scans whole images). A partial-coverage slab is sampled
+   in the slab (roles swapped at full resolution: the T1 contains it).
 Metric derivatives by central differences: SimpleITK's default gradient-image filter gave wrong
 derivatives on oriented (rotated-direction) images and stalled the optimiser 1-3 mm off the optimum.
 Failure detection: optimiser stop, metric not improved / no MI, implausible motion, poor mask overlap,
-restarts that disagree at 2 mm, and a full-resolution result far from the 2 mm one (pyramid
+restarts that disagree at 4 mm, and a full-resolution result far from the 2 mm one (pyramid
 consistency); any of these raises ProcessingError with the numbers.
 Result ``fixed_from_moving`` is a RAS 4x4 (maps moving points into the fixed space).
 """
@@ -62,9 +64,9 @@ CONFIG = {
     "final_iters": 200,
     "final_relaxation": 0.6,
     "final_step_mm": 0.25,
-    "final_min_step_mm": 0.005,
+    "final_min_step_mm": 0.01,
     "coarse_mask_dilation": 2,   # voxels, masks at the search / multi-start levels (16, 8 mm)
-    "restart_perturbation": (3.0, 3.0),      # mm, deg at the 2 mm level
+    "restart_perturbation": (3.0, 3.0),      # mm, deg at the 4 mm level
     "restart_tolerance_mm": 1.5,
     "pyramid_tolerance_mm": 1.5,
 }
@@ -157,6 +159,39 @@ class _Level:
         self._n = None
         return self
 
+    def with_fixed_cropped(self):
+        """Fixed image and mask cut to the fixed mask's bounding box: each metric set-up scans the
+        whole fixed image (tens of milliseconds at full resolution)."""
+        import SimpleITK as sitk
+        if self.fm is not None:
+            inside = sitk.GetArrayViewFromImage(self.fm) > 0
+            if inside.any():
+                lo, hi = [], []
+                for axis in (2, 1, 0):  # (x, y, z) of the (z, y, x) array
+                    used = np.flatnonzero(inside.any(axis=tuple(a for a in range(3) if a != axis)))
+                    lo.append(int(used[0]))
+                    hi.append(int(used[-1]) + 1)
+                size = (np.array(hi) - lo).tolist()
+                self.f = sitk.RegionOfInterest(self.f, size, lo)
+                self.fm = sitk.RegionOfInterest(self.fm, size, lo)
+        return self
+
+    def with_moving_cropped(self, tx, margin_mm=10.0):
+        """Moving image (and mask) cut to the fixed image's box mapped by ``tx``, plus a margin."""
+        import SimpleITK as sitk
+        size = np.array(self.f.GetSize()) - 1
+        corners = [self.f.TransformContinuousIndexToPhysicalPoint((np.array(c) * size).tolist())
+                   for c in itertools.product((0, 1), repeat=3)]
+        ijk = np.array([self.m.TransformPhysicalPointToContinuousIndex(tx.TransformPoint(p)) for p in corners])
+        margin = margin_mm / np.array(self.m.GetSpacing())
+        lo = np.clip(np.floor(ijk.min(0) - margin), 0, None).astype(int)
+        hi = np.minimum(np.ceil(ijk.max(0) + margin).astype(int) + 1, self.m.GetSize())
+        if np.all(hi > lo):
+            self.m = sitk.RegionOfInterest(self.m, (hi - lo).tolist(), lo.tolist())
+            if self.mm_mask is not None:
+                self.mm_mask = sitk.RegionOfInterest(self.mm_mask, (hi - lo).tolist(), lo.tolist())
+        return self
+
     def with_fov_mask(self, tx, erode_mm=4.0):
         """Restrict fixed samples to the moving field of view mapped by ``tx`` (eroded)."""
         import SimpleITK as sitk
@@ -211,8 +246,9 @@ def _down_smooth(img, mask, mm):
     size = np.array(img.GetSize())
     new_sp = np.maximum(sp, mm)
     new_size = [max(2, int(np.ceil(s * p / q))) for s, p, q in zip(size, sp, new_sp)]
-    sigma = [max(float(np.sqrt(max(q * q - p * p, 0.0)) / 2.0), 0.01 * p) for p, q in zip(sp, new_sp)]
-    sm = sitk.SmoothingRecursiveGaussian(img, sigma)
+    sigma = np.array([max(float(np.sqrt(max(q * q - p * p, 0.0)) / 2.0), 0.01 * p) for p, q in zip(sp, new_sp)])
+    # below half a voxel the Gaussian adds little to the linear interpolation's own averaging
+    sm = sitk.SmoothingRecursiveGaussian(img, sigma.tolist()) if np.any(sigma >= 0.5 * sp) else img
     d = np.array(img.GetDirection()).reshape(3, 3)
     origin = np.array(img.GetOrigin()) + d @ ((new_sp - sp) / 2.0)
     ref = sitk.Image([int(s) for s in new_size], sitk.sitkFloat32)
@@ -583,29 +619,32 @@ def _register(fixed, moving, fixed_mask, moving_mask, init, progress):
     alternative_margin = float(mid[1][0] - mid[0][0]) if len(mid) > 1 else float("nan")
     alternative_distance = _distance_mm(mid[0][1], mid[1][1], pts) if len(mid) > 1 else float("nan")
     timing["multistart"] = time.process_time() - c0
-    prog.update(0.5, "2 mm restarts")
-    # restart consistency at 2 mm: two opposite perturbations of the 4 mm optimum must agree
+    prog.update(0.5, "restarts")
+    # restart consistency at 4 mm: two opposite perturbations of the 4 mm optimum must agree
     if thin is not None:  # slab: samples and consistency points inside its field of view
-        levels[-1].with_fov_mask(best4)
+        for level in levels[-2:]:
+            level.with_fov_mask(best4)
         pts = _slab_points(m_img, _inverse(best4))
+    restart = [cfg[k][-2] for k in LEVEL_KEYS[1:]]  # iterations, step, min step, samples at 4 mm
     runs = []
     for sign in (1.0, -1.0):
         t = _perturbed(best4, *cfg["restart_perturbation"], sign)
-        v2, stop2 = _optimise(levels[-1], t, cfg["level_iters"][-1], cfg["level_step_mm"][-1],
-                              cfg["level_min_step_mm"][-1], cfg["level_samples"][-1], n_iter)
-        runs.append((v2, t, stop2))
+        v4, stop4 = _optimise(levels[-2], t, *restart, counter=n_iter)
+        runs.append((v4, t, stop4))
     restart_mm = _distance_mm(runs[0][1], runs[1][1], pts)
     if restart_mm > cfg["restart_tolerance_mm"]:
         # a restart may have stalled (step shrunk on a rough patch): continue each once with a fresh
         # step; a truly ambiguous optimum (flat metric) does not move and is still reported
         for k, (_, t, _) in enumerate(runs):
-            v2, stop2 = _optimise(levels[-1], t, cfg["level_iters"][-1], cfg["level_step_mm"][-1] / 2,
-                                  cfg["level_min_step_mm"][-1], cfg["level_samples"][-1], n_iter)
-            runs[k] = (v2, t, stop2)
+            v4, stop4 = _optimise(levels[-2], t, restart[0], restart[1] / 2, *restart[2:], counter=n_iter)
+            runs[k] = (v4, t, stop4)
         restart_mm = _distance_mm(runs[0][1], runs[1][1], pts)
     qc_runs = [(round(r[0], 5), r[2][:90]) for r in runs]
     runs.sort(key=lambda x: x[0])
-    tx2 = runs[0][1]
+    tx2 = sitk.Euler3DTransform(runs[0][1])
+    # 2 mm from the 4 mm optimum: a short step, quickly relaxed (it is close)
+    _optimise(levels[-1], tx2, cfg["level_iters"][-1], cfg["level_step_mm"][-1] / 2, cfg["level_min_step_mm"][-1],
+              cfg["level_samples"][-1], n_iter, cfg["final_relaxation"])
     timing["restarts"] = time.process_time() - c0
     prog.update(0.7, "full resolution")
     swap = thin is not None  # partial coverage: sample in the slab, which the fixed image contains
@@ -615,8 +654,9 @@ def _register(fixed, moving, fixed_mask, moving_mask, init, progress):
         start = _inverse(base)
     else:
         tx, start = sitk.Euler3DTransform(tx2), base
-    full.with_edge_mask(cfg["final_edge_percentile"], tx)
+    full.with_edge_mask(cfg["final_edge_percentile"], tx).with_fixed_cropped()
     metric_initial = _evaluate(full, start, cfg["final_samples"])  # same samples as the final metric
+    full.with_moving_cropped(tx)
     metric_final, stop = _optimise(full, tx, cfg["final_iters"], cfg["final_step_mm"],
                                    cfg["final_min_step_mm"], cfg["final_samples"], n_iter,
                                    cfg["final_relaxation"])

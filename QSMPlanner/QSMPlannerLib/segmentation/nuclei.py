@@ -193,6 +193,73 @@ def _search(chi, window, masks: dict, fixed: np.ndarray, values: list, center, s
     return best
 
 
+PARTIAL_VOLUME_SIGMA_VOX = 0.6   # soft edge of a mask: a voxel's footprint plus a little blur
+
+
+def _fit_affine(chi, masks: list, window: np.ndarray, center, n_iter: int = 30):
+    """Affine move of ``masks`` (together) best explaining χ in ``window`` as a linear background plus
+    one level per mask (soft, partial-volume edges). Levels are solved by least squares at each step
+    (variable projection), so the fit does not depend on the contrast scale; the 12 affine parameters
+    by Levenberg-Marquardt. Returns (A, offset): a mask voxel x moves to the voxel y with
+    x = center + A (y - center) + offset."""
+    soft = [ndi.gaussian_filter(m.astype(np.float64), PARTIAL_VOLUME_SIGMA_VOX) for m in masks]
+    grads = [np.gradient(s) for s in soft]
+    d = np.argwhere(window).astype(np.float64) - center
+    y = chi[window]
+    n = len(y)
+    linear = [np.ones(n), d[:, 0], d[:, 1], d[:, 2]]
+
+    def evaluate(A, off):
+        xp = (center + d @ A.T + off).T
+        B = np.column_stack(linear + [ndi.map_coordinates(s, xp, order=1, mode="constant") for s in soft])
+        coef, *_ = np.linalg.lstsq(B, y, rcond=None)
+        r = y - B @ coef
+        return xp, B, coef, r, float(r @ r)
+
+    A, off = np.eye(3), np.zeros(3)
+    xp, B, coef, r, cost = evaluate(A, off)
+    damping = 1e-3
+    for _ in range(n_iter):
+        g = np.zeros((n, 3))
+        for k, gr in enumerate(grads):
+            for a in range(3):
+                g[:, a] += coef[len(linear) + k] * ndi.map_coordinates(gr[a], xp, order=1, mode="constant")
+        J = np.column_stack([g[:, i] * d[:, j] for i in range(3) for j in range(3)] + [g[:, i] for i in range(3)])
+        q, _ = np.linalg.qr(B)
+        J -= q @ (q.T @ J)
+        H, grad = J.T @ J, J.T @ r
+        for _ in range(8):
+            step = np.linalg.solve(H + damping * np.diag(np.diag(H) + 1e-12), grad)
+            A2, off2 = A + step[:9].reshape(3, 3), off + step[9:]
+            trial = evaluate(A2, off2)
+            if trial[4] < cost:
+                gain = (cost - trial[4]) / cost
+                A, off = A2, off2
+                xp, B, coef, r, cost = trial
+                damping = max(damping / 3.0, 1e-6)
+                break
+            damping *= 4.0
+        else:
+            break
+        if gain < 1e-5:
+            break
+    return A, off
+
+
+def _apply_affine(mask: np.ndarray, A, off, center) -> np.ndarray:
+    """Soft occupancy of ``mask`` moved by the ``_fit_affine`` result."""
+    soft = ndi.gaussian_filter(mask.astype(np.float64), PARTIAL_VOLUME_SIGMA_VOX)
+    idx = np.indices(mask.shape, dtype=np.float64).reshape(3, -1).T - center
+    xp = (center + idx @ np.asarray(A).T + off).T
+    return ndi.map_coordinates(soft, xp, order=1, mode="constant").reshape(mask.shape)
+
+
+def _plausible_affine(A) -> bool:
+    """Within the spread of adult anatomy after an atlas registration: modest scaling and shear."""
+    sv = np.linalg.svd(A, compute_uv=False)
+    return bool(sv.min() > 0.7 and sv.max() < 1.4)
+
+
 def _localize(chi, masks: dict, pinned: dict, voxel_mm, progress, valid=None) -> dict:
     """Move the prior masks onto the QSM. ``pinned`` {value: mask of allowed voxels} restrict a
     structure to stay around the surgeon's seed/box. Returns {value: localized mask}."""
@@ -203,12 +270,10 @@ def _localize(chi, masks: dict, pinned: dict, voxel_mm, progress, valid=None) ->
     sides = [[v for v in (1, 3, 5) if v in out], [v for v in (2, 4, 6) if v in out]]
     for i, vals in enumerate(sides):
         progress.update(0.1 + 0.4 * i, "localizing the prior")
-        free = [v for v in vals if v not in pinned]
+        free = [v for v in vals if v not in pinned and out[v].any()]
         if not free:
             continue
         union = np.any([out[v] for v in free], axis=0)
-        if not union.any():
-            continue
         center = np.argwhere(union).mean(axis=0)
         window = ndi.binary_dilation(union, iterations=r_side + max(1, int(round(3.0 / vox))))
         if valid is not None:
@@ -218,11 +283,24 @@ def _localize(chi, masks: dict, pinned: dict, voxel_mm, progress, valid=None) ->
         _, s, sh = _search(chi, window, out, fixed, free, center, (0.85, 1.0, 1.15, 1.3), r_side, 2)
         base = {v: _transform_mask(out[v], center, s, sh) for v in free}
         _, s2, sh2 = _search(chi, window, base, fixed, free, center + np.array(sh), (1.0,), 1, 1)
-        for v in free:
-            out[v] = _shift(base[v], sh2)
-    # one structure at a time, twice (pinned ones are searched inside their pin)
+        base = {v: _shift(base[v], sh2) for v in free}
+        # then an affine fit of the side's nuclei together (local deformation left by the registration)
+        union = np.any([base[v] for v in free], axis=0)
+        center = np.argwhere(union).mean(axis=0)
+        window = ndi.binary_dilation(union, iterations=max(1, int(round(5.0 / vox))))
+        if valid is not None:
+            window &= valid
+        A, off = _fit_affine(chi, [base[v] for v in free], window, center)
+        if _plausible_affine(A):
+            soft = np.stack([_apply_affine(base[v], A, off, center) for v in free])
+            best = soft.argmax(axis=0)
+            inside = soft.max(axis=0) > 0.5
+            base = {v: (best == k) & inside if ((best == k) & inside).any() else base[v]
+                    for k, v in enumerate(free)}
+        out.update(base)
+    # pinned structures: one at a time, twice, searched inside their pin
     for it in range(2):
-        for v in sorted(out):
+        for v in sorted(pinned):
             if not out[v].any():
                 continue
             progress.update(0.8 + 0.1 * it, "localizing each nucleus")
@@ -232,11 +310,9 @@ def _localize(chi, masks: dict, pinned: dict, voxel_mm, progress, valid=None) ->
                 window &= valid
             fixed = _compose(np.zeros(chi.shape, np.uint8), {u: out[u] for u in out if u != v})
             fixed[out[v]] = 0
-            constraint = None
-            if v in pinned:
-                pin = pinned[v]
-                constraint = (lambda moved, pin=pin, v=v:
-                              moved[v].any() and pin[moved[v]].mean() > 0.5)
+            pin = pinned[v]
+            constraint = (lambda moved, pin=pin, v=v:
+                          moved[v].any() and pin[moved[v]].mean() > 0.5)
             _, s, sh = _search(chi, window, out, fixed, [v], center, (0.9, 1.0, 1.1),
                                r_one if it == 0 else 1, 1, constraint)
             out[v] = _transform_mask(out[v], center, s, sh)
@@ -244,7 +320,7 @@ def _localize(chi, masks: dict, pinned: dict, voxel_mm, progress, valid=None) ->
 
 
 # local class levels (3 mm), background level away from the nuclei's partial-volume rim
-ICM = {"beta": 0.6, "alpha_per_mm": 1.5, "tol_mm": 0.5, "n_iter": 6, "pooled_sigma": (0.01, 0.025),
+ICM = {"beta": 0.6, "alpha_per_mm": 3.0, "tol_mm": 0.5, "n_iter": 6, "pooled_sigma": (0.01, 0.025),
        "local_sigma_mm": 3.0, "core_means": "background"}
 
 

@@ -58,7 +58,7 @@ CONFIG = {
     "level_iters": (60, 60, 100, 100),
     "level_step_mm": (8.0, 4.0, 2.0, 1.0),
     "level_min_step_mm": (0.2, 0.1, 0.05, 0.02),
-    "level_samples": (None, None, 20000, 40000),   # None = every voxel
+    "level_samples": (None, None, 20000, 20000),   # None = every voxel
     "final_samples": 120000,
     "final_edge_percentile": 75.0,           # full-res samples where |grad fixed| is in the top 25 %
     "final_iters": 200,

@@ -191,6 +191,7 @@ class PDFFit:
     sources: np.ndarray      # fitted background sources on the padded grid (start for a refit)
     iterations: int          # full-resolution CG iterations
     coarse_iterations: int   # CG iterations of the coarse-grid start (0 if none)
+    residual: np.ndarray | None = None  # with ``chi_local``: local field minus the field of chi_local
 
 
 def pdf(field: np.ndarray, mask: np.ndarray, voxel_mm=(1, 1, 1), b0_dir_ijk=(0, 0, 1),
@@ -216,7 +217,8 @@ def pdf_fit(field: np.ndarray, mask: np.ndarray, voxel_mm=(1, 1, 1), b0_dir_ijk=
     the far field of deep sources near the boundary (one step of a total-field-inversion alternation).
     ``sources0``: start for the background sources (``PDFFit.sources`` of an earlier call with the same
     mask and pad, e.g. before a ``chi_local`` refit); skips the coarse start.
-    Returns a ``PDFFit`` (local field, mask, background sources, iteration counts)."""
+    Returns a ``PDFFit`` (local field, mask, background sources, iteration counts and, with
+    ``chi_local``, the residual: the part of the local field that chi_local does not explain)."""
     mask = np.asarray(mask, bool)
     vox = np.asarray(voxel_mm, float)
     if pad is None:
@@ -246,10 +248,12 @@ def pdf_fit(field: np.ndarray, mask: np.ndarray, voxel_mm=(1, 1, 1), b0_dir_ijk=
         x0 = np.where(m, 0, up).astype(np.float32)
     chi_bg, iterations, dconv = _pdf_solve(f, m, w2, vox, b0_dir_ijk, tol, max_iter, x0=x0)
     background = dconv(np.where(m, 0, chi_bg))
+    residual = None
     if known is not None:
+        residual = np.where(m, f - background, 0)[sl].astype(np.float32)
         f += known
     local = np.where(m, f - background, 0)[sl].astype(np.float32)
-    return PDFFit(local, mask.copy(), chi_bg, iterations, coarse_iterations)
+    return PDFFit(local, mask.copy(), chi_bg, iterations, coarse_iterations, residual)
 
 
 @numba.njit(parallel=True, cache=True, fastmath=True)

@@ -63,7 +63,7 @@ CONFIG = {
     "final_edge_percentile": 75.0,           # full-res samples where |grad fixed| is in the top 25 %
     "final_iters": 200,
     "final_relaxation": 0.6,
-    "final_step_mm": 0.25,
+    "final_step_mm": 0.15,
     "final_min_step_mm": 0.01,
     "coarse_mask_dilation": 2,   # voxels, masks at the search / multi-start levels (16, 8 mm)
     "restart_perturbation": (3.0, 3.0),      # mm, deg at the 4 mm level

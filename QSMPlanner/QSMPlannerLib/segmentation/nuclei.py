@@ -573,7 +573,12 @@ def segment_nuclei(qsm: Volume, prior_labels: Volume, seeds: dict | None = None,
     for v, m in loc.items():
         k = S.kind(S.NAMES[v])
         lo_chi, hi_chi = S.VOXEL_CHI_PPM[k]
-        a = ndi.binary_dilation(m, iterations=reach) if m.any() else np.zeros(shape, bool)
+        # the thin STN (~5 mm) only moves its border by one voxel around the affine-fitted prior: its
+        # voxel-wise evidence is dominated by partial volume, texture and QSM blur
+        band = 1 if (k == "STN" and v not in pinned) else reach
+        a = ndi.binary_dilation(m, iterations=band) if m.any() else np.zeros(shape, bool)
+        if band == 1 and v not in forced:
+            forced[v] = ndi.binary_erosion(m)
         a &= (chi <= hi_chi) & (chi >= lo_chi) & valid
         if v in pinned:
             a &= pinned[v] | m

@@ -355,7 +355,7 @@ def _search_scores(level: _Level, transforms, chunk_points=4_000_000) -> np.ndar
             valid &= mmask[r[..., 2], r[..., 1], r[..., 0]]
         pose, point = np.nonzero(valid)
         mv = ndimage.map_coordinates(ma, ijk[pose, point, ::-1].T, order=1, mode="nearest", prefilter=False)
-        x = (mv - m_lo) / m_bin + pad
+        x = np.clip((mv - m_lo) / m_bin + pad, pad, bins - pad - 1e-6)  # interpolated past the mask's range
         lo = np.floor(x)
         t = x - lo
         cell = (pose * bins + f_idx[point]) * bins + lo.astype(np.int64) - 1

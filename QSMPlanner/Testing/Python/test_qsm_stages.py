@@ -218,3 +218,21 @@ def test_pdf_refit_residual_is_the_field_chi_local_leaves_and_a_bregman_step_res
 
     assert contrast(plain) < true_contrast
     assert abs(contrast(bregman) - true_contrast) < 0.3 * abs(contrast(plain) - true_contrast)  # 0.04 measured
+
+
+def test_tv_fit_in_mask_frees_the_outside_field_of_a_source_near_the_mask_edge():
+    c = _centre()
+    chi = sphere_chi(SHAPE, VOX, c + [0, 0, 9], 4.0, 0.2) + sphere_chi(SHAPE, VOX, c - [0, 5, 0], 3.0, -0.1)
+    local = forward_field(chi, VOX, OBLIQUE)  # the local field also exists outside the brain
+    g = [np.arange(n) * v - cc for n, v, cc in zip(SHAPE, VOX, c)]
+    x, y, z = np.meshgrid(*g, indexing="ij")
+    brain = x * x + y * y + z * z < 15 ** 2
+    truth = chi[brain] - chi[brain].mean()
+
+    def nrmse(rec):
+        e = rec[brain] - rec[brain].mean() - truth
+        return np.linalg.norm(e) / np.linalg.norm(truth)
+
+    zero_outside = inversion.tv_admm(local, brain, VOX, OBLIQUE, max_iter=40)
+    in_mask = inversion.tv_admm(local, brain, VOX, OBLIQUE, max_iter=40, fit_in_mask=True)
+    assert nrmse(in_mask) < 0.85 * nrmse(zero_outside)  # 0.21 vs 0.29 measured

@@ -4,13 +4,15 @@ Everything happens on the QSM grid (the space of ``qsm``; RAS mm; χ in ppm):
 
 1. Prior: CIT168 labels already warped onto the QSM grid (STN 16/116, SN 7+9/107+109, RN 8/108).
 2. Localization: per side, the prior's STN+SN+RN complex is moved (translation + isotropic scale) to
-   best explain the QSM as piecewise constant (Chan-Vese energy over a window); then each nucleus
-   alone (smaller moves). A surgeon's seed (or box) pins a structure instead.
+   best explain the QSM as piecewise constant (Chan-Vese energy over a window), then fitted by an
+   affine map (linear background + one level per nucleus by least squares, so independent of the
+   contrast scale). A surgeon's seed (or box) pins a structure instead (searched inside its pin).
 3. Refinement: region competition of 7 classes (background + 6 nuclei) by iterated conditional modes:
    Gaussian intensity term with each class's own level (re-estimated locally, within ~3 mm; the
    background's away from the partial-volume rim of the nuclei), a distance-to-localized-prior
    term, and a Potts smoothness term. STN and SN meet along the darker border between them because
-   border voxels go to the background class or to the class whose mean is nearer.
+   border voxels go to the background class or to the class whose mean is nearer. An unseeded STN
+   only moves its border by one voxel around the affine-fitted prior.
 4. Guard rails per structure (volume range, χ range, contrast-to-noise, compactness, connectivity,
    left/right volume symmetry): when one trips, that structure keeps its prior and a message says so.
 """
@@ -575,9 +577,9 @@ def segment_nuclei(qsm: Volume, prior_labels: Volume, seeds: dict | None = None,
         lo_chi, hi_chi = S.VOXEL_CHI_PPM[k]
         # the thin STN (~5 mm) only moves its border by one voxel around the affine-fitted prior: its
         # voxel-wise evidence is dominated by partial volume, texture and QSM blur
-        band = 1 if (k == "STN" and v not in pinned) else reach
-        a = ndi.binary_dilation(m, iterations=band) if m.any() else np.zeros(shape, bool)
-        if band == 1 and v not in forced:
+        thin = k == "STN" and v not in pinned
+        a = ndi.binary_dilation(m, iterations=1 if thin else reach) if m.any() else np.zeros(shape, bool)
+        if thin:
             forced[v] = ndi.binary_erosion(m)
         a &= (chi <= hi_chi) & (chi >= lo_chi) & valid
         if v in pinned:

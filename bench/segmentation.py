@@ -6,7 +6,7 @@ through the phantom's true t1_from_gre (registration error kept out of this benc
 ``segment_nuclei`` runs on (a) the ground-truth χ map and (b) the QSM reconstructed from the GRE
 (qsm.reconstruct_qsm, defaults). Methods compared on the truth labels of the GRE grid:
   prior      the warped CIT168 atlas alone (the baseline the issue names)
-  localized  our first stage only (prior moved/scaled onto the QSM)
+  localized  our first stage only (prior moved, scaled, then affine-fitted onto the QSM)
   ours       the full method (localization + region competition + guard rails)
 Metrics per structure: Dice, 95% Hausdorff distance (mm), centroid error (mm); wall time of
 segment_nuclei (beyond the registrations). Ratios: Dice ours/prior (>1 better), HD95 and centroid

@@ -1,10 +1,11 @@
 """T1 -> MNI ICBM152 normalisation (affine MI + symmetric-forces demons) and CIT168 label warping.
 
 Both images brain-masked with the same recipe; affine MI with central-difference derivatives; the
-affinely warped template histogram-matched to the T1; demons (field sigma 2.5 voxels at 2 mm) at half
-then full working resolution (template blurred as the T1); then, on T1s of about 1 mm, a last demons
-level at 1 mm (field sigma 4 mm) on the box of the CIT168 deep-grey labels, its correction tapered to
-zero at the box faces.
+T1's bias field relative to the template divided out (smooth ratio of local means) and the affinely
+warped template histogram-matched to the T1 (both again before the 1 mm level); demons (field sigma
+2.5 voxels at 2 mm) at half then full working resolution (template blurred as the T1); then, on T1s
+of about 1 mm, a last demons level at 1 mm (field sigma 4 mm) on the box of the CIT168 deep-grey
+labels, its correction tapered to zero at the box faces.
 
 ITK convention inside: the composite transform maps patient T1 LPS points -> MNI LPS points (the
 resampling direction for pulling atlas images into the patient space). Public API is RAS mm.
@@ -33,6 +34,7 @@ ROI_MARGIN_MM = 12.0
 ROI_TAPER_MM = 8.0             # the fine correction fades to zero towards the box faces
 ROI_ITERATIONS = 40
 ROI_FIELD_SIGMA_MM = 4.0
+BIAS_SIGMA_MM = 20.0           # scale of the intensity drift matched to the template before demons
 
 
 def brain_mask(t1: Volume) -> Volume:
@@ -99,6 +101,34 @@ def _prep(img, mask):
     return out
 
 
+def _bias_ratio(fixed, warped, mask, sigma_mm=BIAS_SIGMA_MM):
+    """Smooth ratio of the T1's local mean to the warped template's (Gaussian ``sigma_mm``, inside
+    ``mask``, over the flatter half of both; 1 where undefined): demons reads any intensity difference
+    as displacement, so a scanner bias field (a slow multiplicative drift the template lacks) pulls
+    the deep nuclei along its gradient. Dividing the T1 by it keeps the contrast of structures much
+    smaller than ``sigma_mm``."""
+    import SimpleITK as sitk
+    f = sitk.GetArrayFromImage(fixed)
+    w = sitk.GetArrayFromImage(warped)
+    m = (sitk.GetArrayFromImage(mask) > 0) & (f > 0) & (w > 0)
+    for img in (warped, fixed):  # the flatter half of each: there a residual shift changes no intensity
+        if m.any():
+            g = sitk.GetArrayFromImage(sitk.GradientMagnitude(img))
+            m &= g <= np.percentile(g[m], 50)
+
+    def local_sum(a):
+        img = sitk.GetImageFromArray(np.where(m, a, 0).astype(np.float32))
+        img.CopyInformation(fixed)
+        return sitk.GetArrayFromImage(sitk.SmoothingRecursiveGaussian(img, sigma_mm))
+    num, den = local_sum(f), local_sum(w)
+    ok = m & (den > 1e-3 * max(float(den.max()), 1e-12))
+    ratio = np.ones(f.shape, np.float32)
+    ratio[ok] = np.maximum(num[ok] / den[ok], 1e-3)
+    out = sitk.GetImageFromArray(ratio)
+    out.CopyInformation(fixed)
+    return out
+
+
 @functools.lru_cache(maxsize=1)
 def _template():
     """The prepared (brain-masked, normalised) MNI template, computed once per process."""
@@ -157,8 +187,9 @@ def _refine_deep_grey(fixed_full, moving_full, comp, affine):
     fixed = sitk.Resample(sitk.SmoothingRecursiveGaussian(fixed_full, ROI_VOXEL_MM / 2), ref)
     ones = sitk.Cast(fixed * 0 + 1, sitk.sitkUInt8)
     fixed = _prep(fixed, ones)
-    warped = sitk.Resample(moving_full, ref, comp, sitk.sitkLinear, 0.0)
-    warped = sitk.HistogramMatching(_prep(warped, ones), fixed, 128, 7, True)
+    warped = _prep(sitk.Resample(moving_full, ref, comp, sitk.sitkLinear, 0.0), ones)
+    fixed = sitk.Divide(fixed, _bias_ratio(fixed, warped, ones))
+    warped = sitk.HistogramMatching(warped, fixed, 128, 7, True)
     demons = sitk.FastSymmetricForcesDemonsRegistrationFilter()
     demons.SetNumberOfIterations(ROI_ITERATIONS)
     demons.SetStandardDeviations(ROI_FIELD_SIGMA_MM / ROI_VOXEL_MM)
@@ -225,6 +256,7 @@ def normalize_to_mni(t1: Volume, t1_mask: Volume | None = None, progress=None,
     # the template blurred as the T1 was before demons: like compared with like at voxel_mm
     blurred = sitk.SmoothingRecursiveGaussian(moving, voxel_mm / 2)
     warped = sitk.Resample(blurred, fixed, affine, sitk.sitkLinear, 0.0)
+    fixed = sitk.Divide(fixed, _bias_ratio(fixed, warped, fmask))
     warped = sitk.HistogramMatching(warped, fixed, 128, 7, True)
     demons = sitk.FastSymmetricForcesDemonsRegistrationFilter()
     demons.SetNumberOfIterations(DEMONS_ITERATIONS[0])

@@ -265,10 +265,10 @@ def _down_smooth(img, mask, mm):
 def _method(level: _Level, n_samples=None):
     import SimpleITK as sitk
     r = sitk.ImageRegistrationMethod()
-    if level.mm is not None:  # small images: one thread avoids sync stalls on a busy machine
-        r.SetNumberOfThreads(1)
-    r.SetMetricAsMattesMutualInformation(numberOfHistogramBins=CONFIG["bins"])
     total = level.n_voxels()
+    if level.mm is not None and min(total, n_samples or total) < 20000:
+        r.SetNumberOfThreads(1)  # little work per iteration: one thread avoids sync stalls when busy
+    r.SetMetricAsMattesMutualInformation(numberOfHistogramBins=CONFIG["bins"])
     if n_samples is None or n_samples >= total:
         r.SetMetricSamplingStrategy(r.NONE)
     else:

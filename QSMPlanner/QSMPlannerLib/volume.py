@@ -108,6 +108,15 @@ class Volume:
         return Volume(np.ascontiguousarray(arr), LPS_FROM_RAS @ lps, name)
 
 
+def mask_box(mask: np.ndarray, margin: int = 0) -> tuple:
+    """Slices of the bounding box of ``mask`` grown by ``margin`` voxels (clipped to the array)."""
+    idx = np.nonzero(mask)
+    if not idx[0].size:
+        return tuple(slice(0, n) for n in mask.shape)
+    return tuple(slice(max(0, int(i.min()) - margin), min(n, int(i.max()) + 1 + margin))
+                 for i, n in zip(idx, mask.shape))
+
+
 def ras_from_ijk_matrix(voxel_mm, direction=None, origin=(0.0, 0.0, 0.0)) -> np.ndarray:
     """Build a voxel-to-RAS matrix from spacing, a 3x3 direction (unit columns) and origin."""
     m = np.eye(4)

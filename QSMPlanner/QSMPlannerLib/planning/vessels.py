@@ -9,7 +9,7 @@ import numpy as np
 from scipy import ndimage
 
 from ..errors import InputError
-from ..volume import Volume
+from ..volume import Volume, mask_box
 
 
 def r2star_map(gre, mask=None) -> Volume:
@@ -33,13 +33,6 @@ def _chi_volume(qsm) -> Volume:
     if not isinstance(vol, Volume) or np.asarray(vol.data).ndim != 3:
         raise InputError("vessel_mask expects a 3-D QSM Volume (χ in ppm) or a QSMResult")
     return vol
-
-
-def _bbox(mask: np.ndarray, pad: int):
-    idx = np.argwhere(mask)
-    lo = np.maximum(idx.min(axis=0) - pad, 0)
-    hi = np.minimum(idx.max(axis=0) + pad + 1, mask.shape)
-    return tuple(slice(a, b) for a, b in zip(lo, hi))
 
 
 def _hessian_derivatives(img: np.ndarray, s_vox) -> dict:
@@ -108,7 +101,7 @@ def _blob_zone(chi, brain, voxel_mm, level_ppm, radius_mm):
     zone = np.zeros(chi.shape, bool)
     if not high.any():
         return zone
-    box = _bbox(high, int(np.ceil((radius_mm + 2) / min(voxel_mm))) + 1)
+    box = mask_box(high, int(np.ceil((radius_mm + 2) / min(voxel_mm))) + 1)
     thick = ndimage.binary_opening(high[box], structure=_ball(radius_mm, voxel_mm))
     lab, n = ndimage.label(thick)
     for k, sl in enumerate(ndimage.find_objects(lab), start=1):
@@ -157,7 +150,7 @@ def vessel_mask(qsm, brain_mask=None, sigmas_mm=(0.7, 1.0, 1.5), chi_min_ppm: fl
     if exclude is not None:
         exclude = np.asarray(getattr(exclude, "data", exclude)).astype(bool)
         if exclude_margin_mm > 0 and exclude.any():
-            box = _bbox(exclude, int(np.ceil(exclude_margin_mm / vol.voxel_mm.min())) + 1)
+            box = mask_box(exclude, int(np.ceil(exclude_margin_mm / vol.voxel_mm.min())) + 1)
             grown = np.zeros_like(exclude)
             grown[box] = ndimage.binary_dilation(exclude[box], structure=_ball(exclude_margin_mm, vol.voxel_mm))
             exclude = grown
@@ -165,7 +158,7 @@ def vessel_mask(qsm, brain_mask=None, sigmas_mm=(0.7, 1.0, 1.5), chi_min_ppm: fl
     seeds = brain & (chi >= h * chi_min_ppm)
     contrast = None
     if seeds.any() and contrast_min_ppm > 0:
-        box = _bbox(seeds, int(np.ceil(3 * background_sigma_mm / vol.voxel_mm.min())) + 1)
+        box = mask_box(seeds, int(np.ceil(3 * background_sigma_mm / vol.voxel_mm.min())) + 1)
         background = ndimage.gaussian_filter(chi[box], background_sigma_mm / vol.voxel_mm, mode="nearest")
         contrast = np.zeros(chi.shape, np.float32)
         contrast[box] = chi[box] - background
@@ -176,7 +169,7 @@ def vessel_mask(qsm, brain_mask=None, sigmas_mm=(0.7, 1.0, 1.5), chi_min_ppm: fl
         seeds &= ~_blob_zone(chi, brain, vol.voxel_mm, 0.8 * h * chi_min_ppm, blob_radius_mm)
     if seeds.any():
         pad = int(np.ceil(3 * max(sigmas_mm) / vol.voxel_mm.min())) + 1
-        box = _bbox(seeds, pad)
+        box = mask_box(seeds, pad)
         v = vesselness(chi[box], vol.voxel_mm, sigmas_mm, candidates=seeds[box])
         weak = v >= h * vesselness_min
         m = weak & (v >= vesselness_min) & (chi[box] >= chi_min_ppm)
@@ -205,7 +198,7 @@ def vessel_mask(qsm, brain_mask=None, sigmas_mm=(0.7, 1.0, 1.5), chi_min_ppm: fl
             cand &= ~np.asarray(getattr(exclude, "data", exclude)).astype(bool)
         if cand.any():
             pad = int(np.ceil(3 * max(sigmas_mm) / vol.voxel_mm.min())) + 1
-            box = _bbox(cand, pad)
+            box = mask_box(cand, pad)
             v = vesselness(r2[box] / 100.0, vol.voxel_mm, sigmas_mm, candidates=cand[box])
             m2 = v >= r2star_vesselness_min
             if min_voxels > 1 and m2.any():

@@ -60,7 +60,7 @@ def vsharp(field: np.ndarray, mask: np.ndarray, voxel_mm=(1, 1, 1), radii_mm=Non
     use (``threshold``). Works on the mask's bounding box. Returns (local_field, eroded_mask)."""
     from scipy import ndimage
 
-    from .dipole import mask_box
+    from ..volume import mask_box
     mask = np.asarray(mask, bool)
     vox = np.asarray(voxel_mm, float)
     local_full = np.zeros(mask.shape, np.float32)
@@ -280,7 +280,7 @@ def lbv(field: np.ndarray, mask: np.ndarray, voxel_mm=(1, 1, 1), tol: float = 1e
     start. Returns (local_field, mask); the local field is 0 on the mask boundary."""
     from scipy import ndimage
 
-    from .dipole import mask_box
+    from ..volume import mask_box
     mask = np.asarray(mask, bool)
     vox = np.asarray(voxel_mm, float)
     out = np.zeros(mask.shape, np.float32)

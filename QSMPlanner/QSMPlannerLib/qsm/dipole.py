@@ -49,15 +49,6 @@ def fast_shape(shape, pad=(0, 0, 0)) -> tuple:
     return tuple(sfft.next_fast_len(int(s) + 2 * int(p), real=True) for s, p in zip(shape, pad))
 
 
-def mask_box(mask: np.ndarray, margin: int = 0) -> tuple:
-    """Slices of the bounding box of ``mask`` grown by ``margin`` voxels (clipped to the array)."""
-    idx = np.nonzero(mask)
-    if not idx[0].size:
-        return tuple(slice(0, n) for n in mask.shape)
-    return tuple(slice(max(0, int(i.min()) - margin), min(n, int(i.max()) + 1 + margin))
-                 for i, n in zip(idx, mask.shape))
-
-
 def pad_slices(shape_in, shape_out) -> tuple:
     """Slices of the centred ``shape_in`` block inside ``shape_out``."""
     return tuple(slice((s - n) // 2, (s - n) // 2 + n) for s, n in zip(shape_out, shape_in))

@@ -108,7 +108,7 @@ def combine_echoes(magnitude: np.ndarray, phase_rad: np.ndarray, te_s, mask: np.
     3. Weighted least squares through the origin: omega = sum(w TE phi) / sum(w TE^2), w = |S|^2.
     With one echo the offset cannot be separated and omega = phi/TE (spatially unwrapped).
     """
-    from .dipole import mask_box
+    from ..volume import mask_box
     mask = np.asarray(mask, bool)
     full_shape = mask.shape
     te = np.asarray(te_s, np.float64)

@@ -4,7 +4,8 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from .dipole import dipole_kernel, fast_shape, irfft3, mask_box, pad_to, rfft3
+from ..volume import mask_box
+from .dipole import dipole_kernel, fast_shape, irfft3, pad_to, rfft3
 
 
 def _pad_for(shape, pad):

@@ -184,7 +184,7 @@ def reconstruct_qsm(gre, mask: Volume | None = None, bfr: str = "pdf", inversion
     prog.check()
 
     # background removal and inversion work on the mask's bounding box
-    from .dipole import mask_box
+    from ..volume import mask_box
     box = mask_box(m, 2)
     mb, fb = m[box], total_ppm[box]
     t = time.perf_counter()

@@ -36,7 +36,7 @@ import numpy as np
 
 from ..errors import ProcessingError
 from ..progress import as_progress
-from ..volume import LPS_FROM_RAS, Volume
+from ..volume import LPS_FROM_RAS, Volume, mask_box
 
 SEED = 20240607
 MAX_SHIFT_MM = 80.0
@@ -164,16 +164,10 @@ class _Level:
         whole fixed image (tens of milliseconds at full resolution)."""
         import SimpleITK as sitk
         if self.fm is not None:
-            inside = sitk.GetArrayViewFromImage(self.fm) > 0
-            if inside.any():
-                lo, hi = [], []
-                for axis in (2, 1, 0):  # (x, y, z) of the (z, y, x) array
-                    used = np.flatnonzero(inside.any(axis=tuple(a for a in range(3) if a != axis)))
-                    lo.append(int(used[0]))
-                    hi.append(int(used[-1]) + 1)
-                size = (np.array(hi) - lo).tolist()
-                self.f = sitk.RegionOfInterest(self.f, size, lo)
-                self.fm = sitk.RegionOfInterest(self.fm, size, lo)
+            box = mask_box(sitk.GetArrayViewFromImage(self.fm) > 0)[::-1]  # (x, y, z) of the (z, y, x) array
+            lo, size = [b.start for b in box], [b.stop - b.start for b in box]
+            self.f = sitk.RegionOfInterest(self.f, size, lo)
+            self.fm = sitk.RegionOfInterest(self.fm, size, lo)
         return self
 
     def with_moving_cropped(self, tx, margin_mm=10.0):

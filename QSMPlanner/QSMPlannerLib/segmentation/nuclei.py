@@ -251,9 +251,8 @@ def _fit_affine(chi, masks: list, window: np.ndarray, center, n_iter: int = 30):
 def _apply_affine(mask: np.ndarray, A, off, center) -> np.ndarray:
     """Soft occupancy of ``mask`` moved by the ``_fit_affine`` result."""
     soft = ndi.gaussian_filter(mask.astype(np.float64), PARTIAL_VOLUME_SIGMA_VOX)
-    idx = np.indices(mask.shape, dtype=np.float64).reshape(3, -1).T - center
-    xp = (center + idx @ np.asarray(A).T + off).T
-    return ndi.map_coordinates(soft, xp, order=1, mode="constant").reshape(mask.shape)
+    A, center = np.asarray(A, float), np.asarray(center, float)
+    return ndi.affine_transform(soft, A, offset=center - A @ center + off, order=1, mode="constant")
 
 
 def _plausible_affine(A) -> bool:

@@ -25,7 +25,15 @@ class EchoFit:
     phase_offset_rad: np.ndarray  # (I,J,K) smooth phase offset phi_0 removed from every echo
     residual_rad: np.ndarray    # (I,J,K) magnitude-weighted RMS residual of the temporal fit (rad)
     noise_hz: np.ndarray        # (I,J,K) expected standard deviation of field_hz from thermal noise
-    unwrapped_rad: np.ndarray   # (I,J,K,E) offset-free unwrapped phase of every echo
+    unwrapped_box: np.ndarray   # (i,j,k,E) offset-free unwrapped phase of every echo inside ``box``
+    box: tuple                  # slices of the mask's box in the (I,J,K) grid
+
+    @property
+    def unwrapped_rad(self) -> np.ndarray:
+        """(I,J,K,E) offset-free unwrapped phase of every echo (0 outside the box)."""
+        out = np.zeros(self.field_hz.shape + self.unwrapped_box.shape[3:], np.float32)
+        out[self.box] = self.unwrapped_box
+        return out
 
 
 @numba.njit(parallel=True, cache=True, fastmath=True)
@@ -42,15 +50,23 @@ def _phase_difference(ph):
 
 
 @numba.njit(parallel=True, cache=True, fastmath=True)
-def _raw_offset(ph0, omega, te0):
+def _raw_offset(ph0, omega, te0, mag0, mask):
+    """phi_0 = wrap(phi_1 - omega TE_1) per voxel, and its magnitude-weighted unit phasor inside the mask
+    (real and imaginary parts)."""
     ni, nj, nk = omega.shape
     out = np.empty((ni, nj, nk), np.float32)
+    re = np.empty((ni, nj, nk), np.float32)
+    im = np.empty((ni, nj, nk), np.float32)
     for i in numba.prange(ni):
         for j in range(nj):
             for k in range(nk):
                 d = ph0[i, j, k] - omega[i, j, k] * te0
-                out[i, j, k] = (d + np.pi) % (2 * np.pi) - np.pi
-    return out
+                p = (d + np.pi) % (2 * np.pi) - np.pi
+                out[i, j, k] = p
+                w = mag0[i, j, k] if mask[i, j, k] else np.float32(0)
+                re[i, j, k] = w * np.cos(p)
+                im[i, j, k] = w * np.sin(p)
+    return out, re, im
 
 
 @numba.njit(parallel=True, cache=True, fastmath=True)
@@ -70,8 +86,7 @@ def _temporal_fit(ph, mag, te, offset, omega0, unwrapped, omega, residual, inv_s
                     p = ph[i, j, k, e] - off
                     pred = om * te[e]
                     dd = p - pred
-                    dd = (dd + np.pi) % (2 * np.pi) - np.pi
-                    u = pred + dd
+                    u = pred + dd - 2 * np.pi * np.floor((dd + np.pi) * (0.5 / np.pi))  # wrap(dd)
                     unwrapped[i, j, k, e] = u
                     w = mag[i, j, k, e] * mag[i, j, k, e]
                     num += w * te[e] * u
@@ -89,10 +104,8 @@ def _temporal_fit(ph, mag, te, offset, omega0, unwrapped, omega, residual, inv_s
                 inv_sqrt_den[i, j, k] = 1.0 / np.sqrt(den) if den > 0 else 0.0
 
 
-def _smooth_complex(z: np.ndarray, weight: np.ndarray, sigma_vox) -> np.ndarray:
-    zr = ndimage.gaussian_filter((z * weight).real.astype(np.float32), sigma_vox)
-    zi = ndimage.gaussian_filter((z * weight).imag.astype(np.float32), sigma_vox)
-    return np.arctan2(zi, zr).astype(np.float32)
+def _smoothed_angle(re: np.ndarray, im: np.ndarray, sigma_vox) -> np.ndarray:
+    return np.arctan2(ndimage.gaussian_filter(im, sigma_vox), ndimage.gaussian_filter(re, sigma_vox))
 
 
 def combine_echoes(magnitude: np.ndarray, phase_rad: np.ndarray, te_s, mask: np.ndarray,
@@ -118,8 +131,8 @@ def combine_echoes(magnitude: np.ndarray, phase_rad: np.ndarray, te_s, mask: np.
     sigma_vox = offset_sigma_mm / vox
     sigma = _noise_sigma(np.asarray(magnitude)[..., 0], mask)
     box = mask_box(mask, int(np.ceil(3 * sigma_vox.max())))  # everything happens in the mask's box
-    mag = np.ascontiguousarray(magnitude[box], np.float32)
-    ph = np.ascontiguousarray(phase_rad[box], np.float32)
+    mag = np.asarray(magnitude, np.float32)[box]
+    ph = np.asarray(phase_rad, np.float32)[box]
     m = mask[box]
     n_e = ph.shape[3]
     te32 = te.astype(np.float32)
@@ -135,9 +148,8 @@ def combine_echoes(magnitude: np.ndarray, phase_rad: np.ndarray, te_s, mask: np.
         if m.any():  # global 2*pi*n: the field is shimmed, its brain mean near 0
             du = du - TWO_PI * np.round(np.mean(du[m]) / TWO_PI)
         omega0 = (du / np.float32(te[1] - te[0])).astype(np.float32)
-        raw_offset = _raw_offset(ph[..., 0], omega0, te32[0])
-        offset = _smooth_complex(np.exp(1j * raw_offset), mag[..., 0] * m, sigma_vox)
-        offset = np.where(m, offset, raw_offset).astype(np.float32)
+        raw_offset, re, im = _raw_offset(ph[..., 0], omega0, te32[0], mag[..., 0], m)
+        offset = np.where(m, _smoothed_angle(re, im, sigma_vox), raw_offset).astype(np.float32)
     shape = ph.shape[:3]
     unwrapped = np.empty(ph.shape, np.float32)
     omega = np.empty(shape, np.float32)
@@ -146,12 +158,12 @@ def combine_echoes(magnitude: np.ndarray, phase_rad: np.ndarray, te_s, mask: np.
     _temporal_fit(ph, mag, te32, offset, omega0, unwrapped, omega, residual, inv_sqrt_den)
 
     def full(a, fill=0.0):
-        out = np.full(full_shape + a.shape[3:], fill, np.float32)
+        out = np.full(full_shape, fill, np.float32)
         out[box] = a
         return out
 
     return EchoFit(full(omega / TWO_PI), full(offset), full(residual, np.pi),
-                   full(inv_sqrt_den * np.float32(sigma / (2 * np.pi))), full(unwrapped))
+                   full(inv_sqrt_den * np.float32(sigma / (2 * np.pi))), unwrapped, box)
 
 
 def _noise_sigma(first_echo: np.ndarray, mask: np.ndarray) -> float:

@@ -9,7 +9,7 @@ Reference: Dymerska B, Eckstein K et al., MRM 2021;85:2294 (ROMEO).
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
+from numba import njit, prange
 
 N_BINS = 256
 
@@ -20,55 +20,69 @@ def _wrap(x):
 
 
 @njit(cache=True)
+def _quality(p0, p1, m0, m1):
+    """Edge weight 1..255: phase coherence times magnitude coherence."""
+    pc = 1.0 - abs(_wrap(p1 - p0)) / np.pi
+    mx = max(m0, m1)
+    mc = min(m0, m1) / mx if mx > 0 else 0.0
+    return max(1, min(255, int(pc * mc * 254.0) + 1))
+
+
+@njit(parallel=True, cache=True)
 def _edge_weights(phase, mag, mask):
     """uint8 weights (3, I, J, K): edge from voxel (i,j,k) to its +1 neighbour along each axis."""
     ni, nj, nk = phase.shape
     w = np.zeros((3, ni, nj, nk), np.uint8)
-    for i in range(ni):
+    for i in prange(ni):
         for j in range(nj):
             for k in range(nk):
                 if not mask[i, j, k]:
                     continue
-                for d in range(3):
-                    a, b, c = i, j, k
-                    if d == 0:
-                        a += 1
-                    elif d == 1:
-                        b += 1
-                    else:
-                        c += 1
-                    if a >= ni or b >= nj or c >= nk or not mask[a, b, c]:
-                        continue
-                    pc = 1.0 - abs(_wrap(phase[a, b, c] - phase[i, j, k])) / np.pi
-                    m0, m1 = mag[i, j, k], mag[a, b, c]
-                    mx = max(m0, m1)
-                    mc = min(m0, m1) / mx if mx > 0 else 0.0
-                    q = pc * mc
-                    w[d, i, j, k] = max(1, min(255, int(q * 254.0) + 1))
+                if i + 1 < ni and mask[i + 1, j, k]:
+                    w[0, i, j, k] = _quality(phase[i, j, k], phase[i + 1, j, k], mag[i, j, k], mag[i + 1, j, k])
+                if j + 1 < nj and mask[i, j + 1, k]:
+                    w[1, i, j, k] = _quality(phase[i, j, k], phase[i, j + 1, k], mag[i, j, k], mag[i, j + 1, k])
+                if k + 1 < nk and mask[i, j, k + 1]:
+                    w[2, i, j, k] = _quality(phase[i, j, k], phase[i, j, k + 1], mag[i, j, k], mag[i, j, k + 1])
     return w
+
+
+@njit(parallel=True, cache=True)
+def _voxel_scores(w):
+    """Sum of the weights of the (up to 6) edges of every voxel."""
+    _, ni, nj, nk = w.shape
+    score = np.empty((ni, nj, nk), np.int32)
+    for i in prange(ni):
+        for j in range(nj):
+            for k in range(nk):
+                s = np.int32(w[0, i, j, k]) + w[1, i, j, k] + w[2, i, j, k]
+                if i > 0:
+                    s += w[0, i - 1, j, k]
+                if j > 0:
+                    s += w[1, i, j - 1, k]
+                if k > 0:
+                    s += w[2, i, j, k - 1]
+                score[i, j, k] = s
+    return score
 
 
 @njit(cache=True)
 def _grow(phase, w, seeds, out, visited):
+    """Region growing on a grid whose border voxels have no edges (weights 0), so neighbours need no
+    bounds checks. Edges wait in one LIFO list per weight (int32 pool with a free list)."""
     ni, nj, nk = phase.shape
-    n_edges = 0
-    for d in range(3):
-        for i in range(ni):
-            for j in range(nj):
-                for k in range(nk):
-                    if w[d, i, j, k] > 0:
-                        n_edges += 1
-    cap = 2 * n_edges + 8
-    pool_to = np.empty(cap, np.int64)
-    pool_from = np.empty(cap, np.int64)
-    pool_next = np.empty(cap, np.int64)
-    head = np.full(256, -1, np.int64)
+    strides = (nj * nk, nk, 1)
+    cap = 3 * phase.size + 8
+    pool_to = np.empty(cap, np.int32)
+    pool_from = np.empty(cap, np.int32)
+    pool_next = np.empty(cap, np.int32)
+    head = np.full(256, -1, np.int32)
     n_pool = 0
     free_top = -1
-    sj, sk = nj * nk, nk
     flat_phase = phase.reshape(-1)
     flat_out = out.reshape(-1)
     flat_vis = visited.reshape(-1)
+    flat_w = w.reshape(3, -1)
     n_done = 0
     for s in seeds:
         if flat_vis[s]:
@@ -79,37 +93,16 @@ def _grow(phase, w, seeds, out, visited):
         n_done += 1
         cur = s
         while True:
-            # push the edges of cur to unvisited neighbours
-            ci = cur // sj
-            cj = (cur // sk) % nj
-            ck = cur % nk
+            # push the edges of cur to unvisited neighbours (+i, +j, +k, -i, -j, -k)
             for e in range(6):
                 d = e % 3
-                a, b, c = ci, cj, ck
                 if e < 3:
-                    if d == 0:
-                        a += 1
-                    elif d == 1:
-                        b += 1
-                    else:
-                        c += 1
-                    if a >= ni or b >= nj or c >= nk:
-                        continue
-                    q = w[d, ci, cj, ck]
+                    t = cur + strides[d]
+                    q = flat_w[d, cur]
                 else:
-                    if d == 0:
-                        a -= 1
-                    elif d == 1:
-                        b -= 1
-                    else:
-                        c -= 1
-                    if a < 0 or b < 0 or c < 0:
-                        continue
-                    q = w[d, a, b, c]
-                if q == 0:
-                    continue
-                t = a * sj + b * sk + c
-                if flat_vis[t]:
+                    t = cur - strides[d]
+                    q = flat_w[d, t]
+                if q == 0 or flat_vis[t]:
                     continue
                 if free_top >= 0:
                     p = free_top
@@ -178,17 +171,15 @@ def quality_unwrap(phase_rad: np.ndarray, magnitude: np.ndarray | None = None, m
     out = phase.copy()
     if not m.any():
         return out
-    # work in the bounding box of the mask
+    # work in the bounding box of the mask, plus a border of edge-free voxels for the region growing
     idx = np.nonzero(m)
     box = tuple(slice(int(i.min()), int(i.max()) + 1) for i in idx)
-    p, g, mm = (np.ascontiguousarray(a[box]) for a in (phase, mag, m))
+    inner = (slice(1, -1),) * 3
+    p, g, mm = (np.pad(a[box], 1) for a in (phase, mag, m))
+    if p.size >= 2 ** 31:
+        raise ValueError(f"quality_unwrap: mask box of {p.size} voxels is too large")
     w = _edge_weights(p, g, mm)
-    score = w.sum(axis=0, dtype=np.int32)
-    for d in range(3):  # add the incoming edges
-        sl_dst = [slice(None)] * 3
-        sl_src = [slice(None)] * 3
-        sl_dst[d], sl_src[d] = slice(1, None), slice(None, -1)
-        score[tuple(sl_dst)] += w[d][tuple(sl_src)]
+    score = _voxel_scores(w)
     from scipy import ndimage
     lab, n_pieces = ndimage.label(mm)
     best = _best_per_label(lab.reshape(-1), score.reshape(-1), n_pieces)
@@ -203,5 +194,5 @@ def quality_unwrap(phase_rad: np.ndarray, magnitude: np.ndarray | None = None, m
         ref = means[order[0]]
         shift = np.concatenate([[0.0], 2 * np.pi * np.round((means - ref) / (2 * np.pi))])
         u = u - shift[lab].astype(np.float32)
-    out[box] = np.where(mm, u, p[...])
+    out[box] = np.where(mm, u, p)[inner]
     return out

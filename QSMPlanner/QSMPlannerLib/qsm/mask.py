@@ -96,10 +96,15 @@ def quality_mask(mask: np.ndarray, residual_rad: np.ndarray, max_residual_rad: f
     """Phase-quality masking: drop voxels of ``mask`` whose echo-fit residual (rad, magnitude-weighted
     RMS) exceeds ``max_residual_rad`` (default max(0.25, 8 x the median residual in the mask)) —
     skull, air boundaries, signal voids — keep the largest piece and fill holes inside it back."""
+    from ..volume import mask_box
     mask = np.asarray(mask, bool)
     res = np.asarray(residual_rad)
     if max_residual_rad is None:
         max_residual_rad = max(0.25, 8.0 * float(np.median(res[mask]))) if mask.any() else 0.25
-    good = mask & (res <= max_residual_rad)
-    good = _largest_component(good)
-    return fill_holes(good) & mask
+    # on the mask's box plus one voxel: the same components and holes as on the whole grid
+    box = mask_box(mask, 1)
+    m = mask[box]
+    good = _largest_component(m & (res[box] <= max_residual_rad))
+    out = np.zeros(mask.shape, bool)
+    out[box] = fill_holes(good) & m
+    return out

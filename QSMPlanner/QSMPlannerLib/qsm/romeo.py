@@ -11,6 +11,8 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
+from ..volume import mask_box
+
 N_BINS = 256
 
 
@@ -172,8 +174,7 @@ def quality_unwrap(phase_rad: np.ndarray, magnitude: np.ndarray | None = None, m
     if not m.any():
         return out
     # work in the bounding box of the mask, plus a border of edge-free voxels for the region growing
-    idx = np.nonzero(m)
-    box = tuple(slice(int(i.min()), int(i.max()) + 1) for i in idx)
+    box = mask_box(m)
     inner = (slice(1, -1),) * 3
     p, g, mm = (np.pad(a[box], 1) for a in (phase, mag, m))
     if p.size >= 2 ** 31:

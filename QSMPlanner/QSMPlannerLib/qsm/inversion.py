@@ -29,51 +29,75 @@ def tkd(local_field_ppm: np.ndarray, mask: np.ndarray, voxel_mm=(1, 1, 1), b0_di
     return np.where(mask, chi, 0).astype(np.float32)
 
 
-@numba.njit(parallel=True, cache=True, fastmath=True)
-def _tv_shrink_pass(chi, u0, u1, u2, v0, v1, v2, thr0, thr1, thr2, inv_h):
-    """One fused ADMM pass: t = grad(chi) + u; z = shrink(t, thr); u = t - z; v = z - u (periodic
-    forward differences, 1/mm). thr* are per-voxel thresholds (lam*weight/rho)."""
+@numba.njit(cache=True, fastmath=True)
+def _shrink_slab(chi, u0, u1, u2, on0, on1, on2, thr, inv_h, i, v):
+    """ADMM shrinkage on slab i: t = grad(chi) + u; z = shrink(t, thr where on, else 0); u = t - z;
+    v = z - u (periodic forward differences, 1/mm); v (3, J, K) receives the slab."""
     ni, nj, nk = chi.shape
-    for i in numba.prange(ni):
-        ip = i + 1 if i + 1 < ni else 0
-        for j in range(nj):
-            jp = j + 1 if j + 1 < nj else 0
-            for k in range(nk):
-                kp = k + 1 if k + 1 < nk else 0
-                c = chi[i, j, k]
-                t = (chi[ip, j, k] - c) * inv_h[0] + u0[i, j, k]
-                th = thr0[i, j, k]
-                z = t - th if t > th else (t + th if t < -th else 0.0)
-                u = t - z
-                u0[i, j, k] = u
-                v0[i, j, k] = z - u
-                t = (chi[i, jp, k] - c) * inv_h[1] + u1[i, j, k]
-                th = thr1[i, j, k]
-                z = t - th if t > th else (t + th if t < -th else 0.0)
-                u = t - z
-                u1[i, j, k] = u
-                v1[i, j, k] = z - u
-                t = (chi[i, j, kp] - c) * inv_h[2] + u2[i, j, k]
-                th = thr2[i, j, k]
-                z = t - th if t > th else (t + th if t < -th else 0.0)
-                u = t - z
-                u2[i, j, k] = u
-                v2[i, j, k] = z - u
+    ip = i + 1 if i + 1 < ni else 0
+    zero = np.float32(0)
+    for j in range(nj):
+        jp = j + 1 if j + 1 < nj else 0
+        for k in range(nk):
+            kp = k + 1 if k + 1 < nk else 0
+            c = chi[i, j, k]
+            t = (chi[ip, j, k] - c) * inv_h[0] + u0[i, j, k]
+            th = thr if on0[i, j, k] else zero
+            z = t - th if t > th else (t + th if t < -th else 0.0)
+            u = t - z
+            u0[i, j, k] = u
+            v[0, j, k] = z - u
+            t = (chi[i, jp, k] - c) * inv_h[1] + u1[i, j, k]
+            th = thr if on1[i, j, k] else zero
+            z = t - th if t > th else (t + th if t < -th else 0.0)
+            u = t - z
+            u1[i, j, k] = u
+            v[1, j, k] = z - u
+            t = (chi[i, j, kp] - c) * inv_h[2] + u2[i, j, k]
+            th = thr if on2[i, j, k] else zero
+            z = t - th if t > th else (t + th if t < -th else 0.0)
+            u = t - z
+            u2[i, j, k] = u
+            v[2, j, k] = z - u
+
+
+@numba.njit(cache=True, fastmath=True)
+def _div_slab(v_prev, v, inv_h, i, out):
+    """out[i] = G^T v on slab i (adjoint of the periodic forward differences) from the v of slabs
+    i - 1 and i."""
+    _, nj, nk = v.shape
+    for j in range(nj):
+        jm = j - 1 if j > 0 else nj - 1
+        for k in range(nk):
+            km = k - 1 if k > 0 else nk - 1
+            out[i, j, k] = ((v_prev[0, j, k] - v[0, j, k]) * inv_h[0]
+                            + (v[1, jm, k] - v[1, j, k]) * inv_h[1]
+                            + (v[2, j, km] - v[2, j, k]) * inv_h[2])
 
 
 @numba.njit(parallel=True, cache=True, fastmath=True)
-def _div_t_pass(v0, v1, v2, out, inv_h):
-    """out = G^T v (adjoint of the periodic forward differences)."""
-    ni, nj, nk = v0.shape
-    for i in numba.prange(ni):
-        im = i - 1 if i > 0 else ni - 1
-        for j in range(nj):
-            jm = j - 1 if j > 0 else nj - 1
-            for k in range(nk):
-                km = k - 1 if k > 0 else nk - 1
-                out[i, j, k] = ((v0[im, j, k] - v0[i, j, k]) * inv_h[0]
-                                + (v1[i, jm, k] - v1[i, j, k]) * inv_h[1]
-                                + (v2[i, j, km] - v2[i, j, k]) * inv_h[2])
+def _tv_step(chi, u0, u1, u2, on0, on1, on2, thr, inv_h, out, n_chunks):
+    """One ADMM shrinkage pass and out = G^T v, without storing v: the i-slabs are split into
+    ``n_chunks`` runs; the last slab of each run is shrunk first, then every run goes through its
+    slabs in order, keeping only the v of the current and previous slab."""
+    ni, nj, nk = chi.shape
+    n_chunks = min(n_chunks, ni)
+    last_v = np.empty((n_chunks, 3, nj, nk), np.float32)
+    for c in numba.prange(n_chunks):
+        _shrink_slab(chi, u0, u1, u2, on0, on1, on2, thr, inv_h, (c + 1) * ni // n_chunks - 1,
+                     last_v[c])
+    for c in numba.prange(n_chunks):
+        i0, i1 = c * ni // n_chunks, (c + 1) * ni // n_chunks
+        bufs = np.empty((2, 3, nj, nk), np.float32)
+        v_prev = last_v[c - 1 if c > 0 else n_chunks - 1]
+        for i in range(i0, i1):
+            if i == i1 - 1:
+                v = last_v[c]
+            else:
+                v = bufs[i % 2]
+                _shrink_slab(chi, u0, u1, u2, on0, on1, on2, thr, inv_h, i, v)
+            _div_slab(v_prev, v, inv_h, i, out)
+            v_prev = v
 
 
 @numba.njit(parallel=True, cache=True, fastmath=True)
@@ -169,11 +193,11 @@ def tv_admm_fit(local_field_ppm: np.ndarray, mask: np.ndarray, voxel_mm=(1, 1, 1
     w_field = (d * inv_denom).astype(np.float32)
     inside = pad_to(mb, shape)[0] if fit_in_mask else None
     inv_h = (1.0 / vox).astype(np.float32)
-    if magnitude is not None:
-        wts = [pad_to(w, shape)[0] for w in magnitude_edge_weights(np.asarray(magnitude)[box], mb, vox)]
+    if magnitude is not None:  # TV weight 1 (else 0: strong magnitude edges and the padding)
+        on = [pad_to(w != 0, shape)[0] for w in magnitude_edge_weights(np.asarray(magnitude)[box], mb, vox)]
     else:
-        wts = [np.ones(shape, np.float32)] * 3
-    thr = [np.float32(lam / rho) * w for w in wts]
+        on = [np.ones(shape, bool)] * 3
+    thr = np.float32(lam / rho)
     # start from TKD-like closed form (small Tikhonov gradient penalty)
     if chi0 is not None:
         chi = pad_to(np.where(mb, np.asarray(chi0, np.float32)[box], 0).astype(np.float32), shape)[0]
@@ -185,15 +209,14 @@ def tv_admm_fit(local_field_ppm: np.ndarray, mask: np.ndarray, voxel_mm=(1, 1, 1
         chi = irfft3(chi_spec, shape).astype(np.float32)
         field_spec = chi_spec * d if inside is not None else None
     u = [np.zeros(shape, np.float32) for _ in range(3)]
-    v = [np.empty(shape, np.float32) for _ in range(3)]
     div = np.empty(shape, np.float32)
+    n_chunks = numba.get_num_threads()
     for it in range(max_iter):
         if inside is not None:  # the outside field follows the current chi
             field = irfft3(field_spec, shape)
             np.copyto(field, f, where=inside)
             f_spec = rfft3(field)
-        _tv_shrink_pass(chi, u[0], u[1], u[2], v[0], v[1], v[2], thr[0], thr[1], thr[2], inv_h)
-        _div_t_pass(v[0], v[1], v[2], div, inv_h)
+        _tv_step(chi, u[0], u[1], u[2], on[0], on[1], on[2], thr, inv_h, div, n_chunks)
         spec = rfft3(div)
         if field_spec is None:
             field_spec = np.empty_like(spec)

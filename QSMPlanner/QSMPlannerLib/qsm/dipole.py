@@ -7,6 +7,7 @@ Reference: Salomir R et al. 2003; Marques JP, Bowtell R 2005.
 """
 from __future__ import annotations
 
+import numba
 import numpy as np
 import scipy.fft as sfft
 
@@ -34,14 +35,23 @@ def kspace_grid(shape, voxel_mm, real: bool = True):
 def dipole_kernel(shape, voxel_mm, b0_dir_ijk=(0, 0, 1), real: bool = True,
                   dtype=np.float32) -> np.ndarray:
     """Dipole kernel D(k) on an FFT grid of ``shape`` (rfft layout if ``real``); D(0) = 0."""
-    k0, k1, k2 = kspace_grid(shape, voxel_mm, real)
-    b = _unit(b0_dir_ijk)
-    k2sum = k0 ** 2 + k1 ** 2 + k2 ** 2
-    kb = k0 * b[0] + k1 * b[1] + k2 * b[2]
-    with np.errstate(divide="ignore", invalid="ignore"):
-        d = 1.0 / 3.0 - kb ** 2 / k2sum
-    d[0, 0, 0] = 0.0
-    return d.astype(dtype)
+    k0, k1, k2 = (k.ravel() for k in kspace_grid(shape, voxel_mm, real))
+    out = np.empty((k0.size, k1.size, k2.size), dtype)
+    _dipole_fill(k0, k1, k2, _unit(b0_dir_ijk), out)
+    return out
+
+
+@numba.njit(parallel=True, cache=True)
+def _dipole_fill(k0, k1, k2, b, out):
+    """out = 1/3 - (k.b)^2 / |k|^2 (float64 arithmetic), 0 at k = 0."""
+    for i in numba.prange(k0.size):
+        for j in range(k1.size):
+            a2 = k0[i] * k0[i] + k1[j] * k1[j]
+            ab = k0[i] * b[0] + k1[j] * b[1]
+            for k in range(k2.size):
+                k2sum = a2 + k2[k] * k2[k]
+                kb = ab + k2[k] * b[2]
+                out[i, j, k] = 1.0 / 3.0 - kb * kb / k2sum if k2sum > 0 else 0.0
 
 
 def fast_shape(shape, pad=(0, 0, 0)) -> tuple:

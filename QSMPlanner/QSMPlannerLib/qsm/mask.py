@@ -4,6 +4,8 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
+from ..volume import mask_box
+
 
 def _ball(radius_mm: float, voxel_mm) -> np.ndarray:
     vox = np.asarray(voxel_mm, float)
@@ -86,17 +88,22 @@ def brain_mask(magnitude: np.ndarray, voxel_mm=(1, 1, 1), opening_mm: float = 4.
     if not core.any():
         core = _largest_component(head)
     grown = ndimage.binary_dilation(core, ball)
+    # the rest on the box of the grown core plus a background margin (same components and holes)
+    cbox = mask_box(grown, 1)
+    box = tuple(slice(c.start * f, min(n, c.stop * f)) for c, n in zip(cbox, mag.shape))
+    grown = grown[cbox]
     if f > 1:
-        grown = np.repeat(np.repeat(np.repeat(grown, f, 0), f, 1), f, 2)[:mag.shape[0], :mag.shape[1], :mag.shape[2]]
-    m = _largest_component(grown & above)
-    return fill_holes(m)
+        grown = np.repeat(np.repeat(np.repeat(grown, f, 0), f, 1), f, 2)
+    grown = grown[tuple(slice(0, b.stop - b.start) for b in box)]
+    out = np.zeros(mag.shape, bool)
+    out[box] = fill_holes(_largest_component(grown & above[box]))
+    return out
 
 
 def quality_mask(mask: np.ndarray, residual_rad: np.ndarray, max_residual_rad: float | None = None) -> np.ndarray:
     """Phase-quality masking: drop voxels of ``mask`` whose echo-fit residual (rad, magnitude-weighted
     RMS) exceeds ``max_residual_rad`` (default max(0.25, 8 x the median residual in the mask)) —
     skull, air boundaries, signal voids — keep the largest piece and fill holes inside it back."""
-    from ..volume import mask_box
     mask = np.asarray(mask, bool)
     res = np.asarray(residual_rad)
     if max_residual_rad is None:

@@ -12,7 +12,8 @@ Everything happens on the QSM grid (the space of ``qsm``; RAS mm; χ in ppm):
    background's away from the partial-volume rim of the nuclei), a distance-to-localized-prior
    term, and a Potts smoothness term. STN and SN meet along the darker border between them because
    border voxels go to the background class or to the class whose mean is nearer. An unseeded STN
-   only moves its border by one voxel around the affine-fitted prior.
+   only moves its border by one voxel around the affine-fitted prior, and the fitted shape is kept,
+   moved by the mean shift of that border (the border itself when the shape fails a guard rail).
 4. Guard rails per structure (volume range, χ range, contrast-to-noise, compactness, connectivity,
    left/right volume symmetry): when one trips, that structure keeps its prior and a message says so.
 """
@@ -195,7 +196,7 @@ def _search(chi, window, masks: dict, fixed: np.ndarray, values: list, center, s
     return best
 
 
-PARTIAL_VOLUME_SIGMA_VOX = 0.6   # soft edge of a mask: a voxel's footprint plus a little blur
+PARTIAL_VOLUME_SIGMA_VOX = 0.3   # soft edge of a mask beyond its linear interpolation
 
 
 def _fit_affine(chi, masks: list, window: np.ndarray, center, n_iter: int = 30):
@@ -574,8 +575,7 @@ def segment_nuclei(qsm: Volume, prior_labels: Volume, seeds: dict | None = None,
     for v, m in loc.items():
         k = S.kind(S.NAMES[v])
         lo_chi, hi_chi = S.VOXEL_CHI_PPM[k]
-        # the thin STN (~5 mm) only moves its border by one voxel around the affine-fitted prior: its
-        # voxel-wise evidence is dominated by partial volume, texture and QSM blur
+        # the thin STN (~5 mm) only moves its border by one voxel around the affine-fitted prior
         thin = k == "STN" and v not in pinned
         a = ndi.binary_dilation(m, iterations=1 if thin else reach) if m.any() else np.zeros(shape, bool)
         if thin:
@@ -586,6 +586,14 @@ def segment_nuclei(qsm: Volume, prior_labels: Volume, seeds: dict | None = None,
         allowed[v] = a
     prog.update(0.65, "region competition")
     labels, means = _icm(chi, loc, sigma_model, voxel_mm, allowed, forced, **ICM)
+    # an unseeded STN: first its fitted shape moved by the mean shift of the competition's border (the
+    # thin STN's voxel-wise border moves are dominated by partial volume, texture and QSM blur; their
+    # mean is not), then the competition's own border
+    candidates = {v: [labels == v] for v in loc}
+    for v in loc:
+        if S.kind(S.NAMES[v]) == "STN" and v not in pinned and loc[v].any() and (labels == v).any():
+            shift = np.argwhere(labels == v).mean(axis=0) - np.argwhere(loc[v]).mean(axis=0)
+            candidates[v].insert(0, _apply_affine(loc[v], np.eye(3), -shift, np.zeros(3)) > 0.5)
     prog.update(0.85, "checks")
 
     # per-structure clean-up and guard rails
@@ -602,13 +610,9 @@ def segment_nuclei(qsm: Volume, prior_labels: Volume, seeds: dict | None = None,
         after = np.concatenate([np.argwhere(loc[v]) for v in vals]) if vals else np.zeros((0, 3))
         side_shift[parity] = ((after.mean(axis=0) - before.mean(axis=0)) * voxel_mm
                               if len(before) and len(after) else np.zeros(3))
-    for v in sorted(loc):
-        name = S.NAMES[v]
-        k = S.kind(name)
-        m = labels == v
-        if not m.any():
-            results[v] = (m, [f"no voxel won the competition"])
-            continue
+
+    def check(v, m):
+        k = S.kind(S.NAMES[v])
         m, frac = _largest_component(m, forced.get(v))
         m = ndi.binary_fill_holes(m)
         problems = []
@@ -637,7 +641,15 @@ def segment_nuclei(qsm: Volume, prior_labels: Volume, seeds: dict | None = None,
         comp = _compactness(m, voxel_mm)
         if comp < S.MIN_COMPACTNESS:
             problems.append(f"compactness {comp:.2f} < {S.MIN_COMPACTNESS}")
-        results[v] = (m, problems)
+        return m, problems
+
+    for v in sorted(loc):
+        results[v] = (labels == v, ["no voxel won the competition"])
+        for m in candidates[v]:
+            if m.any():
+                results[v] = check(v, m)
+                if not results[v][1]:
+                    break
     # left/right symmetry of volumes (only when both sides passed)
     for kname in ("STN", "SN", "RN"):
         vl, vr_ = S.VALUES[f"{kname}_L"], S.VALUES[f"{kname}_R"]

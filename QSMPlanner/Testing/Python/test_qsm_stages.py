@@ -187,6 +187,19 @@ def test_tv_admm_warm_start_needs_fewer_iterations_for_the_same_map():
     assert np.linalg.norm(warm - cold) < 0.05 * np.linalg.norm(cold)
 
 
+def test_pdf_harmonic_terms_take_up_a_shim_field_that_outside_sources_fit_only_in_part():
+    *_, brain, x, y, z = _sphere_head([3, 0, 0], 4.0, 0.1, [0, 0, 24])
+    shim = 0.05 * (x * y - 0.5 * (x * x - z * z) + 3 * y) / 15 ** 2  # linear + 2nd-order shim (ppm)
+
+    def left(order):
+        fit = bgremove.pdf_fit(shim, brain, VOX, OBLIQUE, tol=1e-3, harmonic_order=order)
+        return np.std(fit.local[brain]) / np.std(shim[brain])
+
+    with_harmonics, sources_only = left(2), left(-1)
+    assert with_harmonics < 1e-3
+    assert sources_only > 4 * with_harmonics  # 0.0044 vs 0.00065 measured
+
+
 def test_pdf_refit_started_from_the_earlier_sources_needs_fewer_iterations():
     local, total, brain, *_ = _sphere_head([0, 0, 9], 4.0, 0.2, [0, 0, 26])
     plain = bgremove.pdf_fit(total, brain, VOX, OBLIQUE, tol=1e-3)

@@ -71,7 +71,8 @@ def _voxel_scores(w):
 @njit(cache=True)
 def _grow(phase, w, seeds, out, visited):
     """Region growing on a grid whose border voxels have no edges (weights 0), so neighbours need no
-    bounds checks. Edges wait in one LIFO list per weight (int32 pool with a free list)."""
+    bounds checks. Edges wait in one LIFO list per weight (int32 pool with a free list). An edge weaker
+    than one already waiting for the same voxel is not queued: the stronger one is taken first."""
     ni, nj, nk = phase.shape
     strides = (nj * nk, nk, 1)
     cap = 3 * phase.size + 8
@@ -85,6 +86,7 @@ def _grow(phase, w, seeds, out, visited):
     flat_out = out.reshape(-1)
     flat_vis = visited.reshape(-1)
     flat_w = w.reshape(3, -1)
+    best_queued = np.zeros(phase.size, np.uint8)
     n_done = 0
     for s in seeds:
         if flat_vis[s]:
@@ -104,8 +106,9 @@ def _grow(phase, w, seeds, out, visited):
                 else:
                     t = cur - strides[d]
                     q = flat_w[d, t]
-                if q == 0 or flat_vis[t]:
+                if q == 0 or flat_vis[t] or q < best_queued[t]:
                     continue
+                best_queued[t] = q
                 if free_top >= 0:
                     p = free_top
                     free_top = pool_next[p]

@@ -62,7 +62,7 @@ def _raw_offset(ph0, omega, te0, mag0, mask):
         for j in range(nj):
             for k in range(nk):
                 d = ph0[i, j, k] - omega[i, j, k] * te0
-                p = (d + np.pi) % (2 * np.pi) - np.pi
+                p = np.float32(d - 2 * np.pi * np.floor((d + np.pi) * (0.5 / np.pi)))  # wrap(d)
                 out[i, j, k] = p
                 w = mag0[i, j, k] if mask[i, j, k] else np.float32(0)
                 re[i, j, k] = w * np.cos(p)
@@ -163,7 +163,7 @@ def combine_echoes(magnitude: np.ndarray, phase_rad: np.ndarray, te_s, mask: np.
     _temporal_fit(ph, mag, te32, offset, omega0, unwrapped, omega, residual, inv_sqrt_den)
 
     def full(a, fill=0.0):
-        out = np.full(full_shape, fill, np.float32)
+        out = np.zeros(full_shape, np.float32) if fill == 0 else np.full(full_shape, fill, np.float32)
         out[box] = a
         return out
 

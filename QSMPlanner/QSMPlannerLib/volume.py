@@ -110,11 +110,14 @@ class Volume:
 
 def mask_box(mask: np.ndarray, margin: int = 0) -> tuple:
     """Slices of the bounding box of ``mask`` grown by ``margin`` voxels (clipped to the array)."""
-    idx = np.nonzero(mask)
-    if not idx[0].size:
-        return tuple(slice(0, n) for n in mask.shape)
-    return tuple(slice(max(0, int(i.min()) - margin), min(n, int(i.max()) + 1 + margin))
-                 for i, n in zip(idx, mask.shape))
+    mask = np.asarray(mask)
+    out = []
+    for a, n in enumerate(mask.shape):  # per-axis projections: no index arrays of the whole mask
+        hit = np.flatnonzero(mask.any(axis=tuple(b for b in range(mask.ndim) if b != a)))
+        if not hit.size:
+            return tuple(slice(0, k) for k in mask.shape)
+        out.append(slice(max(0, int(hit[0]) - margin), min(n, int(hit[-1]) + 1 + margin)))
+    return tuple(out)
 
 
 def ras_from_ijk_matrix(voxel_mm, direction=None, origin=(0.0, 0.0, 0.0)) -> np.ndarray:

@@ -53,3 +53,12 @@ def test_atomic_path_leaves_nothing_on_failure(tmp_path):
             tmp.write_bytes(b"half")
             raise RuntimeError("boom")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_mask_box_is_the_bounding_box_grown_and_clipped():
+    from QSMPlannerLib.volume import mask_box
+    m = np.zeros((20, 15, 12), bool)
+    m[3, 7, 2] = m[11, 4, 9] = True
+    assert mask_box(m) == (slice(3, 12), slice(4, 8), slice(2, 10))
+    assert mask_box(m, 3) == (slice(0, 15), slice(1, 11), slice(0, 12))
+    assert mask_box(np.zeros((4, 5, 6), bool), 2) == (slice(0, 4), slice(0, 5), slice(0, 6))

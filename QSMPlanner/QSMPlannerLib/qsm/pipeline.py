@@ -143,7 +143,7 @@ def reconstruct_qsm(gre, mask: Volume | None = None, bfr: str = "pdf", inversion
     if mask is not None:
         m = _as_mask(mask, shape, affine)
     else:
-        rss = np.sqrt((mag ** 2).sum(axis=3))
+        rss = np.sqrt(np.einsum("...e,...e->...", mag, mag))
         m = brain_mask(rss, vox)
         if not m.any():
             raise ProcessingError("no brain found in the magnitude (empty mask)")
@@ -215,7 +215,7 @@ def reconstruct_qsm(gre, mask: Volume | None = None, bfr: str = "pdf", inversion
     # alternating passes share about the iteration budget of one converged TV solve
     tv_iter = 40 if n_passes == 1 else 12
     timings["inversion"] = 0.0
-    mag_rss = np.sqrt((mag[box] ** 2).sum(axis=3)) if inversion != "tkd" else None
+    mag_rss = np.sqrt(np.einsum("...e,...e->...", mag[box], mag[box])) if inversion != "tkd" else None
     for n in range(n_passes):
         if n:  # background again, after the field of the chi found so far
             t = time.perf_counter()

@@ -144,3 +144,16 @@ def test_local_background_level_places_the_border_on_both_sides():
     assert d_local > d_glob + 0.02, (d_local, d_glob)
     bright = np.indices(chi.shape)[0] > chi.shape[0] // 2  # no leak into the bright tissue
     assert ((local == 1) & ~truth & bright).sum() <= 0.1 * truth.sum()
+
+
+def test_noisy_stn_keeps_the_fitted_shape():
+    """Heavy noise (0.03 ppm): an unseeded STN keeps the shape of its affine-fitted prior (moved by the
+    mean shift of its border band), while SN and RN move their borders voxel by voxel."""
+    case = make_case(seed=1, noise_ppm=0.03)
+    seg = segment_nuclei(case["qsm"], case["prior"])
+    lab, loc = np.asarray(seg.labelmap.data), np.asarray(seg.localized.data)
+    for n in ("STN_L", "STN_R"):
+        v = [k for k, x in NAMES.items() if x == n][0]
+        assert seg.source[n] == "refined"
+        assert abs(int((lab == v).sum()) - int((loc == v).sum())) <= 0.08 * (loc == v).sum(), n
+        assert dice(lab == v, loc == v) > 0.9, n

@@ -59,16 +59,26 @@ def check_gre(gre) -> None:
     b = np.asarray(gre.b0_dir_ijk, float).ravel()
     if b.size != 3 or not np.all(np.isfinite(b)) or np.linalg.norm(b) < 1e-6:
         raise InputError(f"B0 direction must be a non-zero 3-vector, got {b.tolist()}", src)
-    finite = np.isfinite(ph)
-    if not finite.any():
+    if np.isnan(ph).all():
         raise InputError("phase has no finite value", src)
-    lo, hi = float(np.min(ph[finite])), float(np.max(ph[finite]))
+    lo, hi = float(np.nanmin(ph)), float(np.nanmax(ph))  # NaN voxels ignored, infinities rejected
     if lo < -np.pi - 1e-3 or hi > np.pi + 1e-3:
         raise InputError(f"phase range [{lo:.4g}, {hi:.4g}] is not radians in [-pi, pi): cannot "
                          "interpret it", src)
     if hi - lo < 0.5:
         raise InputError(f"phase range [{lo:.4g}, {hi:.4g}] spans far less than 2*pi: unscaled or "
                          "filtered phase cannot be interpreted", src)
+
+
+def _finite_float32(a) -> np.ndarray:
+    """``a`` as float32 with NaN set to 0; a read-only view of the input when nothing changes (no copy
+    of the 4-D echoes, and the input cannot be modified)."""
+    a = np.asarray(a, np.float32)
+    if not np.isfinite(a).all():
+        return np.nan_to_num(a)
+    a = a.view()
+    a.flags.writeable = False
+    return a
 
 
 def _as_mask(mask, shape, ras_from_ijk) -> np.ndarray:
@@ -125,8 +135,7 @@ def reconstruct_qsm(gre, mask: Volume | None = None, bfr: str = "pdf", inversion
     b0_dir = np.asarray(gre.b0_dir_ijk, float)
     b0_dir = b0_dir / np.linalg.norm(b0_dir)
     te = np.asarray(gre.te_s, float)
-    mag = np.nan_to_num(np.asarray(gre.magnitude, np.float32))
-    ph = np.nan_to_num(np.asarray(gre.phase_rad, np.float32))
+    mag, ph = _finite_float32(gre.magnitude), _finite_float32(gre.phase_rad)
     shape = mag.shape[:3]
 
     def vol(a, name):

@@ -78,6 +78,24 @@ def test_bad_input_is_rejected(sims):
         reconstruct_qsm(dataclasses.replace(gre, phase_rad=gre.phase_rad[:-1]))
 
 
+def test_nan_voxels_are_zeroed_without_touching_the_input_and_infinite_phase_is_rejected(sims):
+    import dataclasses
+    gre = sims[0.0].gre
+    mag, ph = gre.magnitude.copy(), gre.phase_rad.copy()
+    mag[0, 0, 0, :] = np.nan  # a background corner
+    ph[0, 0, 0, :] = np.nan
+    gre_nan = dataclasses.replace(gre, magnitude=mag, phase_rad=ph)
+    res = reconstruct_qsm(gre_nan, inversion="tkd")
+    assert np.isfinite(res.chi_ppm.data).all()
+    assert np.isnan(mag[0, 0, 0]).all() and np.isnan(ph[0, 0, 0]).all()  # the input is unchanged
+    clean = reconstruct_qsm(gre, inversion="tkd")
+    assert np.allclose(res.chi_ppm.data, clean.chi_ppm.data, atol=1e-3)
+    ph_inf = gre.phase_rad.copy()
+    ph_inf[1, 1, 1, 0] = np.inf
+    with pytest.raises(InputError, match="phase range"):
+        reconstruct_qsm(dataclasses.replace(gre, phase_rad=ph_inf))
+
+
 def test_csf_reference_falls_back_to_brain_mean_without_csf(sims):
     res = reconstruct_qsm(sims[0.0].gre, inversion="tkd", reference="csf")
     assert any("CSF" in m for m in res.messages)

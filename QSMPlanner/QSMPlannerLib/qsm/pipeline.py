@@ -108,7 +108,7 @@ def reconstruct_qsm(gre, mask: Volume | None = None, bfr: str = "pdf", inversion
     ``keep_dir``: write intermediates (NIfTI) there. ``reference``: "mean" (whole brain) | "csf".
     ``bfr_passes`` (PDF only): > 1 alternates background fit and inversion: the background is fitted
     again after the field of the chi found so far (CG started from the earlier background sources),
-    and the inversion restarts from that chi, at most 12 TV iterations per pass (closer deep-nuclei
+    and the inversion restarts from that chi, at most 16 TV iterations per pass (closer deep-nuclei
     values and lower NRMSE). Each refit TV pass is a Bregman step: its data is the refitted local
     field plus the residual the earlier chi left in it (contrast lost to TV restored).
     TV fits the local field inside the mask only (the field outside it is unknown, not 0).
@@ -222,7 +222,7 @@ def reconstruct_qsm(gre, mask: Volume | None = None, bfr: str = "pdf", inversion
     n_passes = max(1, int(bfr_passes)) if bfr == "pdf" else 1
     sources = pdf_fit.sources if n_passes > 1 else None
     # alternating passes share about the iteration budget of one converged TV solve
-    tv_iter = 40 if n_passes == 1 else 12
+    tv_iter = 40 if n_passes == 1 else 16
     timings["inversion"] = 0.0
     mag_rss = np.sqrt(np.einsum("...e,...e->...", mag[box], mag[box])) if inversion != "tkd" else None
     for n in range(n_passes):

@@ -29,6 +29,14 @@ def tkd(local_field_ppm: np.ndarray, mask: np.ndarray, voxel_mm=(1, 1, 1), b0_di
     return np.where(mask, chi, 0).astype(np.float32)
 
 
+@numba.njit(cache=True, fastmath=True, inline="always")
+def _admm_axis(t, th):
+    """One gradient component: z = shrink(t, th); returns (u = t - z, v = z - u)."""
+    z = t - th if t > th else (t + th if t < -th else 0.0)
+    u = t - z
+    return u, z - u
+
+
 @numba.njit(cache=True, fastmath=True)
 def _shrink_slab(chi, u0, u1, u2, on0, on1, on2, thr, inv_h, i, v):
     """ADMM shrinkage on slab i: t = grad(chi) + u; z = shrink(t, thr where on, else 0); u = t - z;
@@ -41,24 +49,12 @@ def _shrink_slab(chi, u0, u1, u2, on0, on1, on2, thr, inv_h, i, v):
         for k in range(nk):
             kp = k + 1 if k + 1 < nk else 0
             c = chi[i, j, k]
-            t = (chi[ip, j, k] - c) * inv_h[0] + u0[i, j, k]
-            th = thr if on0[i, j, k] else zero
-            z = t - th if t > th else (t + th if t < -th else 0.0)
-            u = t - z
-            u0[i, j, k] = u
-            v[0, j, k] = z - u
-            t = (chi[i, jp, k] - c) * inv_h[1] + u1[i, j, k]
-            th = thr if on1[i, j, k] else zero
-            z = t - th if t > th else (t + th if t < -th else 0.0)
-            u = t - z
-            u1[i, j, k] = u
-            v[1, j, k] = z - u
-            t = (chi[i, j, kp] - c) * inv_h[2] + u2[i, j, k]
-            th = thr if on2[i, j, k] else zero
-            z = t - th if t > th else (t + th if t < -th else 0.0)
-            u = t - z
-            u2[i, j, k] = u
-            v[2, j, k] = z - u
+            u0[i, j, k], v[0, j, k] = _admm_axis((chi[ip, j, k] - c) * inv_h[0] + u0[i, j, k],
+                                                 thr if on0[i, j, k] else zero)
+            u1[i, j, k], v[1, j, k] = _admm_axis((chi[i, jp, k] - c) * inv_h[1] + u1[i, j, k],
+                                                 thr if on1[i, j, k] else zero)
+            u2[i, j, k], v[2, j, k] = _admm_axis((chi[i, j, kp] - c) * inv_h[2] + u2[i, j, k],
+                                                 thr if on2[i, j, k] else zero)
 
 
 @numba.njit(cache=True, fastmath=True)

@@ -40,11 +40,16 @@ def test_plan_coordinates_and_targets(result):
     assert set(plan["sides"]) == {"left", "right"}
     tr = p.transforms
     xyz_from_t1 = np.asarray(tr["xyz_from_ct"], float) @ np.linalg.inv(np.asarray(tr["t1_from_ct"], float))
-    for side, s in (("left", "L"), ("right", "R")):
+    labels = p.truth["labels_t1"]
+    for side, s, value in (("left", "L", 16), ("right", "R", 116)):
         sp = plan["sides"][side]
         t = np.array(sp["target"]["RAS_mm"])
-        # the suggested target lies in the patient's STN region (dorsolateral: a few mm off its centroid)
-        assert np.linalg.norm(t - np.asarray(p.stn_centroids[f"STN_{s}"])) < 4.5
+        # the suggested target (dorsolateral, moved off the veins) lies in the patient's true STN: within
+        # 1.5 mm of a voxel centre of its label on this 2 mm grid
+        ijk = np.argwhere(labels.data == value)
+        stn_ras = ijk @ labels.ras_from_ijk[:3, :3].T + labels.ras_from_ijk[:3, 3]
+        assert np.min(np.linalg.norm(stn_ras - t, axis=1)) < 1.5
+        assert np.linalg.norm(t - np.asarray(p.stn_centroids[f"STN_{s}"])) < 6.0
         assert np.sign(t[0] - np.asarray(p.landmarks["AC"])[0]) == (-1 if s == "L" else 1)
         # Leksell coordinates are the true frame pose applied to the T1 RAS point
         np.testing.assert_allclose(sp["target"]["LeksellXYZ_mm"], xyz_from_t1[:3, :3] @ t + xyz_from_t1[:3, 3],

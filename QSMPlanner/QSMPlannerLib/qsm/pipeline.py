@@ -137,6 +137,7 @@ def reconstruct_qsm(gre, mask: Volume | None = None, bfr: str = "pdf", inversion
     te = np.asarray(gre.te_s, float)
     mag, ph = _finite_float32(gre.magnitude), _finite_float32(gre.phase_rad)
     shape = mag.shape[:3]
+    rss = np.sqrt(np.einsum("...e,...e->...", mag, mag))  # magnitude over the echoes: mask and TV prior
 
     def vol(a, name):
         return Volume(np.asarray(a), affine.copy(), name)
@@ -152,7 +153,6 @@ def reconstruct_qsm(gre, mask: Volume | None = None, bfr: str = "pdf", inversion
     if mask is not None:
         m = _as_mask(mask, shape, affine)
     else:
-        rss = np.sqrt(np.einsum("...e,...e->...", mag, mag))
         m = brain_mask(rss, vox)
         if not m.any():
             raise ProcessingError("no brain found in the magnitude (empty mask)")
@@ -224,7 +224,7 @@ def reconstruct_qsm(gre, mask: Volume | None = None, bfr: str = "pdf", inversion
     # alternating passes share about the iteration budget of one converged TV solve
     tv_iter = 40 if n_passes == 1 else 16
     timings["inversion"] = 0.0
-    mag_rss = np.sqrt(np.einsum("...e,...e->...", mag[box], mag[box])) if inversion != "tkd" else None
+    mag_rss = rss[box] if inversion != "tkd" else None
     for n in range(n_passes):
         if n:  # background again, after the field of the chi found so far
             t = time.perf_counter()

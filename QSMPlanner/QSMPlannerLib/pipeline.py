@@ -137,13 +137,6 @@ def _rigid_with_retries(fixed, moving, attempts, progress, what, messages):
     raise ProcessingError(f"{what} registration failed: {last}")
 
 
-def _labels_on_qsm_grid(norm, qsm: Volume, t1_from_gre) -> Volume:
-    """CIT168 labels on the QSM grid: warp onto the QSM grid expressed in T1 RAS, then keep GRE geometry."""
-    ref = Volume(np.zeros(qsm.shape3, np.float32), np.asarray(t1_from_gre, float) @ qsm.ras_from_ijk, "ref")
-    lab = norm.warp_labels(ref)
-    return Volume(np.asarray(lab.data), qsm.ras_from_ijk.copy(), "CIT168 prior (QSM grid)")
-
-
 def run_patient(gre, t1: Volume, ct: Volume | None = None, landmarks: dict | None = None, out_dir=None,
                 progress=None, *, mounting: str = "lateral-right", electrode: str = "medtronic_3389",
                 margin_mm: float = 3.0, qsm_options: dict | None = None, write_scene: bool = True,
@@ -174,6 +167,7 @@ def run_patient(gre, t1: Volume, ct: Volume | None = None, landmarks: dict | Non
     from .qsm import reconstruct_qsm
     from .registration import normalize_to_mni
     from .segmentation import segment_nuclei
+    from .segmentation.prior import atlas_prior
     from .planning import RiskMap, csf_structures, vessel_mask
     from .planning.plan import COORDINATE_SYSTEMS, plan_both_sides
 
@@ -222,7 +216,8 @@ def run_patient(gre, t1: Volume, ct: Volume | None = None, landmarks: dict | Non
             t1_brain = _t1_brain(t1)
         atlas_mask = t1_brain if getattr(t1_brain, "name", "") == "brain_mask" else None  # not the fallback
         norm = normalize_to_mni(t1, t1_mask=atlas_mask, progress=sub["normalize"])
-    prior = _labels_on_qsm_grid(norm, chi, t1_from_gre) if prior_labels is None else \
+    # the atlas itself and its registration (read once by the segmentation), or the given labels
+    prior = atlas_prior(chi, norm.transform, t1_from_reference=t1_from_gre) if prior_labels is None else \
         Volume(np.asarray(prior_labels.data), chi.ras_from_ijk.copy(), "CIT168 prior (given)")
     lm_source = "given"
     if not landmarks:

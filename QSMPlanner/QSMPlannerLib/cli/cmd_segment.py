@@ -32,7 +32,7 @@ def run(args) -> int:
     from ..io.volumes import read_volume
     from ..registration.transform_io import read_sitk_transform, read_transform
     from ..segmentation import segment_nuclei, write_seg_nrrd, write_stats_csv
-    from ..segmentation.prior import prior_on_grid
+    from ..segmentation.prior import atlas_prior
     from ..volume import Volume
     from .common import progress_bar
 
@@ -68,7 +68,7 @@ def run(args) -> int:
         from ..registration import normalize_to_mni
         t1_to_mni = normalize_to_mni(t1, progress=progress.sub(0.0, 0.7)).transform
         progress = progress.sub(0.7, 1.0)
-    prior = prior_on_grid(qsm, t1_to_mni, t1_from_reference=t1_from_qsm)
+    prior = atlas_prior(qsm, t1_to_mni, t1_from_reference=t1_from_qsm)
     seg = segment_nuclei(qsm, prior, seeds=seeds, progress=progress)
     # place the QSM grid in T1 space (a change of geometry, not a resampling)
     placed = t1_from_qsm @ qsm.ras_from_ijk

@@ -493,8 +493,9 @@ class PlannerLogic:
                 if norm is None:
                     from ..registration import normalize_to_mni
                     norm = normalize_to_mni(t1, progress=progress.sub(0.0, 0.7))
-                warped = norm.warp_labels(qsm_world)
-                labels = Volume(np.asarray(warped.data), qsm.ras_from_ijk, "prior")
+                from ..segmentation.prior import atlas_prior
+                world_from_qsm = qsm_world.ras_from_ijk @ np.linalg.inv(qsm.ras_from_ijk)
+                labels = atlas_prior(qsm, norm.transform, t1_from_reference=world_from_qsm)
                 progress = progress.sub(0.7, 1.0)
             return norm, segment_nuclei(qsm, labels, progress=progress)
 

@@ -2,7 +2,10 @@
 
 Everything happens on the QSM grid (the space of ``qsm``; RAS mm; χ in ppm):
 
-1. Prior: CIT168 labels already warped onto the QSM grid (STN 16/116, SN 7+9/107+109, RN 8/108).
+1. Prior: CIT168 labels already warped onto the QSM grid (STN 16/116, SN 7+9/107+109, RN 8/108), or
+   an ``AtlasPrior``: the same with the atlas and the registration, so that every move found below is
+   composed with the registration and the atlas is read once (a label map resampled twice loses about
+   half a voxel of its border: on a ~5 mm STN that is ~0.1 of Dice).
 2. Localization: per side, the prior's STN+SN+RN complex is moved (translation + isotropic scale) to
    best explain the QSM as piecewise constant (Chan-Vese energy over a window), then fitted by an
    affine map (linear background + one level per nucleus by least squares, so independent of the
@@ -12,8 +15,9 @@ Everything happens on the QSM grid (the space of ``qsm``; RAS mm; χ in ppm):
    background's away from the partial-volume rim of the nuclei), a distance-to-localized-prior
    term, and a Potts smoothness term. STN and SN meet along the darker border between them because
    border voxels go to the background class or to the class whose mean is nearer. An unseeded STN
-   only moves its border by one voxel around the affine-fitted prior, and the fitted shape is kept,
-   moved by the mean shift of that border (the border itself when the shape fails a guard rail).
+   only moves its border by one voxel around the affine-fitted prior and keeps the fitted shape,
+   moved by the mean shift of that border only when the shift exceeds half a voxel (the border itself
+   is the fallback when the shape fails a guard rail).
 4. Guard rails per structure (volume range, χ range, contrast-to-noise, compactness, connectivity,
    left/right volume symmetry): when one trips, that structure keeps its prior and a message says so.
 """
@@ -196,16 +200,28 @@ def _search(chi, window, masks: dict, fixed: np.ndarray, values: list, center, s
     return best
 
 
+# an unseeded STN's fitted shape follows the competition's border only when the border's mean shift
+# exceeds this (voxels): 0.08-0.42 mm on 1 mm digital patients with a good fit, 0.67-1.19 mm where
+# the side's affine fit left the STN off (ellipsoid cases)
+STN_SHIFT_VOX = 0.5
 PARTIAL_VOLUME_SIGMA_VOX = 0.3   # soft edge of a mask beyond its linear interpolation
+
+
+def _soft(mask: np.ndarray) -> np.ndarray:
+    """A binary mask with partial-volume edges; a float map is taken as already soft."""
+    if mask.dtype.kind == "f":
+        return mask.astype(np.float64, copy=False)
+    return ndi.gaussian_filter(mask.astype(np.float64), PARTIAL_VOLUME_SIGMA_VOX)
 
 
 def _fit_affine(chi, masks: list, window: np.ndarray, center, n_iter: int = 30):
     """Affine move of ``masks`` (together) best explaining χ in ``window`` as a linear background plus
-    one level per mask (soft, partial-volume edges). Levels are solved by least squares at each step
-    (variable projection), so the fit does not depend on the contrast scale; the 12 affine parameters
+    one level per mask (soft: binary masks get partial-volume edges, float maps are used as they are).
+    Levels are solved by least squares at each step (variable projection), so the fit does not depend
+    on the contrast scale; the 12 affine parameters
     by Levenberg-Marquardt. Returns (A, offset): a mask voxel x moves to the voxel y with
     x = center + A (y - center) + offset."""
-    soft = [ndi.gaussian_filter(m.astype(np.float64), PARTIAL_VOLUME_SIGMA_VOX) for m in masks]
+    soft = [_soft(m) for m in masks]
     grads = [np.gradient(s) for s in soft]
     d = np.argwhere(window).astype(np.float64) - center
     y = chi[window]
@@ -251,9 +267,63 @@ def _fit_affine(chi, masks: list, window: np.ndarray, center, n_iter: int = 30):
 
 def _apply_affine(mask: np.ndarray, A, off, center) -> np.ndarray:
     """Soft occupancy of ``mask`` moved by the ``_fit_affine`` result."""
-    soft = ndi.gaussian_filter(mask.astype(np.float64), PARTIAL_VOLUME_SIGMA_VOX)
+    soft = _soft(mask)
     A, center = np.asarray(A, float), np.asarray(center, float)
     return ndi.affine_transform(soft, A, offset=center - A @ center + off, order=1, mode="constant")
+
+
+def _pull_affine(A, off, center) -> np.ndarray:
+    """4x4 pull-back of an ``_fit_affine`` move: voxel y reads the moved map at x = c + A (y - c) + off."""
+    m = np.eye(4)
+    m[:3, :3] = A
+    m[:3, 3] = np.asarray(center, float) - np.asarray(A, float) @ np.asarray(center, float) + off
+    return m
+
+
+def _pull_scale_shift(center, scale: float, shift) -> np.ndarray:
+    """4x4 pull-back of ``_transform_mask(mask, center, scale, shift)``."""
+    c = np.asarray(center, float)
+    return _pull_affine(np.eye(3) / scale, -np.asarray(shift, float) / scale, c)
+
+
+class _PriorSampler:
+    """Soft occupancy of each prior structure on the crop, pulled back by a 4x4 map of crop voxels
+    (y -> x). With an ``AtlasPrior`` x is carried into the atlas through the registration and the
+    atlas is read there, so the prior is sampled once whatever moves were found on the QSM; without
+    one the prior masks (partial-volume edges) are read at x."""
+
+    def __init__(self, masks: dict, atlas=None, lo=None):
+        shape = next(iter(masks.values())).shape
+        self.shape = shape
+        self.coords = None
+        if atlas is not None:
+            self.coords = atlas.atlas_index(lo, shape)
+            lab = prior_to_structures(atlas.atlas.data)
+            self.maps = {v: (lab == v).astype(np.float32) for v in masks}
+        else:
+            self.maps = {v: _soft(m).astype(np.float32) for v, m in masks.items()}
+
+    def sample(self, v, pull: np.ndarray, near: np.ndarray | None = None) -> np.ndarray:
+        """Soft map of structure ``v`` pulled by ``pull``; only within the box of ``near`` (+3 voxels)
+        when given (zero elsewhere)."""
+        out = np.zeros(self.shape, np.float32)
+        box = tuple(slice(0, n) for n in self.shape) if near is None else _box(near, 3)
+        if box is None:
+            return out
+        idx = np.mgrid[box].reshape(3, -1).astype(np.float64)
+        x = pull[:3, :3] @ idx + pull[:3, 3, None]
+        if self.coords is not None:
+            x = np.stack([ndi.map_coordinates(self.coords[a], x, order=1, mode="nearest") for a in range(3)])
+        out[box] = ndi.map_coordinates(self.maps[v], x, order=1, mode="constant").reshape(
+            [s.stop - s.start for s in box])
+        return out
+
+
+def _box(mask: np.ndarray, margin: int):
+    from ..volume import mask_box
+    if not mask.any():
+        return None
+    return mask_box(mask, margin)
 
 
 def _plausible_affine(A) -> bool:
@@ -262,10 +332,14 @@ def _plausible_affine(A) -> bool:
     return bool(sv.min() > 0.7 and sv.max() < 1.4)
 
 
-def _localize(chi, masks: dict, pinned: dict, voxel_mm, progress, valid=None) -> dict:
+def _localize(chi, masks: dict, pinned: dict, voxel_mm, progress, valid=None, sampler=None):
     """Move the prior masks onto the QSM. ``pinned`` {value: mask of allowed voxels} restrict a
-    structure to stay around the surgeon's seed/box. Returns {value: localized mask}."""
+    structure to stay around the surgeon's seed/box. Returns ({value: localized mask}, {value: 4x4
+    pull-back of the unpinned ones into ``sampler``}); ``sampler`` default: the masks themselves."""
     out = dict(masks)
+    pulls = {}
+    if sampler is None:
+        sampler = _PriorSampler(masks)
     vox = float(np.mean(voxel_mm))
     r_side = max(1, int(round(4.0 / vox)))
     r_one = max(1, int(round(2.0 / vox)))
@@ -286,20 +360,25 @@ def _localize(chi, masks: dict, pinned: dict, voxel_mm, progress, valid=None) ->
         base = {v: _transform_mask(out[v], center, s, sh) for v in free}
         _, s2, sh2 = _search(chi, window, base, fixed, free, center + np.array(sh), (1.0,), 1, 1)
         base = {v: _shift(base[v], sh2) for v in free}
+        pull = _pull_scale_shift(center, s, sh) @ _pull_affine(np.eye(3), -np.asarray(sh2, float), np.zeros(3))
         # then an affine fit of the side's nuclei together (local deformation left by the registration)
         union = np.any([base[v] for v in free], axis=0)
         center = np.argwhere(union).mean(axis=0)
         window = ndi.binary_dilation(union, iterations=max(1, int(round(5.0 / vox))))
         if valid is not None:
             window &= valid
-        A, off = _fit_affine(chi, [base[v] for v in free], window, center)
+        near = ndi.binary_dilation(union, iterations=3)
+        soft = [sampler.sample(v, pull, near) for v in free]
+        A, off = _fit_affine(chi, soft, window, center)
         if _plausible_affine(A):
-            soft = np.stack([_apply_affine(base[v], A, off, center) for v in free])
-            best = soft.argmax(axis=0)
-            inside = soft.max(axis=0) > 0.5
-            base = {v: (best == k) & inside if ((best == k) & inside).any() else base[v]
-                    for k, v in enumerate(free)}
+            pull = pull @ _pull_affine(A, off, center)
+            soft = [sampler.sample(v, pull, near) for v in free]
+        soft = np.stack(soft)
+        best = soft.argmax(axis=0)
+        inside = soft.max(axis=0) > 0.5
+        base = {v: (best == k) & inside if ((best == k) & inside).any() else base[v] for k, v in enumerate(free)}
         out.update(base)
+        pulls.update({v: pull for v in free})
     # pinned structures: one at a time, twice, searched inside their pin
     for it in range(2):
         for v in sorted(pinned):
@@ -318,7 +397,7 @@ def _localize(chi, masks: dict, pinned: dict, voxel_mm, progress, valid=None) ->
             _, s, sh = _search(chi, window, out, fixed, [v], center, (0.9, 1.0, 1.1),
                                r_one if it == 0 else 1, 1, constraint)
             out[v] = _transform_mask(out[v], center, s, sh)
-    return out
+    return out, pulls
 
 
 # local class levels (3 mm), background level away from the nuclei's partial-volume rim
@@ -484,13 +563,18 @@ def segment_nuclei(qsm: Volume, prior_labels: Volume, seeds: dict | None = None,
                    progress=None) -> NucleiSegmentation:
     """Segment STN, SN and RN (both sides) on ``qsm`` (χ in ppm, paramagnetic positive).
 
-    prior_labels: CIT168 labels on the same grid (e.g. ``AtlasNormalization.warp_labels``).
+    prior_labels: CIT168 labels on the same grid (e.g. ``AtlasNormalization.warp_labels``), or an
+    ``AtlasPrior`` (``prior.atlas_prior``): the same labels with the atlas and the registration, so
+    the prior is read from the atlas once whatever moves are found on the QSM (sharper shapes).
     seeds: optional {"STN_L": (r, a, s), ...} RAS points (QSM space) inside the structure, or boxes
     [[r0, a0, s0], [r1, a1, s1]] enclosing it; a seeded structure is placed there instead of where the
     prior says. The result lives on the QSM grid (see ``NucleiSegmentation``).
     """
     prog = as_progress(progress)
     t0 = time.perf_counter()
+    atlas = None
+    if hasattr(prior_labels, "atlas_index"):
+        atlas, prior_labels = prior_labels, prior_labels.labels
     chi_full = np.asarray(qsm.data)
     if chi_full.ndim != 3:
         raise InputError(f"the QSM must be 3-D, got shape {chi_full.shape}", qsm.name or None)
@@ -562,7 +646,8 @@ def segment_nuclei(qsm: Volume, prior_labels: Volume, seeds: dict | None = None,
     valid = (chi_raw > S.CHI_VALID_PPM[0]) & (chi_raw < S.CHI_VALID_PPM[1])
     if INVALID_MARGIN_VOX:  # streaks, vessels, air edges: their rims are not nucleus either
         valid &= ~ndi.binary_dilation(~valid, iterations=INVALID_MARGIN_VOX)
-    loc = _localize(chi_loc, masks, pinned, voxel_mm, prog.sub(0.05, 0.6), valid)
+    sampler = _PriorSampler(masks, atlas, lo)
+    loc, pulls = _localize(chi_loc, masks, pinned, voxel_mm, prog.sub(0.05, 0.6), valid, sampler)
     t_loc = time.perf_counter()
 
     # noise and allowed regions
@@ -586,14 +671,18 @@ def segment_nuclei(qsm: Volume, prior_labels: Volume, seeds: dict | None = None,
         allowed[v] = a
     prog.update(0.65, "region competition")
     labels, means = _icm(chi, loc, sigma_model, voxel_mm, allowed, forced, **ICM)
-    # an unseeded STN: first its fitted shape moved by the mean shift of the competition's border (the
-    # thin STN's voxel-wise border moves are dominated by partial volume, texture and QSM blur; their
-    # mean is not), then the competition's own border
+    # an unseeded STN keeps its affine-fitted shape (the thin STN's voxel-wise border moves are dominated
+    # by partial volume, texture and QSM blur), moved by the mean shift of the competition's border
+    # when that exceeds what those produce (STN_SHIFT_VOX); the competition's border is the fallback
     candidates = {v: [labels == v] for v in loc}
     for v in loc:
-        if S.kind(S.NAMES[v]) == "STN" and v not in pinned and loc[v].any() and (labels == v).any():
-            shift = np.argwhere(labels == v).mean(axis=0) - np.argwhere(loc[v]).mean(axis=0)
-            candidates[v].insert(0, _apply_affine(loc[v], np.eye(3), -shift, np.zeros(3)) > 0.5)
+        if S.kind(S.NAMES[v]) == "STN" and v in pulls and loc[v].any():
+            candidates[v].insert(0, loc[v])
+            if (labels == v).any():
+                shift = np.argwhere(labels == v).mean(axis=0) - np.argwhere(loc[v]).mean(axis=0)
+                if np.linalg.norm(shift * voxel_mm) > STN_SHIFT_VOX * float(np.mean(voxel_mm)):
+                    moved = pulls[v] @ _pull_affine(np.eye(3), -shift, np.zeros(3))
+                    candidates[v].insert(0, sampler.sample(v, moved, ndi.binary_dilation(loc[v], iterations=3)) > 0.5)
     prog.update(0.85, "checks")
 
     # per-structure clean-up and guard rails

@@ -14,7 +14,7 @@ from QSMPlannerLib.registration.atlas import TEMPLATE
 from QSMPlannerLib.segmentation import NAMES, read_seg_nrrd
 from QSMPlannerLib.segmentation.metrics import dice
 from QSMPlannerLib.segmentation.nuclei import prior_to_structures
-from QSMPlannerLib.segmentation.prior import prior_on_grid
+from QSMPlannerLib.segmentation.prior import atlas_prior, prior_on_grid
 from QSMPlannerLib.segmentation.synthetic import make_atlas_case
 from QSMPlannerLib.volume import rotation_matrix
 
@@ -51,6 +51,55 @@ def test_prior_through_transforms_matches_atlas(case, gre_from_t1):
     a, b = prior_to_structures(prior.data), prior_to_structures(case["prior"].data)
     for v in NAMES:
         assert dice(a == v, b == v) > 0.97
+
+
+def test_atlas_prior_positions_match_a_worked_example_and_the_nearest_labels(case, gre_from_t1):
+    """AtlasPrior.atlas_index: where each QSM voxel lands in the atlas, through QSM->T1 (rigid) and a
+    T1->MNI affine given as a 4x4 (worked by hand below, independently of SimpleITK's LPS convention),
+    and reading the atlas there gives the nearest-label prior."""
+    from QSMPlannerLib.registration.transform_io import sitk_affine_from_ras
+    t1_from_mni = np.eye(4)
+    t1_from_mni[:3, :3] = rotation_matrix([2.0, -5.0, 3.0]) * 1.04
+    t1_from_mni[:3, 3] = [1.5, -2.0, 2.5]
+    t1_to_mni = sitk_affine_from_ras(t1_from_mni)   # resampling convention: T1 points -> MNI points
+    qsm = case["qsm"]
+    ap = atlas_prior(qsm, t1_to_mni, t1_from_reference=np.linalg.inv(gre_from_t1))
+    lo, shape = np.array([3, 4, 5]), (20, 18, 16)
+    idx = ap.atlas_index(lo, shape)
+    assert idx.shape == (3,) + shape
+    ijk = np.array([[0, 0, 0], [19, 17, 15], [7, 11, 2]])
+    ras = qsm.ijk_to_ras(ijk + lo)                                # QSM (GRE) space
+    t1 = ras @ np.linalg.inv(gre_from_t1)[:3, :3].T + np.linalg.inv(gre_from_t1)[:3, 3]
+    mni_from_t1 = np.linalg.inv(t1_from_mni)
+    mni = t1 @ mni_from_t1[:3, :3].T + mni_from_t1[:3, 3]
+    expected = ap.atlas.ras_to_ijk(mni)
+    got = np.stack([idx[(slice(None),) + tuple(p)] for p in ijk])
+    np.testing.assert_allclose(got, expected, atol=1e-3)
+    # the atlas read at those positions (nearest) is the nearest-label prior on the whole grid
+    full = ap.atlas_index(np.zeros(3, int), qsm.shape3)
+    near = np.rint(full).astype(int)
+    inside = np.all((near >= 0) & (near < np.array(ap.atlas.shape3)[:, None, None, None]), axis=0)
+    lab = np.zeros(qsm.shape3, np.int16)
+    lab[inside] = np.asarray(ap.atlas.data)[tuple(n[inside] for n in near)]
+    prior = np.asarray(ap.labels.data)
+    nuclei = np.isin(prior, [16, 116, 7, 9, 107, 109, 8, 108]) | np.isin(lab, [16, 116, 7, 9, 107, 109, 8, 108])
+    assert nuclei.sum() > 1000
+    assert (lab[nuclei] == prior[nuclei]).mean() > 0.99
+
+
+def test_segment_with_the_atlas_prior(case, gre_from_t1):
+    """The segmentation reading the atlas through the registration does at least as well as the one
+    given the nearest-label prior alone, on every nucleus."""
+    import SimpleITK as sitk
+    from QSMPlannerLib.segmentation import segment_nuclei
+    ap = atlas_prior(case["qsm"], sitk.Transform(3, sitk.sitkIdentity),
+                     t1_from_reference=np.linalg.inv(gre_from_t1))
+    truth = prior_to_structures(case["truth"].data)
+    with_atlas = np.asarray(segment_nuclei(case["qsm"], ap).labelmap.data)
+    with_labels = np.asarray(segment_nuclei(case["qsm"], ap.labels).labelmap.data)
+    for v, n in NAMES.items():
+        d_atlas, d_labels = dice(with_atlas == v, truth == v), dice(with_labels == v, truth == v)
+        assert d_atlas > 0.8 and d_atlas > d_labels - 0.02, (n, d_atlas, d_labels)
 
 
 def test_segment_cli(files, case, gre_from_t1, capsys):

@@ -147,13 +147,17 @@ def test_local_background_level_places_the_border_on_both_sides():
 
 
 def test_noisy_stn_keeps_the_fitted_shape():
-    """Heavy noise (0.03 ppm): an unseeded STN keeps the shape of its affine-fitted prior (moved by the
-    mean shift of its border band), while SN and RN move their borders voxel by voxel."""
+    """Heavy noise (0.03 ppm): an unseeded STN keeps the shape of its affine-fitted prior, only moved
+    where the mean shift of its border band exceeds half a voxel (here the side's fit leaves it ~1 mm
+    off), while SN and RN move their borders voxel by voxel."""
     case = make_case(seed=1, noise_ppm=0.03)
     seg = segment_nuclei(case["qsm"], case["prior"])
     lab, loc = np.asarray(seg.labelmap.data), np.asarray(seg.localized.data)
+    truth = prior_to_structures(case["truth"].data)
     for n in ("STN_L", "STN_R"):
         v = [k for k, x in NAMES.items() if x == n][0]
         assert seg.source[n] == "refined"
         assert abs(int((lab == v).sum()) - int((loc == v).sum())) <= 0.08 * (loc == v).sum(), n
-        assert dice(lab == v, loc == v) > 0.9, n
+        # moved, not reshaped: Dice to the truth 0.775/0.807 -> 0.875/0.881 on this case
+        assert dice(lab == v, truth == v) > max(0.85, dice(loc == v, truth == v) + 0.04), n
+        assert centroid_error_mm(lab == v, truth == v, case["qsm"].ras_from_ijk) < 0.5, n

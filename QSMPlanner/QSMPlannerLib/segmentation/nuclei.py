@@ -33,6 +33,7 @@ from ..errors import InputError, ProcessingError
 from ..progress import as_progress
 from ..volume import Volume
 from . import structures as S
+from .prior import AtlasPrior
 
 BACKGROUND = 0
 DEBUG = False
@@ -559,7 +560,7 @@ def _parse_seeds(seeds, vol: Volume, origin) -> dict:
     return out
 
 
-def segment_nuclei(qsm: Volume, prior_labels: Volume, seeds: dict | None = None,
+def segment_nuclei(qsm: Volume, prior_labels: Volume | AtlasPrior, seeds: dict | None = None,
                    progress=None) -> NucleiSegmentation:
     """Segment STN, SN and RN (both sides) on ``qsm`` (χ in ppm, paramagnetic positive).
 
@@ -573,7 +574,7 @@ def segment_nuclei(qsm: Volume, prior_labels: Volume, seeds: dict | None = None,
     prog = as_progress(progress)
     t0 = time.perf_counter()
     atlas = None
-    if hasattr(prior_labels, "atlas_index"):
+    if isinstance(prior_labels, AtlasPrior):
         atlas, prior_labels = prior_labels, prior_labels.labels
     chi_full = np.asarray(qsm.data)
     if chi_full.ndim != 3:

@@ -5,7 +5,7 @@ import pytest
 from QSMPlannerLib.errors import InputError
 from QSMPlannerLib.segmentation import (NAMES, read_seg_nrrd, segment_nuclei, write_seg_nrrd,
                                         write_stats_csv)
-from QSMPlannerLib.segmentation.metrics import centroid_error_mm, dice, hausdorff95_mm
+from QSMPlannerLib.segmentation.metrics import centroid_error_mm, dice, hausdorff95_mm, mean_surface_distance_mm
 from QSMPlannerLib.segmentation.nuclei import prior_to_structures
 from QSMPlannerLib.segmentation.synthetic import make_case
 from QSMPlannerLib.volume import Volume
@@ -102,6 +102,13 @@ def test_metrics_basic():
     assert dice(a, b) == pytest.approx(2 * 75 / 250)
     assert centroid_error_mm(a, b, np.diag([2.0, 1, 1, 1])) == pytest.approx(4.0)
     assert hausdorff95_mm(a, b, (1, 1, 1)) == pytest.approx(2.0)
+    assert mean_surface_distance_mm(a, a, (1, 1, 1)) == 0.0
+    # two one-voxel plates 2 voxels apart (3 mm on this axis): every border voxel is 3 mm from the other
+    p, q = np.zeros((20, 20, 20), bool), np.zeros((20, 20, 20), bool)
+    p[5, 4:14, 4:14] = True
+    q[7, 4:14, 4:14] = True
+    assert mean_surface_distance_mm(p, q, (1.5, 1, 1)) == pytest.approx(3.0)
+    assert hausdorff95_mm(p, q, (1.5, 1, 1)) == pytest.approx(3.0)
 
 
 def test_bad_input(case):

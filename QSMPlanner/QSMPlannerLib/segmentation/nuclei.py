@@ -202,8 +202,9 @@ def _search(chi, window, masks: dict, fixed: np.ndarray, values: list, center, s
 
 
 # an unseeded STN's fitted shape follows the competition's border only when the border's mean shift
-# exceeds this (voxels): 0.08-0.42 mm on 1 mm digital patients with a good fit, 0.67-1.19 mm where
-# the side's affine fit left the STN off (ellipsoid cases)
+# exceeds this (voxels, of at least 1 mm: texture and QSM blur are in mm): 0.08-0.42 mm on 1 mm
+# digital patients with a good fit, 0.67-1.19 mm where the side's affine fit left the STN off
+# (ellipsoid cases)
 STN_SHIFT_VOX = 0.5
 PARTIAL_VOLUME_SIGMA_VOX = 0.3   # soft edge of a mask beyond its linear interpolation
 
@@ -681,7 +682,7 @@ def segment_nuclei(qsm: Volume, prior_labels: Volume | AtlasPrior, seeds: dict |
             candidates[v].insert(0, loc[v])
             if (labels == v).any():
                 shift = np.argwhere(labels == v).mean(axis=0) - np.argwhere(loc[v]).mean(axis=0)
-                if np.linalg.norm(shift * voxel_mm) > STN_SHIFT_VOX * float(np.mean(voxel_mm)):
+                if np.linalg.norm(shift * voxel_mm) > STN_SHIFT_VOX * max(float(np.mean(voxel_mm)), 1.0):
                     moved = pulls[v] @ _pull_affine(np.eye(3), -shift, np.zeros(3))
                     candidates[v].insert(0, sampler.sample(v, moved, ndi.binary_dilation(loc[v], iterations=3)) > 0.5)
     prog.update(0.85, "checks")

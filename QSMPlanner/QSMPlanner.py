@@ -129,6 +129,7 @@ class QSMPlannerParameterNode:
     hardenTransforms: bool = False
     # Segmentation
     priorLabels: vtkMRMLLabelMapVolumeNode
+    nucleusSeeds: vtkMRMLMarkupsFiducialNode
     segmentation: vtkMRMLSegmentationNode
     # Landmarks
     landmarks: vtkMRMLMarkupsFiducialNode
@@ -390,7 +391,8 @@ class QSMPlannerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
         def done(node):
             p.segmentation = node
-        self._start(lambda: planner.segmentation_task(p.qsmVolume, p.t1Volume, p.priorLabels), done)
+        self._start(lambda: planner.segmentation_task(p.qsmVolume, p.t1Volume, p.priorLabels,
+                                                      seeds_node=p.nucleusSeeds), done)
 
     def onEditSegmentation(self) -> None:
         p = self._parameterNode

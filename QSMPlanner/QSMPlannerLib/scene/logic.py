@@ -465,15 +465,28 @@ class PlannerLogic:
         return norm
 
     def segmentation_task(self, qsm_node, t1_node=None, prior_node=None,
-                          output_name: str = NUCLEI_NAME, renormalize: bool = False) -> StageTask:
+                          output_name: str = NUCLEI_NAME, renormalize: bool = False,
+                          seeds_node=None) -> StageTask:
         """Segment STN/SN/RN on the QSM. The prior (CIT168 labels on the QSM grid) comes from
         ``prior_node`` (a labelmap or segmentation on the QSM grid) or from normalizing ``t1_node`` to
-        MNI and carrying the atlas into the QSM through its transform."""
+        MNI and carrying the atlas into the QSM through its transform. ``seeds_node``: optional point
+        list, one point inside a structure per control point labelled with its name (STN_L, ...): the
+        semi-automatic mode, where the surgeon's point places the structure instead of the prior."""
         if qsm_node is None:
             raise InputError("select the QSM volume", "Segmentation")
         qsm = mrml.volume_from_node(qsm_node)
         qsm_world = mrml.volume_from_node(qsm_node, world=True)
         parent = qsm_node.GetParentTransformNode()
+        seeds = None
+        if seeds_node is not None and seeds_node.GetNumberOfControlPoints():
+            from ..segmentation import NAMES
+            points = mrml.fiducials_to_dict(seeds_node, world=True)
+            unknown = sorted(set(points) - set(NAMES.values()))
+            if unknown:
+                raise InputError(f"seed label(s) {', '.join(unknown)}: label each point with one of "
+                                 f"{', '.join(NAMES.values())}", seeds_node.GetName())
+            qsm_from_world = qsm.ras_from_ijk @ np.linalg.inv(qsm_world.ras_from_ijk)
+            seeds = {k: qsm_from_world[:3, :3] @ v + qsm_from_world[:3, 3] for k, v in points.items()}
         prior = None
         if prior_node is not None:
             prior = self._labels_on_grid(prior_node, qsm)
@@ -497,7 +510,7 @@ class PlannerLogic:
                 world_from_qsm = qsm_world.ras_from_ijk @ np.linalg.inv(qsm.ras_from_ijk)
                 labels = atlas_prior(qsm, norm.transform, t1_from_reference=world_from_qsm)
                 progress = progress.sub(0.7, 1.0)
-            return norm, segment_nuclei(qsm, labels, progress=progress)
+            return norm, segment_nuclei(qsm, labels, seeds=seeds, progress=progress)
 
         def apply(result):
             norm, seg = result

@@ -427,3 +427,31 @@ def test_blocked_target_gets_a_safer_target_inside_the_stn(patient):
     assert NUCLEI[int(np.asarray(lab.data)[tuple(ijk)])] == "STN_L"
     rows = mrml.table_to_rows(logic.rank_entries("left", qsm, seg, target_ras=safer))
     assert any(r["rank"] > 0 and r["safe"] == "yes" for r in rows)
+
+
+def test_seeded_segmentation_puts_the_nucleus_at_the_surgeons_point(patient):
+    """Semi-automatic mode in the module: the prior lacks STN_L, and a point labelled STN_L placed in
+    the T1 world (the QSM observed under its registration transform) puts it there."""
+    from QSMPlannerLib.progress import Progress
+    scene = mrml.new_scene()
+    logic = PlannerLogic(scene)
+    nodes = logic.load_patient_nodes(patient, show_truth=False, known_transforms=True)
+    qsm = mrml.add_volume(scene, patient.truth["chi_ppm"], "QSM", kind="qsm", parent_transform=nodes["T1_from_GRE"])
+    truth = patient.truth["labels_gre"]
+    without = np.where(np.asarray(truth.data) == 16, 0, np.asarray(truth.data)).astype(np.int16)
+    prior = mrml.add_volume(scene, Volume(without, truth.ras_from_ijk, "prior"), "prior", kind="labelmap")
+    seed_t1 = np.array(patient.centres_t1["STN_L"]) + [0.8, -1.0, 0.5]      # inside, off its centre
+    seeds = mrml.add_fiducials(scene, {"STN_L": seed_t1}, "seeds")
+    task = logic.segmentation_task(qsm, prior_node=prior, seeds_node=seeds)
+    _, seg = task.compute(Progress())
+    assert seg.source["STN_L"] == "refined (seeded)"
+    centre_gre = seg.centroid_ras("STN_L")
+    t = patient.transforms["t1_from_gre"]
+    centre_t1 = t[:3, :3] @ centre_gre + t[:3, 3]
+    assert np.linalg.norm(centre_t1 - patient.centres_t1["STN_L"]) < 1.0
+    mask, true_mask = seg.mask("STN_L"), np.asarray(truth.data) == 16
+    assert 2.0 * (mask & true_mask).sum() / (mask.sum() + true_mask.sum()) > 0.8
+    # a point whose label names no structure is refused, naming the point list
+    bad = mrml.add_fiducials(scene, {"STN": seed_t1}, "bad seeds")
+    with pytest.raises(InputError, match="bad seeds"):
+        logic.segmentation_task(qsm, prior_node=prior, seeds_node=bad)

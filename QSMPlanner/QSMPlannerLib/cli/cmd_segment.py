@@ -17,7 +17,8 @@ def register(sub):
                                        "(fixed T1, moving QSM/GRE); default: QSM already in T1 space")
     p.add_argument("--t1-to-mni", help="ITK transform from `qsmplanner normalize`; default: computed")
     p.add_argument("--seeds", help="Slicer markups (.mrk.json) with points labelled STN_L, STN_R, "
-                                   "SN_L, SN_R, RN_L and/or RN_R inside the structures")
+                                   "SN_L, SN_R, RN_L and/or RN_R inside the structures, and/or ROI "
+                                   "boxes named so around them (T1 space)")
     p.add_argument("--landmarks", help="Slicer markups with AC, PC, MS (adds AC-PC coordinates)")
     p.add_argument("--out", required=True, help="output Slicer segmentation (.seg.nrrd)")
     p.add_argument("--table", help="output statistics table (.csv)")
@@ -28,7 +29,7 @@ def run(args) -> int:
     import numpy as np
 
     from ..errors import InputError
-    from ..io.markups import read_points
+    from ..io.markups import read_points, read_seeds
     from ..io.volumes import read_volume
     from ..registration.transform_io import read_sitk_transform, read_transform
     from ..segmentation import segment_nuclei, write_seg_nrrd, write_stats_csv
@@ -49,13 +50,13 @@ def run(args) -> int:
     qsm_from_t1 = np.linalg.inv(t1_from_qsm)
     seeds = None
     if args.seeds:
-        pts = read_points(args.seeds)
+        pts = read_seeds(args.seeds)   # points, and boxes (ROIs) as 8 corners
         from ..segmentation import NAMES
         unknown = sorted(set(pts) - set(NAMES.values()))
         if unknown:
             raise InputError(f"unknown seed label(s) {', '.join(unknown)}; expected "
                              f"{', '.join(NAMES.values())}", args.seeds)
-        seeds = {k: qsm_from_t1[:3, :3] @ np.asarray(v) + qsm_from_t1[:3, 3] for k, v in pts.items()}
+        seeds = {k: np.asarray(v) @ qsm_from_t1[:3, :3].T + qsm_from_t1[:3, 3] for k, v in pts.items()}
     landmarks = None
     if args.landmarks:
         landmarks = read_points(args.landmarks)

@@ -89,3 +89,56 @@ def read_points(path) -> dict:
     if not out:
         raise InputError("the markups file holds no control points", path)
     return out
+
+
+def _roi_corners(markup, path) -> np.ndarray:
+    """The 8 corners (file coordinates) of a Slicer ROI markup: centre, size and axis orientation."""
+    centre = _as_point(markup.get("name", "ROI"), markup.get("center"), path)
+    size = _as_point(markup.get("name", "ROI"), markup.get("size"), path)
+    axes = np.asarray(markup.get("orientation", np.eye(3).ravel()), float).reshape(3, 3)
+    if (size <= 0).any() or not np.isfinite(axes).all():
+        raise InputError(f"ROI {markup.get('name', '')!r}: size must be positive", path)
+    signs = np.array([[i, j, k] for i in (-0.5, 0.5) for j in (-0.5, 0.5) for k in (-0.5, 0.5)])
+    return centre + (signs * size) @ axes.T   # columns of ``orientation`` are the ROI axes
+
+
+def read_seeds(path) -> dict:
+    """Seeds for a segmentation from a Slicer markups file: every point list's control points
+    (``{label: RAS xyz}``) and every ROI (box) by its name (``{name: (8, 3) RAS corners}``).
+
+    Raises ``InputError`` naming the file if it holds no point or box, or names one twice."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError("markups file not found", path)
+    try:
+        markups = json.loads(path.read_text())["markups"]
+        if not isinstance(markups, list):
+            raise TypeError("'markups' is not a list")
+    except (ValueError, KeyError, TypeError) as exc:
+        raise InputError(f"not a Slicer markups JSON file ({exc.__class__.__name__}: {exc})", path) from exc
+    out = {}
+    for i, markup in enumerate(markups):
+        system = str(markup.get("coordinateSystem", "LPS") or "LPS").upper()
+        if system not in ("RAS", "LPS"):
+            raise InputError(f"unknown markups coordinateSystem {system!r}", path)
+        flip = _LPS_FLIP if system == "LPS" else np.ones(3)
+        if str(markup.get("type", "")).upper() == "ROI":
+            cps = markup.get("controlPoints") or [{}]
+            name = str(markup.get("name") or cps[0].get("label") or f"ROI-{i + 1}")
+            found = {name: _roi_corners(markup, path) * flip}
+        else:
+            found = {}
+            for k, cp in enumerate(markup.get("controlPoints") or []):
+                if cp.get("positionStatus", "defined") not in ("defined", "preview") or "position" not in cp:
+                    continue
+                label = str(cp.get("label") or f"P-{k + 1}")
+                if label in found:
+                    raise InputError(f"seed {label!r} appears twice", path)
+                found[label] = _as_point(label, cp["position"], path) * flip
+        for name, value in found.items():
+            if name in out:
+                raise InputError(f"seed {name!r} appears twice", path)
+            out[name] = value
+    if not out:
+        raise InputError("the markups file holds no point or box", path)
+    return out

@@ -541,8 +541,9 @@ def _noise_sigma(chi: np.ndarray, region: np.ndarray) -> float:
 
 
 def _parse_seeds(seeds, vol: Volume, origin) -> dict:
-    """{name: point (3,) RAS | box (2,3) RAS corners} -> {value: ("point", ijk) | ("box", lo, hi)}
-    in crop voxel indices."""
+    """{name: point (3,) RAS | box: (2,3) opposite RAS corners of an axis-aligned box, or the (8,3)
+    corners of an oriented one} -> {value: ("point", ijk) | ("box", lo, hi)} in crop voxel indices
+    (the box's bounding box on the QSM grid, which may be oblique)."""
     out = {}
     for name, val in (seeds or {}).items():
         if name not in S.VALUES:
@@ -551,11 +552,13 @@ def _parse_seeds(seeds, vol: Volume, origin) -> dict:
         a = np.asarray(val, float)
         if a.shape == (3,):
             out[S.VALUES[name]] = ("point", vol.ras_to_ijk(a) - origin)
-        elif a.shape == (2, 3):
+        elif a.shape in ((2, 3), (8, 3)):
+            if len(a) == 2:
+                a = np.array([[a[i, 0], a[j, 1], a[k, 2]] for i in (0, 1) for j in (0, 1) for k in (0, 1)])
             ijk = vol.ras_to_ijk(a) - origin
             out[S.VALUES[name]] = ("box", ijk.min(axis=0), ijk.max(axis=0))
         else:
-            raise InputError(f"seed {name}: expected a point (x,y,z) or a box (2 corners)", "seeds")
+            raise InputError(f"seed {name}: expected a point (x,y,z) or a box (2 or 8 corners)", "seeds")
         if not np.isfinite(a).all():
             raise InputError(f"seed {name} is not finite", "seeds")
     return out
@@ -569,7 +572,7 @@ def segment_nuclei(qsm: Volume, prior_labels: Volume | AtlasPrior, seeds: dict |
     ``AtlasPrior`` (``prior.atlas_prior``): the same labels with the atlas and the registration, so
     the prior is read from the atlas once whatever moves are found on the QSM (sharper shapes).
     seeds: optional {"STN_L": (r, a, s), ...} RAS points (QSM space) inside the structure, or boxes
-    [[r0, a0, s0], [r1, a1, s1]] enclosing it; a seeded structure is placed there instead of where the
+    [[r0, a0, s0], [r1, a1, s1]] (or the 8 corners of an oriented box) enclosing it; a seeded structure is placed there instead of where the
     prior says. The result lives on the QSM grid (see ``NucleiSegmentation``).
     """
     prog = as_progress(progress)

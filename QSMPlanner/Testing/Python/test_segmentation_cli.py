@@ -130,6 +130,71 @@ def test_segment_cli(files, case, gre_from_t1, capsys):
     assert not [p for p in d.iterdir() if ".part" in p.name]
 
 
+def _roi_file(path, name, centre_ras, size, axes_ras):
+    """A Slicer ROI markup stored in LPS (as Slicer writes it)."""
+    flip = np.array([-1.0, -1.0, 1.0])
+    axes_lps = np.diag(flip) @ np.asarray(axes_ras, float)
+    doc = {"@schema": "markups-schema-v1.0.3.json#", "markups": [{
+        "type": "ROI", "name": name, "coordinateSystem": "LPS", "roiType": "Box",
+        "center": list(flip * np.asarray(centre_ras, float)), "size": list(map(float, size)),
+        "orientation": list(axes_lps.ravel()),
+        "controlPoints": [{"label": name, "position": list(flip * np.asarray(centre_ras, float))}]}]}
+    path.write_text(json.dumps(doc))
+    return path
+
+
+def test_read_seeds_points_and_boxes(tmp_path):
+    """Points by label and ROI boxes by name, LPS files in RAS: corners worked by hand."""
+    from QSMPlannerLib.errors import InputError
+    from QSMPlannerLib.io.markups import read_seeds
+    f = _roi_file(tmp_path / "box.mrk.json", "STN_R", [-10.0, -20.0, 30.0], [2.0, 4.0, 6.0], np.eye(3))
+    corners = read_seeds(f)["STN_R"]
+    assert corners.shape == (8, 3)
+    np.testing.assert_allclose(corners.min(axis=0), [-11.0, -22.0, 27.0])
+    np.testing.assert_allclose(corners.max(axis=0), [-9.0, -18.0, 33.0])
+    # rotated 90 degrees about S: the box's first axis points anterior
+    rot = _roi_file(tmp_path / "rot.mrk.json", "SN_L", [0.0, 0.0, 0.0], [2.0, 4.0, 6.0],
+                    [[0.0, -1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 1.0]])
+    np.testing.assert_allclose(np.ptp(read_seeds(rot)["SN_L"], axis=0), [4.0, 2.0, 6.0], atol=1e-9)
+    write_points(tmp_path / "pts.mrk.json", {"STN_L": [1.0, 2.0, 3.0]}, coordinate_system="LPS")
+    np.testing.assert_allclose(read_seeds(tmp_path / "pts.mrk.json")["STN_L"], [1.0, 2.0, 3.0])
+    doc = json.loads(f.read_text())
+    doc["markups"] = doc["markups"] * 2
+    (tmp_path / "twice.mrk.json").write_text(json.dumps(doc))
+    with pytest.raises(InputError, match="twice"):
+        read_seeds(tmp_path / "twice.mrk.json")
+
+
+def test_segment_cli_with_a_seed_point_and_an_oriented_box(files, case, gre_from_t1, capsys):
+    """Semi-automatic mode on the command line: STN_L from a point and STN_R from an oriented ROI box,
+    both in T1 space (the QSM grid is oblique to it)."""
+    d = files
+    truth = prior_to_structures(case["truth"].data)
+    qsm = case["qsm"]
+    t1_from_gre = np.linalg.inv(gre_from_t1)
+    to_t1 = lambda ras: ras @ t1_from_gre[:3, :3].T + t1_from_gre[:3, 3]  # noqa: E731
+    write_points(d / "seed_point.mrk.json", {"STN_L": to_t1(qsm.ijk_to_ras(np.argwhere(truth == 1).mean(axis=0)))})
+    pts = to_t1(qsm.ijk_to_ras(np.argwhere(truth == 2)))
+    axes = rotation_matrix([0.0, 0.0, 20.0])
+    local = (pts - pts.mean(axis=0)) @ axes
+    centre = pts.mean(axis=0) + axes @ ((local.max(axis=0) + local.min(axis=0)) / 2)
+    _roi_file(d / "seed_box.mrk.json", "STN_R", centre, np.ptp(local, axis=0) + 3.0, axes)
+    doc = json.loads((d / "seed_point.mrk.json").read_text())
+    doc["markups"] += json.loads((d / "seed_box.mrk.json").read_text())["markups"]
+    (d / "seeds_both.mrk.json").write_text(json.dumps(doc))
+    out, table = d / "seeded.seg.nrrd", d / "seeded.csv"
+    rc = main(["segment", "--qsm", str(d / "qsm.nii.gz"), "--t1", str(ATLAS_DIR / TEMPLATE),
+               "--qsm-to-t1", str(d / "qsm_to_t1.h5"), "--t1-to-mni", str(d / "t1_to_mni.h5"),
+               "--seeds", str(d / "seeds_both.mrk.json"), "--out", str(out), "--table", str(table)])
+    assert rc == 0
+    capsys.readouterr()
+    lab = np.asarray(read_seg_nrrd(out)[0].data)
+    rows = {r["structure"]: r for r in csv.DictReader(open(table))}
+    for v, n in ((1, "STN_L"), (2, "STN_R")):
+        assert rows[n]["source"] == "refined (seeded)"
+        assert dice(lab == v, truth == v) > 0.75, n
+
+
 @pytest.mark.parametrize("change", ["missing_qsm", "bad_out", "missing_transform", "bad_landmarks",
                                     "bad_table", "bad_seed"])
 def test_segment_cli_bad_input(files, change, capsys):

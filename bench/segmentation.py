@@ -141,7 +141,8 @@ def main(argv=None) -> int:
             sp, so = get("prior", 3), get("ours", 3)
             label = n if n in NAMES.values() else f"**{n} (both sides)**"
             print(f"| {inp} | {label} | {dp.mean():.3f} [{dp.min():.3f}] | {dl.mean():.3f} [{dl.min():.3f}] | "
-                  f"{do.mean():.3f} [{do.min():.3f}] | {db.mean():.3f} [{db.min():.3f}] | {do.mean() / dp.mean():.2f}x | "
+                  f"{do.mean():.3f} [{do.min():.3f}] | {db.mean():.3f} [{db.min():.3f}] | "
+                  f"{do.mean() / dp.mean():.2f}x | "
                   f"{hp.mean():.2f} [{hp.max():.2f}] | {ho.mean():.2f} [{ho.max():.2f}] | "
                   f"{sp.mean():.2f} [{sp.max():.2f}] | {so.mean():.2f} [{so.max():.2f}] | "
                   f"{sp.mean() / max(so.mean(), 1e-9):.2f}x | {cp.mean():.2f} [{cp.max():.2f}] | "

@@ -31,7 +31,7 @@ from scipy import ndimage as ndi
 
 from ..errors import InputError, ProcessingError
 from ..progress import as_progress
-from ..volume import Volume
+from ..volume import Volume, mask_box
 from . import structures as S
 from .prior import AtlasPrior
 
@@ -267,15 +267,8 @@ def _fit_affine(chi, masks: list, window: np.ndarray, center, n_iter: int = 30):
     return A, off
 
 
-def _apply_affine(mask: np.ndarray, A, off, center) -> np.ndarray:
-    """Soft occupancy of ``mask`` moved by the ``_fit_affine`` result."""
-    soft = _soft(mask)
-    A, center = np.asarray(A, float), np.asarray(center, float)
-    return ndi.affine_transform(soft, A, offset=center - A @ center + off, order=1, mode="constant")
-
-
 def _pull_affine(A, off, center) -> np.ndarray:
-    """4x4 pull-back of an ``_fit_affine`` move: voxel y reads the moved map at x = c + A (y - c) + off."""
+    """4x4 pull-back of an ``_fit_affine`` move: voxel y reads the unmoved map at x = c + A (y - c) + off."""
     m = np.eye(4)
     m[:3, :3] = A
     m[:3, 3] = np.asarray(center, float) - np.asarray(A, float) @ np.asarray(center, float) + off
@@ -322,7 +315,6 @@ class _PriorSampler:
 
 
 def _box(mask: np.ndarray, margin: int):
-    from ..volume import mask_box
     if not mask.any():
         return None
     return mask_box(mask, margin)
@@ -572,8 +564,9 @@ def segment_nuclei(qsm: Volume, prior_labels: Volume | AtlasPrior, seeds: dict |
     ``AtlasPrior`` (``prior.atlas_prior``): the same labels with the atlas and the registration, so
     the prior is read from the atlas once whatever moves are found on the QSM (sharper shapes).
     seeds: optional {"STN_L": (r, a, s), ...} RAS points (QSM space) inside the structure, or boxes
-    [[r0, a0, s0], [r1, a1, s1]] (or the 8 corners of an oriented box) enclosing it; a seeded structure is placed there instead of where the
-    prior says. The result lives on the QSM grid (see ``NucleiSegmentation``).
+    [[r0, a0, s0], [r1, a1, s1]] (or the 8 corners of an oriented box) enclosing it; a seeded
+    structure is placed there instead of where the prior says. The result lives on the QSM grid (see
+    ``NucleiSegmentation``).
     """
     prog = as_progress(progress)
     t0 = time.perf_counter()

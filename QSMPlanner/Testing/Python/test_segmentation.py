@@ -124,7 +124,7 @@ def test_bad_input(case):
 def test_affine_fit_recovers_a_stretched_shifted_pair_whatever_the_contrast():
     """Two touching blobs of different χ, the image stretched 12% along i and shifted 1.5 voxels:
     the fit moves the prior masks onto them, and halving the contrast changes nothing."""
-    from QSMPlannerLib.segmentation.nuclei import _apply_affine, _fit_affine
+    from QSMPlannerLib.segmentation.nuclei import _fit_affine, _PriorSampler, _pull_affine
     idx = np.indices((40, 40, 40), dtype=float)
     ell = lambda c, s, k=1.0: sum(((idx[a] - c[a]) / (s[a] * (k if a == 0 else 1))) ** 2 for a in range(3)) <= 1
     prior = [ell((20, 17, 20), (7, 3, 3)), ell((20, 23, 20), (5, 3, 3))]
@@ -139,8 +139,9 @@ def test_affine_fit_recovers_a_stretched_shifted_pair_whatever_the_contrast():
     fits = [_fit_affine(scale * base, prior, window, center) for scale in (1.0, 0.5)]
     for A, off in fits:
         assert A[0, 0] == pytest.approx(1 / 1.12, abs=0.03) and off[0] == pytest.approx(-1.5, abs=0.3)
-        for p, t in zip(prior, truth):
+        moved = _PriorSampler(dict(enumerate(prior)))
+        for k, (p, t) in enumerate(zip(prior, truth)):
             assert dice(p, t) < 0.86
-            assert dice(_apply_affine(p, A, off, center) > 0.5, t) > 0.93
+            assert dice(moved.sample(k, _pull_affine(A, off, center)) > 0.5, t) > 0.93
     np.testing.assert_allclose(fits[0][0], fits[1][0], atol=0.02)
     np.testing.assert_allclose(fits[0][1], fits[1][1], atol=0.1)

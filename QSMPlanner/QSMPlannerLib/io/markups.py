@@ -59,6 +59,28 @@ def write_points(path, points: dict, coordinate_system: str = "RAS", name: str =
     return path
 
 
+def _flip_of(markup, path) -> np.ndarray:
+    """Multiplier taking the markup's stored coordinates to RAS."""
+    system = str(markup.get("coordinateSystem", "LPS") or "LPS").upper()
+    if system not in ("RAS", "LPS"):
+        raise InputError(f"unknown markups coordinateSystem {system!r}", path)
+    return _LPS_FLIP if system == "LPS" else np.ones(3)
+
+
+def _control_points(markup, path) -> dict:
+    """{label: RAS xyz} of a markup's defined control points; a repeated label is an error."""
+    flip = _flip_of(markup, path)
+    out = {}
+    for i, cp in enumerate(markup.get("controlPoints") or []):
+        if cp.get("positionStatus", "defined") not in ("defined", "preview") or "position" not in cp:
+            continue
+        label = str(cp.get("label") or f"P-{i + 1}")
+        if label in out:
+            raise InputError(f"control point label {label!r} appears twice", path)
+        out[label] = _as_point(label, cp["position"], path) * flip
+    return out
+
+
 def read_points(path) -> dict:
     """Read a Slicer markups file (``.mrk.json``; the first markup in it) as ``{label: RAS xyz}``.
 
@@ -74,18 +96,7 @@ def read_points(path) -> dict:
     except (ValueError, KeyError, IndexError, TypeError) as exc:
         raise InputError(f"not a Slicer markups JSON file ({exc.__class__.__name__}: {exc})",
                          path) from exc
-    system = str(markup.get("coordinateSystem", "LPS") or "LPS").upper()
-    if system not in ("RAS", "LPS"):
-        raise InputError(f"unknown markups coordinateSystem {system!r}", path)
-    out = {}
-    for i, cp in enumerate(markup.get("controlPoints") or []):
-        if cp.get("positionStatus", "defined") not in ("defined", "preview") or "position" not in cp:
-            continue
-        label = str(cp.get("label") or f"P-{i + 1}")
-        if label in out:
-            raise InputError(f"control point label {label!r} appears twice", path)
-        p = _as_point(label, cp["position"], path)
-        out[label] = p * _LPS_FLIP if system == "LPS" else p
+    out = _control_points(markup, path)
     if not out:
         raise InputError("the markups file holds no control points", path)
     return out
@@ -118,23 +129,12 @@ def read_seeds(path) -> dict:
         raise InputError(f"not a Slicer markups JSON file ({exc.__class__.__name__}: {exc})", path) from exc
     out = {}
     for i, markup in enumerate(markups):
-        system = str(markup.get("coordinateSystem", "LPS") or "LPS").upper()
-        if system not in ("RAS", "LPS"):
-            raise InputError(f"unknown markups coordinateSystem {system!r}", path)
-        flip = _LPS_FLIP if system == "LPS" else np.ones(3)
         if str(markup.get("type", "")).upper() == "ROI":
             cps = markup.get("controlPoints") or [{}]
             name = str(markup.get("name") or cps[0].get("label") or f"ROI-{i + 1}")
-            found = {name: _roi_corners(markup, path) * flip}
+            found = {name: _roi_corners(markup, path) * _flip_of(markup, path)}
         else:
-            found = {}
-            for k, cp in enumerate(markup.get("controlPoints") or []):
-                if cp.get("positionStatus", "defined") not in ("defined", "preview") or "position" not in cp:
-                    continue
-                label = str(cp.get("label") or f"P-{k + 1}")
-                if label in found:
-                    raise InputError(f"seed {label!r} appears twice", path)
-                found[label] = _as_point(label, cp["position"], path) * flip
+            found = _control_points(markup, path)
         for name, value in found.items():
             if name in out:
                 raise InputError(f"seed {name!r} appears twice", path)

@@ -16,6 +16,7 @@ error (mm); wall time of segment_nuclei (beyond the registrations). Ratios: Dice
 better), ASSD and centroid error prior/ours (>1 better).
 
     .venv/bin/python bench/segmentation.py [--patients 5] [--small] [--cache DIR] [--qsm truth|recon|both]
+                                           [--robustness]
 """
 from __future__ import annotations
 
@@ -90,6 +91,43 @@ def score(labels, truth, ras_from_ijk, voxel_mm) -> dict:
     return out
 
 
+def variants(case, seed: int) -> dict:
+    """{name: (χ, truth labels 1..6, AtlasPrior)}: the reconstructed QSM as is and altered."""
+    from QSMPlannerLib.registration import resample
+    from QSMPlannerLib.volume import Volume
+    chi, truth, prior = case["chi_recon"], case["truth"], case["prior"]
+    data = np.asarray(chi.data, np.float32)
+    noise = np.random.default_rng(seed).normal(0.0, 0.02, data.shape).astype(np.float32)
+    m = chi.ras_from_ijk.copy()
+    m[:3, :3] = m[:3, :3] @ np.diag([0.8, 0.8, 1.6])
+    grid = Volume(np.zeros(tuple(int(n) for n in np.array(chi.shape3) / [0.8, 0.8, 1.6]), np.uint8), m)
+    coarse = resample(chi, grid, interpolation="linear")
+    coarse_truth = resample(Volume(truth.astype(np.int16), chi.ras_from_ijk), grid, interpolation="nearest")
+    return {"as reconstructed": (chi, truth, prior),
+            "chi + 0.05 ppm": (chi.with_data(data + 0.05), truth, prior),
+            "contrast x 0.6": (chi.with_data(data * 0.6), truth, prior),
+            "noise + 0.02 ppm": (chi.with_data(data + noise), truth, prior),
+            "0.8 x 0.8 x 1.6 mm": (coarse, np.asarray(coarse_truth.data), prior.on_grid(grid))}
+
+
+def print_robustness(robust: dict) -> None:
+    names = list(dict.fromkeys(k[0] for k in robust))
+    print("\n## Robustness: the reconstructed QSM altered (mean [worst] over patients and sides)\n")
+    head = ("| QSM | STN Dice prior | STN Dice ours | STN Dice vs as reconstructed | STN centroid ours mm | "
+            "SN Dice ours | RN Dice ours |")
+    print(head)
+    print("|" + "|".join(["---"] * (head.count("|") - 1)) + "|")
+    base = np.mean([r[0] for r in robust[(names[0], "ours", "STN")]])
+    for v in names:
+        get = lambda m, k, i: np.array([r[i] for r in robust[(v, m, k)]])  # noqa: E731
+        dp, do, co = get("prior", "STN", 0), get("ours", "STN", 0), get("ours", "STN", 2)
+        sn, rn = get("ours", "SN", 0), get("ours", "RN", 0)
+        print(f"| {v} | {dp.mean():.3f} [{dp.min():.3f}] | {do.mean():.3f} [{do.min():.3f}] | "
+              f"{do.mean() / base:.2f}x | {co.mean():.2f} [{co.max():.2f}] | {sn.mean():.3f} [{sn.min():.3f}] | "
+              f"{rn.mean():.3f} [{rn.min():.3f}] |")
+    print()
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--patients", type=int, default=5)
@@ -97,14 +135,25 @@ def main(argv=None) -> int:
     ap.add_argument("--small", action="store_true", help="2 mm patients (quick look, not the target)")
     ap.add_argument("--cache", type=Path, help="keep patients/priors/QSMs here between runs")
     ap.add_argument("--qsm", choices=("truth", "recon", "both"), default="both")
+    ap.add_argument("--robustness", action="store_true",
+                    help="also the reconstructed QSM shifted, with less contrast, more noise and resampled to "
+                         "0.8 x 0.8 x 1.6 mm voxels (a second table)")
     args = ap.parse_args(argv)
     inputs = ["truth", "recon"] if args.qsm == "both" else [args.qsm]
     rows = {inp: {m: {n: [] for n in NAMES.values()} for m in ("prior", "localized", "ours", "labels")}
             for inp in inputs}
     times = {inp: [] for inp in inputs}
     per_patient = []
+    robust = {}
     for seed in range(args.seed0, args.seed0 + args.patients):
-        case = prepare(seed, args.small, args.cache, "recon" in inputs)
+        case = prepare(seed, args.small, args.cache, "recon" in inputs or args.robustness)
+        if args.robustness:
+            for variant, (chi_v, truth_v, prior_v) in variants(case, seed).items():
+                seg = segment_nuclei(chi_v, prior_v)
+                geo = (chi_v.ras_from_ijk, chi_v.voxel_mm)
+                for m, lab in (("prior", prior_to_structures(prior_v.labels.data)), ("ours", seg.labelmap.data)):
+                    for n, r in score(np.asarray(lab), truth_v, *geo).items():
+                        robust.setdefault((variant, m, n[:-2]), []).append(r)
         truth = case["truth"]
         prior = prior_to_structures(case["prior"].labels.data)
         for inp in inputs:
@@ -153,6 +202,8 @@ def main(argv=None) -> int:
         print(f"- {inp} χ: segment_nuclei wall time {t.mean():.1f} s mean, {t.max():.1f} s max "
               f"(target ≤ {TARGET_SECONDS:.0f} s)")
     print("\nPer patient, ours (Dice STN_L/STN_R/SN_L/SN_R/RN_L/RN_R; STN centroid error mm L/R):\n")
+    if robust:
+        print_robustness(robust)
     for seed, inp, res, t, msgs in per_patient:
         o = res["ours"]
         d = "/".join(f"{o[n][0]:.2f}" for n in NAMES.values())

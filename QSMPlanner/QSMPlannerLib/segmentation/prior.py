@@ -66,6 +66,13 @@ class AtlasPrior:
     def name(self) -> str:
         return self.labels.name
 
+    def on_grid(self, reference: Volume) -> "AtlasPrior":
+        """The same prior for another grid in the same space (e.g. the QSM resampled)."""
+        from ..registration import resample
+        labels = resample(self.atlas, reference, interpolation="nearest", transform=self.transform)
+        return AtlasPrior(Volume(np.asarray(labels.data), reference.ras_from_ijk.copy(), self.labels.name),
+                          self.atlas, self.transform)
+
     def atlas_index(self, lo, shape) -> np.ndarray:
         """(3, *shape) float32: atlas voxel coordinates of the reference voxels ``lo + (i, j, k)``."""
         import SimpleITK as sitk

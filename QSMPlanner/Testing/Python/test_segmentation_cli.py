@@ -16,7 +16,7 @@ from QSMPlannerLib.segmentation.metrics import dice
 from QSMPlannerLib.segmentation.nuclei import prior_to_structures
 from QSMPlannerLib.segmentation.prior import atlas_prior, prior_on_grid
 from QSMPlannerLib.segmentation.synthetic import make_atlas_case
-from QSMPlannerLib.volume import rotation_matrix
+from QSMPlannerLib.volume import Volume, rotation_matrix
 
 
 @pytest.fixture(scope="module")
@@ -85,6 +85,13 @@ def test_atlas_prior_positions_match_a_worked_example_and_the_nearest_labels(cas
     nuclei = np.isin(prior, [16, 116, 7, 9, 107, 109, 8, 108]) | np.isin(lab, [16, 116, 7, 9, 107, 109, 8, 108])
     assert nuclei.sum() > 1000
     assert (lab[nuclei] == prior[nuclei]).mean() > 0.99
+    # the same prior on a coarser grid of the same space: the nearest labels there, same atlas positions
+    coarse = Volume(np.zeros((20, 20, 16), np.uint8), qsm.ras_from_ijk @ np.diag([2.0, 2.0, 2.0, 1.0]))
+    other = ap.on_grid(coarse)
+    np.testing.assert_allclose(other.atlas_index(np.zeros(3, int), (2, 2, 2))[:, 1, 1, 1],
+                               full[:, 2, 2, 2], atol=1e-3)
+    assert np.array_equal(prior_to_structures(other.labels.data),
+                          prior_to_structures(np.asarray(prior)[::2, ::2, ::2][:20, :20, :16]))
 
 
 def test_segment_with_the_atlas_prior(case, gre_from_t1):

@@ -201,9 +201,9 @@ def main(argv=None) -> int:
         t = np.array(times[inp])
         print(f"- {inp} χ: segment_nuclei wall time {t.mean():.1f} s mean, {t.max():.1f} s max "
               f"(target ≤ {TARGET_SECONDS:.0f} s)")
-    print("\nPer patient, ours (Dice STN_L/STN_R/SN_L/SN_R/RN_L/RN_R; STN centroid error mm L/R):\n")
     if robust:
         print_robustness(robust)
+    print("\nPer patient, ours (Dice STN_L/STN_R/SN_L/SN_R/RN_L/RN_R; STN centroid error mm L/R):\n")
     for seed, inp, res, t, msgs in per_patient:
         o = res["ours"]
         d = "/".join(f"{o[n][0]:.2f}" for n in NAMES.values())

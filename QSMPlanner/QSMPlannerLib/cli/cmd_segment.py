@@ -32,7 +32,7 @@ def run(args) -> int:
     from ..io.markups import read_points, read_seeds
     from ..io.volumes import read_volume
     from ..registration.transform_io import read_sitk_transform, read_transform
-    from ..segmentation import segment_nuclei, write_seg_nrrd, write_stats_csv
+    from ..segmentation import seeds_to_qsm, segment_nuclei, write_seg_nrrd, write_stats_csv
     from ..segmentation.prior import atlas_prior
     from ..volume import Volume
     from .common import progress_bar
@@ -49,14 +49,8 @@ def run(args) -> int:
     t1_to_mni = read_sitk_transform(args.t1_to_mni) if args.t1_to_mni else None
     qsm_from_t1 = np.linalg.inv(t1_from_qsm)
     seeds = None
-    if args.seeds:
-        pts = read_seeds(args.seeds)   # points, and boxes (ROIs) as 8 corners
-        from ..segmentation import NAMES
-        unknown = sorted(set(pts) - set(NAMES.values()))
-        if unknown:
-            raise InputError(f"unknown seed label(s) {', '.join(unknown)}; expected "
-                             f"{', '.join(NAMES.values())}", args.seeds)
-        seeds = {k: np.asarray(v) @ qsm_from_t1[:3, :3].T + qsm_from_t1[:3, 3] for k, v in pts.items()}
+    if args.seeds:   # points, and boxes (ROIs) as 8 corners, in T1 space
+        seeds = seeds_to_qsm(read_seeds(args.seeds), qsm_from_t1, args.seeds)
     landmarks = None
     if args.landmarks:
         landmarks = read_points(args.landmarks)

@@ -477,16 +477,12 @@ class PlannerLogic:
         qsm = mrml.volume_from_node(qsm_node)
         qsm_world = mrml.volume_from_node(qsm_node, world=True)
         parent = qsm_node.GetParentTransformNode()
+        world_from_qsm = qsm_world.ras_from_ijk @ np.linalg.inv(qsm.ras_from_ijk)
         seeds = None
         if seeds_node is not None and seeds_node.GetNumberOfControlPoints():
-            from ..segmentation import NAMES
-            points = mrml.fiducials_to_dict(seeds_node, world=True)
-            unknown = sorted(set(points) - set(NAMES.values()))
-            if unknown:
-                raise InputError(f"seed label(s) {', '.join(unknown)}: label each point with one of "
-                                 f"{', '.join(NAMES.values())}", seeds_node.GetName())
-            qsm_from_world = qsm.ras_from_ijk @ np.linalg.inv(qsm_world.ras_from_ijk)
-            seeds = {k: qsm_from_world[:3, :3] @ v + qsm_from_world[:3, 3] for k, v in points.items()}
+            from ..segmentation import seeds_to_qsm
+            seeds = seeds_to_qsm(mrml.fiducials_to_dict(seeds_node, world=True), np.linalg.inv(world_from_qsm),
+                                 seeds_node.GetName())
         prior = None
         if prior_node is not None:
             prior = self._labels_on_grid(prior_node, qsm)
@@ -507,7 +503,6 @@ class PlannerLogic:
                     from ..registration import normalize_to_mni
                     norm = normalize_to_mni(t1, progress=progress.sub(0.0, 0.7))
                 from ..segmentation.prior import atlas_prior
-                world_from_qsm = qsm_world.ras_from_ijk @ np.linalg.inv(qsm.ras_from_ijk)
                 labels = atlas_prior(qsm, norm.transform, t1_from_reference=world_from_qsm)
                 progress = progress.sub(0.7, 1.0)
             return norm, segment_nuclei(qsm, labels, seeds=seeds, progress=progress)

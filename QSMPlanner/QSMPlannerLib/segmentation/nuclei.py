@@ -326,14 +326,12 @@ def _plausible_affine(A) -> bool:
     return bool(sv.min() > 0.7 and sv.max() < 1.4)
 
 
-def _localize(chi, masks: dict, pinned: dict, voxel_mm, progress, valid=None, sampler=None):
+def _localize(chi, masks: dict, pinned: dict, voxel_mm, progress, sampler, valid=None):
     """Move the prior masks onto the QSM. ``pinned`` {value: mask of allowed voxels} restrict a
     structure to stay around the surgeon's seed/box. Returns ({value: localized mask}, {value: 4x4
-    pull-back of the unpinned ones into ``sampler``}); ``sampler`` default: the masks themselves."""
+    pull-back of the unpinned ones into ``sampler``, the ``_PriorSampler`` of the prior})."""
     out = dict(masks)
     pulls = {}
-    if sampler is None:
-        sampler = _PriorSampler(masks)
     vox = float(np.mean(voxel_mm))
     r_side = max(1, int(round(4.0 / vox)))
     r_one = max(1, int(round(2.0 / vox)))
@@ -532,15 +530,28 @@ def _noise_sigma(chi: np.ndarray, region: np.ndarray) -> float:
     return float(1.4826 * mad / np.sqrt(1.0 + 1.0 / 6.0))
 
 
+def _check_seed_names(names, source="seeds") -> None:
+    unknown = sorted(set(names) - set(S.VALUES))
+    if unknown:
+        raise InputError(f"unknown seed label(s) {', '.join(map(repr, unknown))}; label each with one of "
+                         f"{', '.join(S.NAMES.values())}", source)
+
+
+def seeds_to_qsm(seeds: dict, qsm_from_world, source="seeds") -> dict:
+    """Seeds given in another space (points, or box corners as rows) mapped into the QSM's own RAS by
+    the 4x4 ``qsm_from_world``; labels that name no structure are refused, naming ``source``."""
+    _check_seed_names(seeds, source)
+    m = np.asarray(qsm_from_world, float)
+    return {k: np.asarray(v, float) @ m[:3, :3].T + m[:3, 3] for k, v in seeds.items()}
+
+
 def _parse_seeds(seeds, vol: Volume, origin) -> dict:
     """{name: point (3,) RAS | box: (2,3) opposite RAS corners of an axis-aligned box, or the (8,3)
     corners of an oriented one} -> {value: ("point", ijk) | ("box", lo, hi)} in crop voxel indices
     (the box's bounding box on the QSM grid, which may be oblique)."""
     out = {}
+    _check_seed_names(seeds or {})
     for name, val in (seeds or {}).items():
-        if name not in S.VALUES:
-            raise InputError(f"unknown seed name {name!r} (expected one of {', '.join(S.NAMES.values())})",
-                             "seeds")
         a = np.asarray(val, float)
         if a.shape == (3,):
             out[S.VALUES[name]] = ("point", vol.ras_to_ijk(a) - origin)
@@ -645,7 +656,7 @@ def segment_nuclei(qsm: Volume, prior_labels: Volume | AtlasPrior, seeds: dict |
     if INVALID_MARGIN_VOX:  # streaks, vessels, air edges: their rims are not nucleus either
         valid &= ~ndi.binary_dilation(~valid, iterations=INVALID_MARGIN_VOX)
     sampler = _PriorSampler(masks, atlas, lo)
-    loc, pulls = _localize(chi_loc, masks, pinned, voxel_mm, prog.sub(0.05, 0.6), valid, sampler)
+    loc, pulls = _localize(chi_loc, masks, pinned, voxel_mm, prog.sub(0.05, 0.6), sampler, valid)
     t_loc = time.perf_counter()
 
     # noise and allowed regions

@@ -37,6 +37,12 @@ def _reference_to_atlas(t1_to_mni, t1_from_reference=None):
     return comp
 
 
+def _nearest_labels(atlas: Volume, reference: Volume, transform, name: str = "CIT168 prior") -> Volume:
+    from ..registration import resample
+    out = resample(atlas, reference, interpolation="nearest", transform=transform)
+    return Volume(np.asarray(out.data), reference.ras_from_ijk.copy(), name)
+
+
 def prior_on_grid(reference: Volume, t1_to_mni, t1_from_reference=None) -> Volume:
     """CIT168 labels (nearest label) on ``reference``'s grid.
 
@@ -44,10 +50,7 @@ def prior_on_grid(reference: Volume, t1_to_mni, t1_from_reference=None) -> Volum
     e.g. ``AtlasNormalization.transform`` or a file written by ``qsmplanner normalize``.
     t1_from_reference: 4x4 RAS mapping the reference (QSM) space into T1 space; None = same space.
     """
-    from ..registration import resample
-    out = resample(atlas_labels(), reference, interpolation="nearest",
-                   transform=_reference_to_atlas(t1_to_mni, t1_from_reference))
-    return Volume(np.asarray(out.data), reference.ras_from_ijk.copy(), "CIT168 prior")
+    return _nearest_labels(atlas_labels(), reference, _reference_to_atlas(t1_to_mni, t1_from_reference))
 
 
 @dataclass
@@ -68,9 +71,7 @@ class AtlasPrior:
 
     def on_grid(self, reference: Volume) -> "AtlasPrior":
         """The same prior for another grid in the same space (e.g. the QSM resampled)."""
-        from ..registration import resample
-        labels = resample(self.atlas, reference, interpolation="nearest", transform=self.transform)
-        return AtlasPrior(Volume(np.asarray(labels.data), reference.ras_from_ijk.copy(), self.labels.name),
+        return AtlasPrior(_nearest_labels(self.atlas, reference, self.transform, self.labels.name),
                           self.atlas, self.transform)
 
     def atlas_index(self, lo, shape) -> np.ndarray:
@@ -96,8 +97,9 @@ def atlas_prior(reference: Volume, t1_to_mni, t1_from_reference=None, values=Non
     """``prior_on_grid`` kept with the atlas and the transform (see ``AtlasPrior``). ``values``: CIT168
     values to keep the atlas crop around (default: those of STN, SN and RN)."""
     from . import structures as S
-    labels = prior_on_grid(reference, t1_to_mni, t1_from_reference)
     atlas = atlas_labels()
+    transform = _reference_to_atlas(t1_to_mni, t1_from_reference)
+    labels = _nearest_labels(atlas, reference, transform)
     keep = sorted({v for vs in S.CIT168_VALUES.values() for v in vs}) if values is None else list(values)
     where = np.argwhere(np.isin(np.asarray(atlas.data), keep))
     if len(where):
@@ -107,4 +109,4 @@ def atlas_prior(reference: Volume, t1_to_mni, t1_from_reference=None, values=Non
         ras_from_ijk[:3, 3] = atlas.ijk_to_ras(lo.astype(float))
         crop = tuple(slice(a, b) for a, b in zip(lo, hi))
         atlas = Volume(np.ascontiguousarray(np.asarray(atlas.data)[crop]), ras_from_ijk, atlas.name)
-    return AtlasPrior(labels, atlas, _reference_to_atlas(t1_to_mni, t1_from_reference))
+    return AtlasPrior(labels, atlas, transform)

@@ -82,12 +82,16 @@ class AtlasNormalization:
 
     def warp_labels(self, reference: Volume) -> Volume:
         """CIT168 labels resampled (nearest label) onto ``reference``'s grid (patient T1 space)."""
-        labels = read_volume(ATLAS_DIR / LABELS)
-        labels = labels.with_data(np.rint(labels.data).astype(np.int16), name="CIT168")
-        return resample(labels, reference, interpolation="nearest", transform=self.transform)
+        return resample(cit168_labels(), reference, interpolation="nearest", transform=self.transform)
 
     def write(self, path):
         return write_transform(path, self.transform)
+
+
+def cit168_labels() -> Volume:
+    """The CIT168 subcortical labels in MNI space (integer values)."""
+    labels = read_volume(ATLAS_DIR / LABELS)
+    return labels.with_data(np.rint(labels.data).astype(np.int16), name="CIT168")
 
 
 def _prep(img, mask):

@@ -17,11 +17,8 @@ def _flatten(tx):
 
 
 def atlas_labels() -> Volume:
-    from .. import ATLAS_DIR
-    from ..io.volumes import read_volume
-    from ..registration.atlas import LABELS
-    labels = read_volume(ATLAS_DIR / LABELS)
-    return labels.with_data(np.rint(labels.data).astype(np.int16), name="CIT168")
+    from ..registration.atlas import cit168_labels
+    return cit168_labels()
 
 
 def _reference_to_atlas(t1_to_mni, t1_from_reference=None):

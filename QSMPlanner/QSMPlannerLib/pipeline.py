@@ -52,12 +52,6 @@ def _apply(m, p):
     return m[:3, :3] @ np.asarray(p, float) + m[:3, 3]
 
 
-def _first_echo_magnitude(gre) -> Volume:
-    mag = np.asarray(gre.magnitude)
-    data = mag[..., 0] if mag.ndim == 4 else mag
-    return Volume(np.asarray(data, np.float32), np.asarray(gre.ras_from_ijk, float), "GRE magnitude echo 1")
-
-
 def plan_csv_text(plan: dict) -> str:
     """plan.csv: one row per side and point; every column names its coordinate system."""
     cols = ["side", "point", "R_RAS_mm", "A_RAS_mm", "S_RAS_mm", "x_ACPC_mm", "y_ACPC_mm", "z_ACPC_mm",
@@ -83,58 +77,6 @@ def plan_csv_text(plan: dict) -> str:
             row += [safety.get("vessel_clearance_mm", ""), safety.get("safe", "")]
             w.writerow(row)
     return buf.getvalue()
-
-
-def head_mask(vol: Volume, threshold: float | None = None, opening: int = 2) -> Volume:
-    """Head mask (uint8, same grid): above ``threshold`` (default 20 % of the 99th percentile), opened to
-    drop thin structures (localizer rods), largest component, holes filled."""
-    from scipy import ndimage
-    d = np.asarray(vol.data, np.float32)
-    thr = 0.2 * float(np.percentile(d, 99)) if threshold is None else threshold
-    m = ndimage.binary_opening(d > thr, iterations=opening)
-    lab, n = ndimage.label(m)
-    if n > 1:
-        sizes = np.bincount(lab.ravel())
-        sizes[0] = 0
-        m = lab == sizes.argmax()
-    return vol.with_data(ndimage.binary_fill_holes(m).astype(np.uint8), name="head mask")
-
-
-def _t1_brain(t1: Volume):
-    try:
-        from .registration.atlas import brain_mask
-        return brain_mask(t1)
-    except Exception:
-        return head_mask(t1)
-
-
-def _rigid_with_retries(fixed, moving, attempts, progress, what, messages):
-    """register_rigid with the first attempt's settings, then the others if its checks fail; raises the
-    last ProcessingError when every attempt fails. An attempt with ``reverse=True`` registers the fixed
-    image to the moving one (masks swapped) and inverts the result; ``image`` replaces the moving image."""
-    from .registration import register_rigid
-    from .registration.rigid import RigidResult
-    last = None
-    for k, kw in enumerate(attempts):
-        kw = dict(kw)
-        image = kw.pop("image", moving)
-        reverse = kw.pop("reverse", False)
-        try:
-            if reverse:
-                res = register_rigid(image, fixed, fixed_mask=kw.get("moving_mask"),
-                                     moving_mask=kw.get("fixed_mask"), progress=progress)
-                res = RigidResult(np.linalg.inv(res.fixed_from_moving), res.metric_initial, res.metric_final,
-                                  res.converged, res.iterations, dict(res.qc, reversed=True))
-            else:
-                res = register_rigid(fixed, image, progress=progress, **kw)
-            if k:
-                messages.append(f"{what}: registered on attempt {k + 1} ({'reversed, ' if reverse else ''}"
-                                f"masks {sorted(kw)})")
-            return res
-        except ProcessingError as exc:
-            last = exc
-            messages.append(f"{what}: attempt {k + 1} failed its checks ({str(exc)[:120]})")
-    raise ProcessingError(f"{what} registration failed: {last}")
 
 
 def run_patient(gre, t1: Volume, ct: Volume | None = None, landmarks: dict | None = None, out_dir=None,
@@ -165,7 +107,7 @@ def run_patient(gre, t1: Volume, ct: Volume | None = None, landmarks: dict | Non
         timings[name] = round(time.perf_counter() - t0, 2)
 
     from .qsm import reconstruct_qsm
-    from .registration import normalize_to_mni
+    from .registration import normalize_to_mni, register_ct_to_t1, register_gre_to_t1, t1_brain_mask
     from .segmentation import segment_nuclei
     from .segmentation.prior import atlas_prior
     from .planning import RiskMap, csf_structures, vessel_mask
@@ -180,31 +122,17 @@ def run_patient(gre, t1: Volume, ct: Volume | None = None, landmarks: dict | Non
 
     # 2. rigid registrations into the T1
     t0 = time.perf_counter()
-    mag = _first_echo_magnitude(gre)
-    t1_head = head_mask(t1, opening=1)
+    mag = gre.echo_volume(0)
     t1_brain = None  # the T1 brain mask, computed once (GRE->T1 registration, atlas normalization)
     reg_qc = {"given": True}
     if t1_from_gre is None:
-        mag_head = head_mask(mag)
-        t1_brain = _t1_brain(t1)
-        # register_rigid itself starts from the moments, the scanner geometry and the overlap's centre
-        reg = _rigid_with_retries(t1, mag, [dict(moving_mask=qsm_res.mask, fixed_mask=t1_brain),
-                                            dict(moving_mask=mag_head, fixed_mask=t1_head, reverse=True),
-                                            dict(moving_mask=qsm_res.mask),
-                                            dict(moving_mask=mag_head, fixed_mask=t1_head)],
-                                  sub["register"].sub(0, 0.6), "GRE magnitude -> T1", messages)
+        t1_brain = t1_brain_mask(t1)
+        reg = register_gre_to_t1(t1, mag, qsm_res.mask, t1_brain, sub["register"].sub(0, 0.6), messages)
         t1_from_gre, reg_qc = reg.fixed_from_moving, reg.qc
     t1_from_gre = np.asarray(t1_from_gre, float)
     t1_from_ct = None if t1_from_ct is None else np.asarray(t1_from_ct, float)
     if ct is not None and t1_from_ct is None:
-        ct_head = head_mask(ct, threshold=-300.0)
-        clipped = ct.with_data(np.clip(np.asarray(ct.data, np.float32), -200, 1500))
-        # forward first (converges and is the more accurate since the 16 mm search level); reversed next
-        reg_ct = _rigid_with_retries(t1, ct, [dict(moving_mask=ct_head, fixed_mask=t1_head),
-                                              dict(moving_mask=ct_head, fixed_mask=t1_head, reverse=True),
-                                              dict(reverse=True),
-                                              dict(moving_mask=ct_head, fixed_mask=t1_head, image=clipped)],
-                                     sub["register"].sub(0.6, 1.0), "CT -> T1", messages)
+        reg_ct = register_ct_to_t1(t1, ct, sub["register"].sub(0.6, 1.0), messages)
         t1_from_ct = np.asarray(reg_ct.fixed_from_moving, float)
     tick("registration", t0)
 
@@ -213,9 +141,8 @@ def run_patient(gre, t1: Volume, ct: Volume | None = None, landmarks: dict | Non
     norm = None
     if prior_labels is None or not landmarks:
         if t1_brain is None:
-            t1_brain = _t1_brain(t1)
-        atlas_mask = t1_brain if getattr(t1_brain, "name", "") == "brain_mask" else None  # not the fallback
-        norm = normalize_to_mni(t1, t1_mask=atlas_mask, progress=sub["normalize"])
+            t1_brain = t1_brain_mask(t1)
+        norm = normalize_to_mni(t1, t1_mask=t1_brain, progress=sub["normalize"])
     # the atlas itself and its registration (read once by the segmentation), or the given labels
     prior = atlas_prior(chi, norm.transform, t1_from_reference=t1_from_gre) if prior_labels is None else \
         Volume(np.asarray(prior_labels.data), chi.ras_from_ijk.copy(), "CIT168 prior (given)")

@@ -371,7 +371,7 @@ class PlannerLogic:
 
     # ---- registration ----------------------------------------------------------------------------
     def registration_task(self, fixed_node, moving_node, transform_name: str, moved_nodes=(),
-                          harden: bool = False, init: str = "moments") -> StageTask:
+                          harden: bool = False) -> StageTask:
         """Rigid registration of ``moving_node`` (own geometry) to ``fixed_node`` (world): a transform
         node ``transform_name`` (fixed_from_moving, RAS) observed by ``moving_node`` and ``moved_nodes``
         (hardened if ``harden``)."""
@@ -379,14 +379,16 @@ class PlannerLogic:
             raise InputError("select the fixed and moving volumes", "Registration")
         fixed = mrml.volume_from_node(fixed_node, world=True)
         moving = mrml.volume_from_node(moving_node)
-        attempts = self._registration_attempts(fixed, moving, moving_node, init)
+        gre_mask = None
+        if moving_node.GetAttribute("QSMPlanner.GRESeries"):
+            mask = getattr(self.qsm_result, "mask", None)
+            gre_mask = mask if isinstance(mask, Volume) and mask.same_geometry(moving) else None
 
         def compute(progress):
-            from ..pipeline import _rigid_with_retries
-            notes: list = []
-            result = _rigid_with_retries(fixed, moving, attempts, progress, transform_name, notes)
-            self.messages.extend(notes)
-            return result
+            from ..registration import register_gre_to_t1, register_to_t1
+            if moving_node.GetAttribute("QSMPlanner.GRESeries"):
+                return register_gre_to_t1(fixed, moving, gre_mask, progress=progress, messages=self.messages)
+            return register_to_t1(fixed, moving, progress=progress, messages=self.messages)
 
         def apply(result):
             node = self.set_transform(moving_node, result.fixed_from_moving, transform_name, moved_nodes, harden)
@@ -415,26 +417,6 @@ class PlannerLogic:
                 n.SetAttribute(FRAME_ATTRIBUTE, json.dumps(moved.tolist()))
             mrml.set_parent_transform(n, node, harden=harden)
         return node
-
-    def _registration_attempts(self, fixed: Volume, moving: Volume, moving_node, init: str) -> list:
-        """register_rigid keyword sets tried in turn (as ``pipeline.run_patient`` does): GRE magnitude with
-        the QSM brain mask and a T1 brain mask, CT with head masks (and HU clipped), else plain."""
-        from ..pipeline import _t1_brain, head_mask
-        fixed_head = head_mask(fixed, opening=1)
-        base = {"init": init}
-        if moving_node.GetAttribute("QSMPlanner.GRESeries"):
-            mask = getattr(self.qsm_result, "mask", None)
-            tries = []
-            if isinstance(mask, Volume) and mask.same_geometry(moving):
-                tries += [dict(moving_mask=mask, fixed_mask=_t1_brain(fixed)), dict(moving_mask=mask)]
-            tries.append(dict(moving_mask=head_mask(moving), fixed_mask=fixed_head))
-            return [{**base, **t} for t in tries] + [base]
-        if float(np.min(moving.data)) < -500.0:  # CT in HU
-            head = head_mask(moving, threshold=-300.0)
-            clipped = moving.with_data(np.clip(np.asarray(moving.data, np.float32), -200, 1500))
-            return [{**base, **t} for t in (dict(moving_mask=head, fixed_mask=fixed_head), dict(moving_mask=head),
-                                            dict(moving_mask=head, fixed_mask=fixed_head, image=clipped))]
-        return [base, {**base, "moving_mask": head_mask(moving), "fixed_mask": fixed_head}]
 
     def gre_nodes_for(self, any_gre_node) -> list:
         return self.gre_series_nodes(any_gre_node, "magnitude") + self.gre_series_nodes(any_gre_node, "phase")

@@ -92,7 +92,7 @@ def test_rigid_frame_ct_to_t1_forward():
     """Frame CT (Leksell box, soft tissue, bone; no neck) onto the planning T1 (with neck), forward: the
     coarse 16 mm search level finds the basin the moments centring (pulled down by the neck) misses."""
     from QSMPlannerLib.phantom import make_patient
-    from QSMPlannerLib.pipeline import head_mask
+    from QSMPlannerLib.registration import head_mask
     patient = make_patient(seed=0, small=True)  # 12 deg, 20 mm: failed with "restarts disagree" before
     t1, ct, truth = patient.t1, patient.ct, patient.transforms["t1_from_ct"]
     t1_head = head_mask(t1, opening=1)
@@ -107,10 +107,10 @@ def test_rigid_gre_brain_masked_forward():
     """First-echo GRE magnitude onto the T1, both brain-masked (the pipeline's first attempt): a small
     masked blob at 16 mm pulled this start away; the 8 mm level now vetoes that move."""
     from QSMPlannerLib.phantom import make_patient
-    from QSMPlannerLib.pipeline import _first_echo_magnitude, _t1_brain
+    from QSMPlannerLib.registration import t1_brain_mask
     patient = make_patient(seed=5, small=True)
-    t1_brain = _t1_brain(patient.t1)
-    result = register_rigid(patient.t1, _first_echo_magnitude(patient.gre), fixed_mask=t1_brain,
+    t1_brain = t1_brain_mask(patient.t1)
+    result = register_rigid(patient.t1, patient.gre.echo_volume(0), fixed_mask=t1_brain,
                             moving_mask=patient.truth["brain_mask"])
     pts = patient.t1.voxel_ras_grid()[np.asarray(t1_brain.data) > 0][::20]
     tre = _tre(result.fixed_from_moving, patient.transforms["t1_from_gre"], pts)

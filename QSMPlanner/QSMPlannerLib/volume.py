@@ -12,6 +12,12 @@ import numpy as np
 LPS_FROM_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])  # its own inverse
 
 
+def apply(m, points) -> np.ndarray:
+    """Points (..., 3) mapped by the 4x4 affine ``m`` (e.g. ``apply(t1_from_gre, p_gre)``)."""
+    m = np.asarray(m, float)
+    return np.asarray(points, float) @ m[:3, :3].T + m[:3, 3]
+
+
 @dataclass
 class Volume:
     data: np.ndarray

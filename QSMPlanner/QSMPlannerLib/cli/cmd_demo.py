@@ -21,12 +21,9 @@ def register(sub):
 
 
 def run(args) -> int:
-    from ..errors import ProcessingError
-    try:
-        from ..phantom import make_patient, write_patient
-    except ImportError as exc:
-        raise ProcessingError(f"the digital patient (QSMPlannerLib.phantom) is not available: {exc}")
-    from ..pipeline import peak_memory_mb, run_patient
+    from ..phantom import make_patient, write_patient
+    from ..workflow import export_plan, plan_patient
+    from ..workflow.document import peak_memory_mb
     from .cmd_run import print_summary
     from .common import progress_bar
     out = Path(args.out)
@@ -36,10 +33,10 @@ def run(args) -> int:
     write_patient(patient, out / "patient")
     t_phantom = time.perf_counter() - t0
     ct = None if args.no_ct else patient.ct
-    result = run_patient(patient.gre, patient.t1, ct, patient.landmarks, out / "plan", progress=progress_bar("run"),
-                         write_scene=not args.no_scene)
+    result = plan_patient(patient.gre, patient.t1, ct, patient.landmarks, progress=progress_bar("run"))
+    paths = export_plan(result, out / "plan", scene=not args.no_scene, progress=progress_bar("outputs"))
     total = time.perf_counter() - t0
-    print_summary(result, total)
+    print_summary(result, paths, total)
     check = truth_check(patient, result)
     for line in check["lines"]:
         print(line)
@@ -58,7 +55,7 @@ def truth_check(patient, result) -> dict:
     t1_from_gre = np.asarray(patient.transforms["t1_from_gre"], float)
     rm = RiskMap.from_masks(vessels=veins, world_from_volume={"vessels": t1_from_gre})
     lines, numbers = [], {}
-    for side, sp in result["sides"].items():
+    for side, sp in result.sides.items():
         s = "L" if side == "left" else "R"
         true_c = np.asarray(patient.stn_centroids[f"STN_{s}"], float)
         err = float(np.linalg.norm(sp.target_ras - true_c))

@@ -1,11 +1,9 @@
 """Helpers shared by the subcommands: progress bars, argument parsing of points and lists."""
 from __future__ import annotations
 
-import argparse
 import sys
 
-import numpy as np
-
+from ..io.text import vec3  # noqa: F401 (argparse type of the subcommands)
 from ..progress import Progress
 
 
@@ -25,14 +23,3 @@ def progress_bar(desc: str) -> Progress:
             bar.close()
 
     return Progress(callback)
-
-
-def vec3(text: str) -> np.ndarray:
-    """Parse 'x,y,z' into a float array (argparse type)."""
-    try:
-        v = np.array([float(t) for t in text.replace(" ", "").split(",")])
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected three numbers 'x,y,z', got {text!r}")
-    if v.shape != (3,) or not np.isfinite(v).all():
-        raise argparse.ArgumentTypeError(f"expected three finite numbers 'x,y,z', got {text!r}")
-    return v

@@ -234,7 +234,7 @@ def load_gre(bids=None, mag=None, phase=None, te=None, b0=None, b0_dir=None,
 # command line ------------------------------------------------------------------------------------
 def add_gre_arguments(parser: argparse.ArgumentParser) -> None:
     """``--bids DIR | --mag F... --phase F... --te S...``, ``--b0 T``, ``--b0-dir x,y,z``, ``--subject``."""
-    from ..cli.common import vec3
+    from .text import vec3
     g = parser.add_argument_group("multi-echo GRE input (BIDS, NIfTI or DICOM)")
     g.add_argument("--bids", metavar="DIR", help="BIDS dataset/subject/anat directory with "
                    "*_echo-N_part-mag|phase_MEGRE.nii.gz and JSON sidecars, or a DICOM directory")

@@ -16,6 +16,7 @@ import numpy as np
 from ..io.atomic import atomic_path
 from ..volume import Volume
 from . import figures as F
+from .tables import coordinate_table
 
 CSS = """
 body{font-family:system-ui,Segoe UI,Helvetica,Arial,sans-serif;margin:24px;color:#222;max-width:1200px}
@@ -67,23 +68,15 @@ def _table(headers, rows, left_cols=1) -> str:
 
 
 def coordinate_rows(plan: dict) -> tuple[list, list]:
-    """Headers and rows of the coordinate table (every column names its coordinate system)."""
+    """Headers and formatted rows of the coordinate table (``tables.coordinate_table``)."""
     headers = ["side", "point", "R (RAS mm)", "A (RAS mm)", "S (RAS mm)",
                "lateral (AC-PC mm)", "AP (AC-PC mm)", "vertical (AC-PC mm)",
                "X (Leksell mm)", "Y (Leksell mm)", "Z (Leksell mm)", "ring (deg)", "arc (deg)", "mounting"]
     rows = []
-    for side, sp in (plan.get("sides") or {}).items():
-        frame = sp.get("frame") or {}
-        for point in ("target", "entry"):
-            p = sp.get(point) or {}
-            ras = p.get("RAS_mm") or [None] * 3
-            acpc = p.get("ACPC_mm") or [None] * 3
-            xyz = p.get("LeksellXYZ_mm") or [None] * 3
-            ring = frame.get("ring_deg") if point == "target" else None
-            arc = frame.get("arc_deg") if point == "target" else None
-            rows.append([_esc(side), point] + [_num(v, 2) for v in ras] + [_num(v, 2) for v in acpc]
-                        + [_num(v, 2) for v in xyz] + [_num(ring, 2), _num(arc, 2),
-                                                       _esc(frame.get("mounting", "–") if point == "target" else "")])
+    for r in coordinate_table(plan):
+        values = list(r.values())
+        rows.append([_esc(values[0]), values[1]] + [_num(v, 2) for v in values[2:13]]
+                    + [_esc(values[13] or ("–" if values[1] == "target" else ""))])
     return headers, rows
 
 

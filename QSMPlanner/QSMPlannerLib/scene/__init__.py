@@ -1,8 +1,8 @@
-"""MRML scenes for 3D Slicer: results as nodes, Slicer bundles (.mrb), and the module's logic.
+"""MRML scenes for 3D Slicer: results as nodes (``present``), Slicer bundles (.mrb), offscreen pictures.
 
-Only this subpackage imports ``slicer`` (real MRML: the 3D Slicer application or the PyPI
-``slicer-core`` wheel). Import ``QSMPlannerLib.scene.mrml`` / ``.logic`` explicitly; importing this
-package itself does not load MRML.
+Only this subpackage imports ``slicer`` (real MRML: the 3D Slicer application or the PyPI ``slicer-core``
+wheel). Import ``QSMPlannerLib.scene.mrml`` / ``.present`` explicitly; importing this package itself does
+not load MRML.
 """
 
 

@@ -1,8 +1,8 @@
 """QSMPlanner results as MRML nodes, and MRML scenes saved as / read from Slicer bundles (.mrb).
 
-This module and ``scene/logic.py`` are the only places in QSMPlannerLib that import ``slicer``. They work
-inside 3D Slicer (on ``slicer.mrmlScene``) and headless on the PyPI ``slicer-core`` wheel (real MRML, no
-application): ``new_scene()`` wires the module logics that a headless scene needs.
+With ``render.py`` the only modules of QSMPlannerLib that import ``slicer``. They work inside 3D Slicer (on
+``slicer.mrmlScene``) and headless on the PyPI ``slicer-core`` wheel (real MRML, no application):
+``new_scene()`` wires the module logics that a headless scene needs.
 
 Geometry: every matrix is RAS mm, as in Slicer. A volume node's IJK->RAS matrix is ``Volume.ras_from_ijk``
 (oblique included). A transform node stores its matrix "to parent" (``parent_from_child``, RAS->RAS);
@@ -350,6 +350,18 @@ def segment_mask(node, segment_name: str, reference: Volume) -> np.ndarray:
     return out
 
 
+def labelmap_from_segmentation(node, reference: Volume, values: dict, name: str = "") -> Volume:
+    """The segments named in ``values`` ({segment name: label value}) as one label map on ``reference``'s
+    grid (in the segmentation's own coordinates; later segments win where they overlap). Segments
+    missing from the node are left out."""
+    out = np.zeros(reference.shape3, np.int16)
+    present = set(segment_names(node))
+    for seg_name, value in values.items():
+        if seg_name in present:
+            out[segment_mask(node, seg_name, reference)] = int(value)
+    return Volume(out, reference.ras_from_ijk.copy(), name or node.GetName())
+
+
 def segment_tag(segment, tag_name: str) -> str:
     """A segment's tag value ("" if absent)."""
     value = vtk.reference("")
@@ -401,6 +413,18 @@ def fiducials_to_dict(node, world: bool = False) -> dict:
             node.GetNthControlPointPosition(i, p)
         out[node.GetNthControlPointLabel(i)] = np.array(p, float)
     return out
+
+
+def set_control_point(node, label: str, ras) -> int:
+    """Move the control point ``label`` of ``node`` to ``ras`` (world RAS mm), adding it if missing."""
+    xyz = [float(v) for v in np.asarray(ras, float)[:3]]
+    for i in range(node.GetNumberOfControlPoints()):
+        if node.GetNthControlPointLabel(i) == label:
+            node.SetNthControlPointPositionWorld(i, *xyz)
+            return i
+    idx = node.AddControlPointWorld(vtk.vtkVector3d(*xyz), label)
+    node.SetNthControlPointLabel(idx, label)
+    return idx
 
 
 def add_line(scene, start_ras, end_ras, name: str = "Trajectory", *, labels=("entry", "target"),
@@ -531,8 +555,31 @@ def add_table(scene, rows: list, name: str = "Table", *, columns: list | None = 
             else:
                 arr.InsertNextValue("" if v is None else str(v))
         table.AddColumn(arr)
+    # column names as the header, not as an editable first row of the table views (Slicer's default)
+    node.SetUseColumnTitleAsColumnHeader(True)
     node.Modified()
     return node
+
+
+def add_plot_chart(scene, table_node, name: str, x_column: str, y_columns: dict, *, title: str = "",
+                   x_title: str = "", y_title: str = ""):
+    """A plot chart of ``table_node``: one scatter series per column of ``y_columns`` ({column: RGB}) against
+    ``x_column``. None where the plot nodes are not available."""
+    if not hasattr(slicer, "vtkMRMLPlotSeriesNode"):
+        return None
+    chart = _new_node(scene, "vtkMRMLPlotChartNode", name)
+    for column, colour in y_columns.items():
+        series = _new_node(scene, "vtkMRMLPlotSeriesNode", f"{name} {column}")
+        series.SetAndObserveTableNodeID(table_node.GetID())
+        series.SetXColumnName(x_column)
+        series.SetYColumnName(column)
+        series.SetPlotType(series.PlotTypeScatter)
+        series.SetColor(*colour)
+        chart.AddAndObservePlotSeriesNodeID(series.GetID())
+    chart.SetTitle(title)
+    chart.SetXAxisTitle(x_title)
+    chart.SetYAxisTitle(y_title)
+    return chart
 
 
 def table_to_rows(node) -> list[dict]:

@@ -15,7 +15,7 @@ MODULE_DIR = Path(__file__).resolve().parents[2]
 REPO = MODULE_DIR.parent
 MODULE_PY = MODULE_DIR / "QSMPlanner.py"
 UI = MODULE_DIR / "Resources" / "UI" / "QSMPlanner.ui"
-LOGIC_PY = MODULE_DIR / "QSMPlannerLib" / "scene" / "logic.py"
+LOGIC_PY = MODULE_DIR / "QSMPlannerLib" / "panel" / "logic.py"
 
 
 @pytest.fixture(scope="module")
@@ -127,8 +127,8 @@ def test_widget_calls_only_existing_planner_methods(module_ast):
     logic = ast.parse(LOGIC_PY.read_text(encoding="utf-8"))
     cls = next(n for n in logic.body if isinstance(n, ast.ClassDef) and n.name == "PlannerLogic")
     methods = {f.name for f in cls.body if isinstance(f, ast.FunctionDef)} | {"patient"}
-    init = next(f for f in cls.body if isinstance(f, ast.FunctionDef) and f.name == "__init__")
-    methods |= {t.attr for n in ast.walk(init) if isinstance(n, (ast.Assign, ast.AnnAssign))
+    state = [f for f in cls.body if isinstance(f, ast.FunctionDef) and f.name in ("__init__", "reset")]
+    methods |= {t.attr for f in state for n in ast.walk(f) if isinstance(n, (ast.Assign, ast.AnnAssign))
                 for t in (n.targets if isinstance(n, ast.Assign) else [n.target])
                 if isinstance(t, ast.Attribute) and isinstance(t.value, ast.Name) and t.value.id == "self"}
     called = set()

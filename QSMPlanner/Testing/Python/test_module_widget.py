@@ -1,7 +1,10 @@
 """The module file (QSMPlanner.py) driven headless: the Slicer application pieces it touches (qt.QTimer,
 ScriptedLoadableModule bases, parameterNodeWrapper, slicer.app, slicer.modules, GUI dialogs) are replaced by
-small fakes, the panel's widgets by mocks named after the .ui, and the MRML scene and PlannerLogic are real.
-Buttons are "clicked" through the connections the widget made; the results are checked on the nodes."""
+small fakes that behave as Slicer's do — ``tryWithErrorDisplay`` shows the error and re-raises it; a
+``qMRMLTableView`` shows the column names as an editable first row unless the table node uses them as the
+header, and its selection is in the coordinates of its sort proxy — the panel's other widgets by mocks named
+after the .ui, and the MRML scene, PlannerLogic and the worker processes are real. Buttons are "clicked"
+through the connections the widget made; the results are checked on the nodes and files."""
 import importlib.util
 import sys
 import time
@@ -19,12 +22,13 @@ pytest.importorskip("slicer")
 import slicer  # noqa: E402
 import slicer.util  # noqa: E402
 
+from QSMPlannerLib.errors import InputError  # noqa: E402
 from QSMPlannerLib.scene import mrml  # noqa: E402
-from QSMPlannerLib.scene.logic import StageTask  # noqa: E402
+from QSMPlannerLib.workflow import PlanSettings  # noqa: E402
 
 MODULE_DIR = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from test_module_logic import NUCLEI, _nuclei_labelmap, synthetic_patient  # noqa: E402
+from test_panel_logic import NUCLEI, _nuclei_labelmap, synthetic_patient  # noqa: E402
 
 
 class Signal:
@@ -55,6 +59,57 @@ class FakeTimer:
 
     def stop(self):
         self.active = False
+
+
+class FakeIndex:
+    def __init__(self, row):
+        self._row = row
+
+    def isValid(self):
+        return self._row >= 0
+
+    def row(self):
+        return self._row
+
+
+class FakeTableView:
+    """qMRMLTableView as Slicer has it: the model shows the column names as an extra, editable first row
+    unless the table node uses them as the header (``UseColumnTitleAsColumnHeader``); the view sits on a
+    sort proxy, so a selection maps to the model through ``mapToSource``; ``mrmlTableRowIndex`` gives the
+    table row of a model index (-1 for the header row)."""
+
+    def __init__(self):
+        self.node = None
+        self.selected = -1           # view row
+        self.order = None            # view row -> model row after a click on a column header
+
+    def setMRMLTableNode(self, node):
+        self.node, self.selected, self.order = node, -1, None
+
+    def header_in_model(self):
+        return not (self.node.GetUseColumnTitleAsColumnHeader() or self.node.GetUseColumnNameAsColumnHeader())
+
+    def visible_rows(self):
+        return self.node.GetNumberOfRows() + (1 if self.header_in_model() else 0)
+
+    def sort_by(self, column):
+        """The user clicks a column header: rows shown sorted by that column (the header row stays first)."""
+        rows = mrml.table_to_rows(self.node)
+        order = sorted(range(len(rows)), key=lambda i: rows[i][column])
+        offset = 1 if self.header_in_model() else 0
+        self.order = list(range(offset)) + [i + offset for i in order]
+
+    def currentIndex(self):
+        return FakeIndex(self.selected)
+
+    def sortFilterProxyModel(self):
+        view = self
+        return SimpleNamespace(mapToSource=lambda index: FakeIndex(
+            index.row() if view.order is None or index.row() < 0 else view.order[index.row()]))
+
+    def tableModel(self):
+        view = self
+        return SimpleNamespace(mrmlTableRowIndex=lambda index: index.row() - (1 if view.header_in_model() else 0))
 
 
 def _fake_modules(ui_names):
@@ -173,15 +228,19 @@ def env(monkeypatch, tmp_path):
         ns.progressBar.value = 0
         ns.probeDepthSlider.value = 0.0
         ns.smallSampleCheckBox.checked = True
-        ns.suggestionsTableView.currentIndex.return_value.row.return_value = 0
+        ns.suggestionsTableView = FakeTableView()
+        ns.coordinatesTableView = FakeTableView()
         return ns
 
     @contextmanager
-    def tryWithErrorDisplay(message="", waitCursor=False):
+    def tryWithErrorDisplay(message="", show=True, waitCursor=False):
+        """As in Slicer: the error is shown, then raised again."""
         try:
             yield
         except Exception as exc:
-            calls["errors"].append(f"{message} {exc}")
+            if show:
+                calls["errors"].append(f"{message} {exc}")
+            raise
 
     monkeypatch.setattr(slicer.util, "loadUI", loadUI)
     monkeypatch.setattr(slicer.util, "childWidgetVariables", childWidgetVariables)
@@ -209,7 +268,17 @@ def _click(button):
     button.clicked.emit()
 
 
-def test_module_metadata_and_parameter_defaults(env):
+def _poll_until_idle(env, timeout_s=240.0):
+    """Fire the panel's timer, as Qt would, until no stage is running."""
+    w = env.widget
+    t0 = time.monotonic()
+    while w._task is not None:
+        assert time.monotonic() - t0 < timeout_s, "stage did not finish"
+        w._timer.timeout.emit()
+        time.sleep(0.02)
+
+
+def test_module_metadata_and_parameter_defaults_are_the_workflows(env):
     m = env.module
     parent = SimpleNamespace()
     m.QSMPlanner(parent)
@@ -217,11 +286,14 @@ def test_module_metadata_and_parameter_defaults(env):
     assert "CIT168" in parent.acknowledgementText and "ICBM152" in parent.acknowledgementText
     p = env.p
     assert p.gui is env.ui                                    # connectGui bound the panel
-    assert (p.backgroundRemoval, p.inversion, p.side, p.mounting) == ("pdf", "tv", "left", "lateral-right")
-    assert p.fieldStrengthT == 3.0 and p.marginMm == 2.0 and p.hardenTransforms is False
-    assert p.electrode == "medtronic_3389"
+    defaults = PlanSettings()
+    assert (p.backgroundRemoval, p.inversion, p.mounting, p.electrode, p.marginMm) == (
+        defaults.bfr, defaults.inversion, defaults.mounting, defaults.electrode, defaults.margin_mm)
+    assert p.side == "left" and p.fieldStrengthT == 3.0 and p.hardenTransforms is False
     assert env.module.QSMPlannerLogic.missingRequirements() == []
     assert env.widget.logic.ensureDependencies(ask=True) and env.calls["pip"] == []
+    env.widget.logic.applySettings(p)
+    assert env.widget.logic.planner().settings == defaults
 
 
 def test_panel_flow_from_nodes_to_saved_plan(env):
@@ -234,50 +306,74 @@ def test_panel_flow_from_nodes_to_saved_plan(env):
     p.t1Volume, p.ctVolume, p.landmarks = nodes["T1"], nodes["CT"], nodes["AC-PC-MS"]
     t_gre = nodes["T1_from_GRE"]
 
-    _click(ui.suggestTargetButton)                            # no segmentation yet: an error, no crash
+    with pytest.raises(InputError):                           # no QSM and nuclei yet: shown, then raised
+        _click(ui.suggestTargetButton)
     assert env.calls["errors"] and p.targets is None
 
     p.qsmVolume = mrml.add_volume(env.scene, patient.truth["chi_ppm"], "QSM", kind="qsm", parent_transform=t_gre)
     p.segmentation = mrml.add_segmentation(env.scene, _nuclei_labelmap(patient), NUCLEI, "Nuclei",
                                            parent_transform=t_gre)
     env.calls["errors"].clear()
-    _click(ui.suggestTargetButton)
-    assert not env.calls["errors"]
+    _click(ui.suggestTargetButton)                            # the risk map runs in a worker first
+    assert env.widget._task is not None and env.widget._task.name == "risk map"
+    _poll_until_idle(env)
+    assert not env.calls["errors"], env.calls["errors"]
+    plan = planner.side_plans["left"]
     target = mrml.fiducials_to_dict(p.targets)["target_L"]
-    assert np.linalg.norm(target - patient.centres_t1["STN_L"]) < 0.7
-    assert p.trajectory.GetName() == "Trajectory_L"
+    np.testing.assert_allclose(target, plan.target_ras)
+    assert p.trajectory.GetName() == "Trajectory_L" and p.suggestionsTable.GetName() == "Suggestions_L"
+    assert plan.plan["statement"] in ui.statusLabel.text
 
-    _click(ui.rankEntriesButton)
-    ui.suggestionsTableView.setMRMLTableNode.assert_called_with(p.suggestionsTable)
-    best = mrml.table_to_rows(p.suggestionsTable)[0]
+    # the surgeon sorts the suggestions by risk and picks the last row shown (the standard trajectory)
+    view = ui.suggestionsTableView
+    assert view.node is p.suggestionsTable and not view.header_in_model()
+    view.sort_by("risk")
+    view.selected = view.visible_rows() - 1
+    rows = mrml.table_to_rows(p.suggestionsTable)
+    picked = rows[view.order[view.selected]]
     _click(ui.useSuggestionButton)
     entry = mrml.fiducials_to_dict(p.entries)["entry_L"]
-    np.testing.assert_allclose(entry, [best["R"], best["A"], best["S"]])
+    np.testing.assert_allclose(entry, [picked["R"], picked["A"], picked["S"]])
     np.testing.assert_allclose(mrml.fiducials_to_dict(p.targets)["target_L"], target)   # target kept
+    assert planner.side_plans["left"].chosen.label == "surgeon's entry"
+    view.selected = -1
+    with pytest.raises(ValueError, match="select a row"):
+        _click(ui.useSuggestionButton)
+    assert "select a row" in env.calls["errors"].pop()
 
     _click(ui.profileButton)
     assert env.calls["charts"] and env.calls["charts"][-1].GetName() == "Profile_L chart"
-
     _click(ui.probeEyeButton)
     n = (entry - target) / np.linalg.norm(entry - target)
     np.testing.assert_allclose(mrml.np_matrix(env.red.GetSliceToRAS())[:3, 2], n, atol=1e-6)
 
     p.side = "right"
-    _click(ui.suggestTargetButton)
-    assert set(planner.trajectories()) == {"L", "R"}
+    _click(ui.suggestTargetButton)                            # the risk map is cached: planned at once
+    assert env.widget._task is None and set(planner.trajectories()) == {"L", "R"}
+
+    # the surgeon drags the right target 1 mm up and re-plans: scored through the moved point, not moved
+    moved = planner.side_plans["right"].target_ras + [0.0, 0.0, 1.0]
+    mrml.set_control_point(p.targets, "target_R", moved)
+    _click(ui.planTrajectoryButton)
+    np.testing.assert_allclose(planner.side_plans["right"].target_ras, moved, atol=1e-6)
+    assert "right" in ui.statusLabel.text
 
     planner.set_frame(p.ctVolume, patient.transforms["xyz_from_ct"])
     _click(ui.coordinatesButton)
-    rows = {r["point"]: r for r in mrml.table_to_rows(p.coordinatesTable)}
-    assert {"AC", "PC", "MS", "target_L", "entry_L", "target_R", "entry_R"} <= set(rows)
-    assert "X" in rows["target_L"]
+    rows = mrml.table_to_rows(p.coordinatesTable)
+    assert [(r["side"], r["point"]) for r in rows][3:] == [("left", "target"), ("left", "entry"),
+                                                           ("right", "target"), ("right", "entry")]
+    assert np.isfinite(rows[3]["X_Leksell_mm"]) and ui.coordinatesTableView.node is p.coordinatesTable
 
     p.outputDirectory = env.tmp / "out"
     _click(ui.saveButton)
     assert not env.calls["errors"], env.calls["errors"]
     out = env.tmp / "out"
-    assert (out / "coordinates.tsv").read_text().splitlines()[0].startswith("point\tR\tA\tS")
-    assert (out / "plan.json").is_file()
+    import json
+    doc = json.loads((out / "plan.json").read_text())
+    assert doc["schema"].startswith("qsmplanner-plan/") and set(doc["sides"]) == {"left", "right"}
+    assert (out / "plan.csv").read_text().splitlines()[0].startswith("side,point,R_RAS_mm")
+    assert "X (Leksell mm)" in (out / "report.html").read_text()
     back = mrml.load_mrb(out / "QSMPlanner.mrb")
     assert mrml.node_by_name(back, "Trajectory_R", "vtkMRMLMarkupsLineNode") is not None
 
@@ -285,39 +381,49 @@ def test_panel_flow_from_nodes_to_saved_plan(env):
     assert env.calls["layers"][-1]["foreground"] is p.qsmVolume
 
 
-def test_background_stage_polled_by_the_timer_and_cancelled(env):
+def test_stages_run_in_worker_processes_polled_by_the_timer_and_cancelled(env):
     w, ui = env.widget, env.ui
+    planner = w.logic.planner()
     done = []
-
-    def slow(progress):
-        for i in range(400):
-            progress.update(i / 400, f"step {i}")
-            time.sleep(0.005)
-        return 7
-
-    w._start(lambda: StageTask("slow", slow, lambda r: r * 6), done.append)
+    w._start(lambda: planner.digital_patient_task(seed=0, small=True), done.append)
     assert w._timer.active and ui.cancelButton.enabled is True and ui.runQSMButton.enabled is False
-    time.sleep(0.1)
-    w._timer.timeout.emit()
-    assert 0 < ui.progressBar.value < 100 and "slow: step" in ui.statusLabel.text
+    t0 = time.monotonic()
+    while w._task.fraction <= 0.0 and time.monotonic() - t0 < 60:
+        w._timer.timeout.emit()
+        time.sleep(0.05)
+    assert 0 < ui.progressBar.value < 100 and "digital patient:" in ui.statusLabel.text
     _click(ui.cancelButton)
-    w._task.wait(5)
-    w._timer.timeout.emit()
+    _poll_until_idle(env)
     assert "cancelled" in ui.statusLabel.text and not done and w._task is None
     assert ui.runQSMButton.enabled is True and not w._timer.active
 
-    w._start(lambda: StageTask("quick", lambda p: 7, lambda r: r * 6), done.append)
-    w._task.wait(5)
-    w._timer.timeout.emit()
-    assert done == [42] and "done" in ui.statusLabel.text
+    patient = synthetic_patient()
+    nodes = planner.load_patient_nodes(patient)
+    env.p.magnitudeVolume, env.p.phaseVolume = nodes["gre_magnitude"][0], nodes["gre_phase"][0]
+    env.p.backgroundRemoval, env.p.inversion = "vsharp", "tkd"
+    _click(ui.runQSMButton)
+    _poll_until_idle(env)
+    assert env.p.qsmVolume is not None and env.p.qsmVolume.GetAttribute("QSMPlanner.Method") == "vsharp+tkd"
+    assert "done" in ui.statusLabel.text
 
-    # a stage whose package is missing or fails: reported, the panel stays usable
-    def broken(progress):
-        raise RuntimeError("no data")
-    w._start(lambda: StageTask("broken", broken, lambda r: r), done.append)
-    w._task.wait(5)
-    w._timer.timeout.emit()
-    assert any("broken failed" in e for e in env.calls["errors"]) and ui.runQSMButton.enabled is True
+    # a stage that fails in its worker: reported with its message, the panel stays usable
+    env.p.echoTimesMs = "4, 12, 8, 16"
+    _click(ui.runQSMButton)
+    _poll_until_idle(env)
+    assert any("QSM failed" in e and "echo" in e for e in env.calls["errors"]) and ui.runQSMButton.enabled is True
+
+
+def test_closing_the_scene_cancels_and_forgets(env):
+    planner = env.widget.logic.planner()
+    planner.side_plans["left"] = object()
+    w = env.widget
+    w._start(lambda: planner.digital_patient_task(seed=0, small=True), None)
+    task = w._task
+    env.scene.Clear(0)                                        # File > Close scene
+    assert planner.side_plans == {} and planner.normalization is None
+    while not task.step():
+        time.sleep(0.05)
+    assert task.cancelled
 
 
 def test_run_buttons_start_tasks_from_the_selected_nodes(env):
@@ -330,38 +436,34 @@ def test_run_buttons_start_tasks_from_the_selected_nodes(env):
     real_start = env.widget._start
 
     def record(makeTask, onDone=None):
-        task = makeTask()
-        started.append(task)
+        started.append(makeTask())
     env.widget._start = record
     _click(env.ui.runQSMButton)
     _click(env.ui.registerGREButton)
     p.ctVolume = nodes["CT"]
     _click(env.ui.registerCTButton)
+    _click(env.ui.frameButton)
     env.widget._start = real_start
-    assert [t.name for t in started] == ["QSM", "registration T1_from_GRE", "registration T1_from_CT"]
+    assert [t.name for t in started] == ["QSM", "registration T1_from_GRE", "registration T1_from_CT",
+                                         "frame registration"]
+    assert [t.stage for t in started] == ["qsm", "register_gre_to_t1", "register_to_t1", "register_frame"]
     # nothing ran yet: no transform node, the moving volumes are untouched
     assert planner.node("T1_from_GRE") is None and p.magnitudeVolume.GetParentTransformNode() is None
 
 
 def test_read_gre_folder_button(env):
-    """A BIDS folder written by io becomes echo nodes with the acquisition's geometry; without the io
-    reader the failure is reported and the panel stays usable."""
+    """A BIDS folder written by io becomes echo nodes with the acquisition's geometry."""
     w, ui = env.widget, env.ui
     env.qt.chosen_directory = ""
     _click(ui.loadGREButton)                                  # dialog cancelled: nothing happens
     assert w._task is None
     patient = synthetic_patient()
-    io = pytest.importorskip("QSMPlannerLib.io")
+    from QSMPlannerLib import io
     bids = env.tmp / "bids"
+    io.write_gre_bids(patient.gre, bids, "syn")
     env.qt.chosen_directory = str(bids)
-    if hasattr(io, "write_gre_bids") and hasattr(io, "load_gre"):
-        io.write_gre_bids(patient.gre, bids, "syn")
     _click(ui.loadGREButton)
-    w._task.wait(30)
-    w._timer.timeout.emit()
-    if not (hasattr(io, "write_gre_bids") and hasattr(io, "load_gre")):
-        assert any("read GRE failed" in e for e in env.calls["errors"])
-        return
+    _poll_until_idle(env)
     assert not env.calls["errors"], env.calls["errors"]
     mag = env.p.magnitudeVolume
     np.testing.assert_allclose(mrml.ras_from_ijk_of(mag), patient.gre.ras_from_ijk, atol=1e-4)

@@ -1,11 +1,11 @@
-"""The module's logic (QSMPlannerLib.scene.logic.PlannerLogic) on a real MRML scene (slicer-core wheel):
-patient loaded as nodes, geometry (IJK->RAS, oblique), observed vs hardened transforms, markups, segments,
-trajectory and electrode, ranked entries away from a vein, frame coordinates, background tasks with
-cancel, the scene saved as .mrb and read back, and offscreen pictures drawn by Slicer's displayable
-managers, on a small synthetic patient (fast). The real stages on the digital patient: test_module_flow.py.
+"""The panel's face on the workflow (QSMPlannerLib.panel.logic.PlannerLogic) on a real MRML scene (slicer-core
+wheel), on a small synthetic patient (fast): patient loaded as nodes, geometry (IJK->RAS, oblique), observed vs
+hardened transforms, the side plans equal to the workflow's stage called on the same data, the segmentation
+node (edits included) as the source of truth, ranked entries away from a vein, frame coordinates, stages in
+worker processes (same results as in this process, cancel, errors), the scene saved as .mrb and read back,
+and offscreen pictures. The real stages on the digital patient: test_panel_flow.py.
 """
 import os
-import threading
 import time
 from types import SimpleNamespace
 
@@ -19,10 +19,11 @@ from vtkmodules.util.numpy_support import vtk_to_numpy  # noqa: E402
 
 from QSMPlannerLib.errors import InputError  # noqa: E402
 from QSMPlannerLib.io.gre import GAMMA_HZ_PER_T, MultiEchoGRE, b0_dir_from_geometry  # noqa: E402
+from QSMPlannerLib.panel.logic import PlannerLogic  # noqa: E402
 from QSMPlannerLib.progress import Cancelled  # noqa: E402
 from QSMPlannerLib.scene import mrml  # noqa: E402
-from QSMPlannerLib.scene.logic import PlannerLogic, StageTask, standard_entry  # noqa: E402
-from QSMPlannerLib.volume import Volume, rotation_matrix  # noqa: E402
+from QSMPlannerLib.volume import Volume, apply, rotation_matrix  # noqa: E402
+from QSMPlannerLib.workflow import PlanSettings, stages  # noqa: E402
 
 NUCLEI = {1: "STN_L", 2: "STN_R", 3: "SN_L", 4: "SN_R", 5: "RN_L", 6: "RN_R"}
 CIT = {16: "STN_L", 116: "STN_R", 7: "SN_L", 107: "SN_R", 8: "RN_L", 108: "RN_R"}
@@ -33,6 +34,15 @@ def _affine(rot_deg, shift):
     m[:3, :3] = rotation_matrix(rot_deg)
     m[:3, 3] = shift
     return m
+
+
+def textbook_entry(target_ras, side, depth_mm=70.0, lateral_deg=20.0, anterior_deg=60.0):
+    """A frontal entry ``depth_mm`` from the target, tilted ``lateral_deg`` outward and ``anterior_deg`` above
+    the axial plane (RAS axes): where the synthetic vein is put, independent of the planning code."""
+    sign = -1.0 if side == "left" else 1.0
+    lat, ant = np.deg2rad(lateral_deg), np.deg2rad(anterior_deg)
+    d = np.array([sign * np.sin(lat), np.cos(lat) * np.cos(ant), np.cos(lat) * np.sin(ant)])
+    return np.asarray(target_ras, float) + depth_mm * d
 
 
 def synthetic_patient():
@@ -61,7 +71,7 @@ def synthetic_patient():
         chi[inside] += chi_value[name[:-2]]
     # A vein (0.45 ppm, radius 1.5 mm) across the textbook left trajectory, 25 mm above the target.
     target_t1 = np.array(centres_t1["STN_L"])
-    crossing = target_t1 + 25.0 * (standard_entry(target_t1, "left") - target_t1) / 70.0
+    crossing = target_t1 + 25.0 * (textbook_entry(target_t1, "left") - target_t1) / 70.0
     c = gre_from_t1[:3, :3] @ crossing + gre_from_t1[:3, 3]
     d = np.array([0.0, 1.0, 0.0])
     rel = grid - c
@@ -101,6 +111,14 @@ def _nuclei_labelmap(patient) -> Volume:
     return Volume(out, lab.ras_from_ijk, "nuclei")
 
 
+def _in_ellipsoid(patient, name, p_t1) -> bool:
+    """True when the T1 point lies in the synthetic nucleus ``name`` (its GRE-space ellipsoid)."""
+    radii = {"STN": (3.0, 5.0, 2.5), "SN": (4.0, 6.0, 2.0), "RN": (3.0, 3.0, 3.0)}[name[:-2]]
+    gre_from_t1 = np.linalg.inv(patient.transforms["t1_from_gre"])
+    c = apply(gre_from_t1, patient.centres_t1[name])
+    return float((((apply(gre_from_t1, p_t1) - c) / radii) ** 2).sum()) < 1.0
+
+
 @pytest.fixture(scope="module")
 def patient():
     return synthetic_patient()
@@ -108,14 +126,16 @@ def patient():
 
 @pytest.fixture(scope="module")
 def planned(patient):
-    """A scene with the patient as nodes (known transforms), QSM, nuclei, landmarks and both trajectories."""
+    """A scene with the patient as nodes (known transforms), QSM, nuclei, landmarks, the risk map and both
+    sides planned through the logic."""
     scene = mrml.new_scene()
     logic = PlannerLogic(scene)
     nodes = logic.load_patient_nodes(patient, show_truth=True, known_transforms=True)
     t_gre = nodes["T1_from_GRE"]
     qsm = mrml.add_volume(scene, patient.truth["chi_ppm"], "QSM", kind="qsm", parent_transform=t_gre)
     seg = mrml.add_segmentation(scene, _nuclei_labelmap(patient), NUCLEI, "Nuclei", parent_transform=t_gre)
-    plans = {side: logic.plan_trajectory(side, segmentation_node=seg) for side in ("left", "right")}
+    logic.run(logic.risk_task(qsm, seg, nodes["T1"]))
+    plans = {side: logic.plan_side(side, qsm, seg, nodes["T1"], nodes["CT"]) for side in ("left", "right")}
     return SimpleNamespace(scene=scene, logic=logic, nodes=nodes, qsm=qsm, seg=seg, plans=plans)
 
 
@@ -154,66 +174,71 @@ def test_qsm_node_display_and_segments(planned):
     assert planned.seg.GetParentTransformNode().GetName() == "T1_from_GRE"
 
 
-def test_targets_are_stn_centroids_in_t1_space_and_electrodes_follow_the_line(patient, planned):
+def test_side_plans_are_the_workflow_stage_on_the_same_data(patient, planned):
+    """The panel adds no planning of its own: each side plan equals ``workflow.stages.plan_side`` called on
+    the patient's arrays (labels, χ, transforms, landmarks, frame pose) without any MRML."""
+    t1_from_gre = patient.transforms["t1_from_gre"]
+    labels = _nuclei_labelmap(patient)
+    risk, _ = stages.risk_map(patient.truth["chi_ppm"], None, labels, patient.t1, t1_from_gre)
+    xyz_from_t1 = planned.logic.xyz_from_world(planned.nodes["CT"])
+    assert xyz_from_t1 is None                                    # no frame pose yet
     for side, s in (("left", "L"), ("right", "R")):
-        plan = planned.plans[side]
-        true_centre = np.asarray(patient.centres_t1[f"STN_{s}"])
-        assert np.linalg.norm(plan["target_ras"] - true_centre) < 0.7   # voxel 1.25 mm
-        line = mrml.fiducials_to_dict(plan["line"])
-        np.testing.assert_allclose(line["target"], plan["target_ras"])
-        np.testing.assert_allclose(line["entry"], plan["entry_ras"])
-        # textbook approach without a brain mask: 80 mm, 60 deg above AC-PC, 20 deg lateral (outward)
-        length = np.linalg.norm(plan["entry_ras"] - plan["target_ras"])
-        assert length == pytest.approx(80.0)
-        np.testing.assert_allclose(plan["entry_ras"], standard_entry(plan["target_ras"], side, depth_mm=80.0),
-                                   atol=1e-6)
-        assert np.sign(plan["entry_ras"][0] - plan["target_ras"][0]) == (-1 if s == "L" else 1)
-        # the lead (Medtronic 3389, 1.27 mm): its axis is the trajectory, contacts centred on the target
-        pts = vtk_to_numpy(plan["electrode"].GetPolyData().GetPoints().GetData())
-        axis = (plan["entry_ras"] - plan["target_ras"]) / length
-        rel = pts - plan["target_ras"]
+        got = planned.plans[side]["plan"]
+        want = stages.plan_side(side, labels, risk, t1_from_gre, patient.landmarks, None, PlanSettings())
+        np.testing.assert_allclose(got.target_ras, want.target_ras, atol=1e-9)
+        np.testing.assert_allclose(got.chosen.entry_ras, want.chosen.entry_ras, atol=1e-9)
+        assert got.plan["statement"] == want.plan["statement"]
+        assert got.plan["safety"] == want.plan["safety"]
+        assert _in_ellipsoid(patient, f"STN_{s}", got.target_ras)
+        assert got.chosen.safe and got.chosen.vessel_clearance_mm >= 3.0
+        # the line runs from the entry to the target; the lead's axis is the trajectory
+        nodes = planned.plans[side]
+        line = mrml.fiducials_to_dict(nodes["line"])
+        np.testing.assert_allclose(line["target"], got.target_ras)
+        np.testing.assert_allclose(line["entry"], got.chosen.entry_ras)
+        length = np.linalg.norm(got.chosen.entry_ras - got.target_ras)
+        axis = (got.chosen.entry_ras - got.target_ras) / length
+        pts = vtk_to_numpy(nodes["electrode"].GetPolyData().GetPoints().GetData())
+        rel = pts - got.target_ras
         along = rel @ axis
         radial = np.linalg.norm(rel - np.outer(along, axis), axis=1)
-        assert -8.0 < along.min() < -2.0 and along.max() > 80.0
-        assert radial.max() == pytest.approx(0.635, abs=0.02)
-        cpts = vtk_to_numpy(plan["contacts"].GetPolyData().GetPoints().GetData())
-        c_along = (cpts - plan["target_ras"]) @ axis
-        assert abs(0.5 * (c_along.min() + c_along.max())) < 0.5          # contact span centred on the target
-        assert plan["placement"].model.key == "medtronic_3389" and len(plan["placement"].contacts) == 4
-    traj = planned.logic.trajectories()
-    assert set(traj) == {"L", "R"}
+        assert along.min() < 0.0 and along.max() > length
+        assert radial.max() == pytest.approx(0.635, abs=0.02)          # Medtronic 3389, 1.27 mm
+        assert got.placement.model.key == "medtronic_3389" and len(got.placement.contacts) == 4
+        assert np.sign(got.chosen.entry_ras[0] - got.target_ras[0]) == (-1 if s == "L" else 1)
+    assert set(planned.logic.trajectories()) == {"L", "R"}
 
 
-def test_ranked_entries_avoid_the_vein_that_blocks_the_textbook_path(patient, planned):
-    logic = planned.logic
-    table, _ = logic.distance_profile("left", planned.qsm, planned.seg)
+def test_the_textbook_path_is_blocked_and_the_ranked_entries_avoid_the_vein(patient, planned):
+    logic, qsm, seg, nodes = planned.logic, planned.qsm, planned.seg, planned.nodes
+    first = logic.side_plans["left"]
+    standard = first.search.standard
+    assert standard.elevation_deg == pytest.approx(60.0, abs=0.1) and not standard.safe
+    # the suggestions table: ranked candidates keep the margin, the standard (rank 0) does not
+    rows = mrml.table_to_rows(logic.node("Suggestions_L", "vtkMRMLTableNode"))
+    ranked = [r for r in rows if r["rank"] > 0]
+    assert [r["rank"] for r in ranked] == list(range(1, len(ranked) + 1)) and len(ranked) >= 3
+    assert all(r["safe"] == "yes" and r["vessel_clearance_mm"] >= 3.0 for r in ranked)
+    assert [r["risk"] for r in ranked] == sorted(r["risk"] for r in ranked)
+    assert [r["safe"] for r in rows if r["rank"] == 0] == ["no"]
+    # the surgeon takes the textbook entry anyway: it is scored, and the profile shows the vein crossing
+    logic.use_entry("left", standard.entry_ras, qsm, seg, nodes["T1"], nodes["CT"])
+    scored = logic.side_plans["left"]
+    np.testing.assert_allclose(scored.target_ras, first.target_ras)
+    assert scored.chosen.label == "surgeon's entry" and not scored.chosen.safe
+    table, _ = logic.distance_profile("left")
     prof = mrml.table_to_rows(table)
     depth = np.array([r["depth_mm"] for r in prof])
     dist = np.array([r["vessel_distance_mm"] for r in prof])
-    # the vein crosses the textbook path 25 mm above the target: distance ~0 there, larger far from it
-    near = np.abs(depth - 25.0) < 1.0
-    assert np.nanmin(dist[near]) < 1.3
-    assert np.nanmax(dist[depth < 10]) > 5.0
+    crossing = np.linalg.norm(patient.vein_crossing_t1 - scored.target_ras)
+    assert np.nanmin(dist[np.abs(depth - crossing) < 2.0]) < 1.3
+    assert np.nanmax(dist[depth < 8]) > 5.0
     clearance = np.array([r["vessel_clearance_mm"] for r in prof])
-    inside = np.isfinite(dist)                                     # the QSM grid ends below the entry
-    assert inside[:40].all() and np.all(clearance[inside] <= dist[inside] + 1e-6)  # surfaces nearer than the axis
+    ok = np.isfinite(dist) & np.isfinite(clearance)
+    assert ok.sum() > 20 and np.all(clearance[ok] <= dist[ok] + 1e-6)  # instrument surfaces nearer than the axis
     assert table.GetAttribute("QSMPlanner.Safe") == "no"
-    rows = mrml.table_to_rows(logic.rank_entries("left", planned.qsm, planned.seg, margin_mm=2.0))
-    ranked = [r for r in rows if r["rank"] > 0]
-    standard = [r for r in rows if r["rank"] == 0]
-    assert [r["rank"] for r in ranked] == list(range(1, len(ranked) + 1)) and len(ranked) >= 3
-    assert len(standard) == 1 and standard[0]["safe"] == "no"         # the vein blocks the textbook path
-    assert standard[0]["elevation_deg"] == pytest.approx(60.0, abs=0.1)
-    for r in ranked:                                                   # every suggestion keeps the margin
-        assert r["safe"] == "yes" and r["vessel_clearance_mm"] >= 2.0
-        assert r["min_vessel_distance_mm"] > np.nanmin(dist[depth > 2.0]) + 1.0
-    risks = [r["risk"] for r in ranked]
-    assert risks == sorted(risks)
-    assert "2 mm" in table_statement(logic, "L")
-
-
-def table_statement(logic, s):
-    return logic.node(f"Suggestions_{s}", "vtkMRMLTableNode").GetAttribute("QSMPlanner.Statement")
+    logic.plan_side("left", qsm, seg, nodes["T1"], nodes["CT"])          # back to the suggestion
+    np.testing.assert_allclose(logic.side_plans["left"].chosen.entry_ras, first.chosen.entry_ras)
 
 
 def test_probe_eye_slice_is_perpendicular_to_the_trajectory(patient, planned):
@@ -239,61 +264,77 @@ def test_probe_eye_slice_is_perpendicular_to_the_trajectory(patient, planned):
     centre = img[28:36, 28:36].mean()
     corners = np.concatenate([img[:6, :6].ravel(), img[-6:, -6:].ravel()]).mean()
     assert centre > 0.08 and corners < 0.05
-    logic.probe_eye_slice(slice_node, "left", depth_mm=25.0)        # the vein crossing
-    reslice.Update()
-    img = vtk_to_numpy(reslice.GetOutput().GetPointData().GetScalars()).reshape(64, 64)
-    assert img.max() > 0.3
     planned.scene.RemoveNode(slice_logic.GetSliceCompositeNode())
     planned.scene.RemoveNode(slice_node)
 
 
 def test_coordinate_table_with_a_known_frame_pose(patient, planned):
-    logic = planned.logic
-    ct = planned.nodes["CT"]
+    logic, ct = planned.logic, planned.nodes["CT"]
     logic.set_frame(ct, patient.transforms["xyz_from_ct"])
-    table = logic.coordinates_table(ct, mounting="lateral-right")
-    rows = {r["point"]: r for r in mrml.table_to_rows(table)}
-    assert set(rows) == {"AC", "PC", "MS", "target_L", "entry_L", "target_R", "entry_R"}
-    xyz_from_t1 = patient.transforms["xyz_from_ct"] @ np.linalg.inv(patient.transforms["t1_from_ct"])
-    for name, row in rows.items():
-        ras = np.array([row["R"], row["A"], row["S"]])
-        expect = xyz_from_t1[:3, :3] @ ras + xyz_from_t1[:3, 3]
-        np.testing.assert_allclose([row["X"], row["Y"], row["Z"]], expect, atol=1e-6)
-    np.testing.assert_allclose([rows["AC"]["R"], rows["AC"]["A"], rows["AC"]["S"]], patient.landmarks["AC"])
-    assert "Leksell" in table.GetAttribute("QSMPlanner.CoordinateSystems")
+    try:
+        table = logic.coordinates_table(ct, planned.qsm)
+        rows = mrml.table_to_rows(table)
+        assert [(r["side"], r["point"]) for r in rows] == [("midline", "AC"), ("midline", "PC"), ("midline", "MS"), ("left", "target"),
+                                                           ("left", "entry"), ("right", "target"), ("right", "entry")]
+        xyz_from_t1 = patient.transforms["xyz_from_ct"] @ np.linalg.inv(patient.transforms["t1_from_ct"])
+        for row in rows:
+            ras = np.array([row["R_RAS_mm"], row["A_RAS_mm"], row["S_RAS_mm"]])
+            np.testing.assert_allclose([row["X_Leksell_mm"], row["Y_Leksell_mm"], row["Z_Leksell_mm"]],
+                                       apply(xyz_from_t1, ras), atol=1e-6)
+        np.testing.assert_allclose([rows[0]["R_RAS_mm"], rows[0]["A_RAS_mm"], rows[0]["S_RAS_mm"]],
+                                   patient.landmarks["AC"])
+        assert table.GetUseColumnTitleAsColumnHeader()       # names as the header, not an editable first row
+        assert "Leksell" in table.GetAttribute("QSMPlanner.CoordinateSystems")
+        # the plan document of the panel is the command line's schema
+        doc = logic.document(ct, planned.qsm)
+        assert set(doc["sides"]) == {"left", "right"} and doc["settings"] == PlanSettings().to_dict()
+        assert doc["sides"]["left"]["frame"]["mounting"] == "lateral-right"
+    finally:
+        ct.RemoveAttribute("QSMPlanner.LeksellXYZ_from_CT")
 
 
-def test_stage_task_reports_progress_cancels_and_passes_errors():
-    seen = []
-
-    def slow(progress):
-        for i in range(200):
-            progress.update(i / 200, f"step {i}")
-            seen.append(i)
-            time.sleep(0.005)
-        return "finished"
-
-    task = StageTask("slow", slow, lambda r: r.upper()).start()
-    time.sleep(0.1)
-    assert not task.done and 0.0 < task.fraction < 1.0 and task.message.startswith("step")
-    task.cancel()
-    task.wait(5)
-    assert task.done and task.cancelled and len(seen) < 200
+def test_stage_runs_in_a_worker_process_as_in_this_one(patient):
+    """The same stage in a worker process and here gives the same result; an error in the worker comes back
+    with its type and message; a cancelled worker stops."""
+    scene = mrml.new_scene()
+    logic = PlannerLogic(scene)
+    nodes = logic.load_patient_nodes(patient, show_truth=False)
+    logic.settings = PlanSettings(bfr="vsharp", inversion="tkd")
+    mag, pha = nodes["gre_magnitude"][0], nodes["gre_phase"][0]
+    here = logic.run(logic.qsm_task(mag, pha, output_name="QSM here"))
+    task = logic.qsm_task(mag, pha, output_name="QSM worker").start(background=True)
+    fractions = []
+    while not task.step():
+        fractions.append(task.fraction)
+        time.sleep(0.02)
+    worker = task.finish()
+    assert task.job is not None and max(fractions + [0.0]) > 0.0
+    np.testing.assert_array_equal(mrml.volume_from_node(worker).data, mrml.volume_from_node(here).data)
+    assert not list(task.job.dir.parent.glob(task.job.dir.name))          # the job folder is gone
+    # an error raised in the worker (echo times out of order): same type and message as here
+    with pytest.raises(InputError) as here_error:
+        logic.run(logic.qsm_task(mag, pha, te_ms=[4.0, 12.0, 8.0, 16.0]))
+    with pytest.raises(InputError) as worker_error:
+        logic.run_in_process(logic.qsm_task(mag, pha, te_ms=[4.0, 12.0, 8.0, 16.0]))
+    assert "strictly increasing" in str(here_error.value) and str(worker_error.value) == str(here_error.value)
+    # cancel: the worker stops at its next progress check
+    slow = logic.digital_patient_task(seed=0, small=True).start(background=True)
+    t0 = time.monotonic()
+    while slow.fraction <= 0.0 and time.monotonic() - t0 < 60:
+        slow.step()
+        time.sleep(0.05)
+    slow.cancel()
+    slow.wait()
+    assert slow.cancelled and time.monotonic() - t0 < 60
     with pytest.raises(Cancelled):
-        task.finish()
-    ok = StageTask("quick", lambda p: 21, lambda r: 2 * r).start()
-    assert ok.wait(5).finish() == 42 and ok.fraction == 1.0
-    bad = StageTask("bad", lambda p: (_ for _ in ()).throw(ValueError("boom")), lambda r: r).start().wait(5)
-    assert isinstance(bad.error, ValueError) and "boom" in bad.error_trace
-    with pytest.raises(ValueError):
-        bad.finish()
-    assert threading.active_count() >= 1
+        slow.finish()
 
 
 def test_scene_saved_as_mrb_reads_back_with_transforms_observed(patient, planned, tmp_path):
-    planned.logic.set_frame(planned.nodes["CT"], patient.transforms["xyz_from_ct"])
-    planned.logic.coordinates_table(planned.nodes["CT"], mounting="lateral-right")
-    path = planned.logic.save_scene(tmp_path / "plan.mrb")
+    logic = planned.logic
+    logic.set_frame(planned.nodes["CT"], patient.transforms["xyz_from_ct"])
+    logic.coordinates_table(planned.nodes["CT"], planned.qsm)
+    path = logic.save_scene(tmp_path / "plan.mrb")
     fresh = mrml.load_mrb(path)
     qsm = mrml.node_by_name(fresh, "QSM", "vtkMRMLScalarVolumeNode")
     assert qsm.GetParentTransformNode().GetName() == "T1_from_GRE"
@@ -303,13 +344,13 @@ def test_scene_saved_as_mrb_reads_back_with_transforms_observed(patient, planned
     assert mrml.segment_names(mrml.node_by_name(fresh, "Nuclei", "vtkMRMLSegmentationNode")) == list(NUCLEI.values())
     back = PlannerLogic(fresh)
     for s in ("L", "R"):
-        np.testing.assert_allclose(back.trajectories()[s][0], planned.logic.trajectories()[s][0], atol=1e-6)
+        np.testing.assert_allclose(back.trajectories()[s][0], logic.trajectories()[s][0], atol=1e-6)
     rows = mrml.table_to_rows(mrml.node_by_name(fresh, "Coordinates", "vtkMRMLTableNode"))
     assert [r["point"] for r in rows][:3] == ["AC", "PC", "MS"]
     assert mrml.node_by_name(fresh, "Electrode_L", "vtkMRMLModelNode").GetPolyData().GetNumberOfPoints() > 0
     ct = mrml.node_by_name(fresh, "CT", "vtkMRMLScalarVolumeNode")
-    np.testing.assert_allclose(back.xyz_from_world(ct), planned.logic.xyz_from_world(planned.nodes["CT"]),
-                               atol=1e-9)
+    np.testing.assert_allclose(back.xyz_from_world(ct), logic.xyz_from_world(planned.nodes["CT"]), atol=1e-9)
+    planned.nodes["CT"].RemoveAttribute("QSMPlanner.LeksellXYZ_from_CT")
 
 
 def test_offscreen_slice_and_3d_pictures_show_qsm_nuclei_and_trajectory(planned, tmp_path):
@@ -318,7 +359,6 @@ def test_offscreen_slice_and_3d_pictures_show_qsm_nuclei_and_trajectory(planned,
     d = (entry - target) / np.linalg.norm(entry - target)
     normal = np.cross(d, [1.0, 0.0, 0.0])
     normal /= np.linalg.norm(normal)
-    transverse = np.cross(normal, d)
     try:
         rgb = render.render_slice(planned.scene, planned.qsm, normal=normal, transverse=[1.0, 0.0, 0.0],
                                   center_ras=target + 15 * d, fov_mm=90.0, size=(320, 320))
@@ -347,9 +387,6 @@ def test_offscreen_slice_and_3d_pictures_show_qsm_nuclei_and_trajectory(planned,
     assert (tmp_path / "slice.png").stat().st_size > 1000
 
 
-# The stages on the real digital patient: test_module_flow.py.
-
-
 # ---- each stage's result -> nodes mapping (the apply step), with the stage's result given --------
 def test_stage_results_become_nodes_observed_or_hardened(patient):
     scene = mrml.new_scene()
@@ -358,23 +395,27 @@ def test_stage_results_become_nodes_observed_or_hardened(patient):
     mag, pha, t1, ct = nodes["gre_magnitude"][0], nodes["gre_phase"][0], nodes["T1"], nodes["CT"]
     assert mag.GetParentTransformNode() is None
 
-    qsm_task = logic.qsm_task(mag, pha, bfr="pdf", inversion="tkd")
-    qsm = qsm_task.apply(SimpleNamespace(chi_ppm=patient.truth["chi_ppm"], messages=["ok"]))
+    logic.settings = PlanSettings(bfr="pdf", inversion="tkd")
+    qsm_task = logic.qsm_task(mag, pha)
+    qsm = qsm_task.apply(SimpleNamespace(chi_ppm=patient.truth["chi_ppm"], messages=["ok"], mask=None))
     assert qsm.GetName() == "QSM" and qsm.GetAttribute("QSMPlanner.Method") == "pdf+tkd"
     assert logic.messages == ["QSM: ok"]
 
     t = patient.transforms["t1_from_gre"]
     moved = [n for n in logic.gre_nodes_for(mag) if n is not mag] + [qsm]
     reg = logic.registration_task(t1, mag, "T1_from_GRE", moved)
-    tnode = reg.apply(SimpleNamespace(fixed_from_moving=t, metric_final=-0.5))
+    assert reg.stage == "register_gre_to_t1"
+    tnode = reg.apply(SimpleNamespace(fixed_from_moving=t, metric_final=-0.5, qc={"restart_disagreement_mm": 0.1}))
     assert all(n.GetParentTransformNode() is tnode for n in [mag] + moved)      # observed
     np.testing.assert_allclose(mrml.ras_from_ijk_of(qsm), patient.gre.ras_from_ijk, atol=1e-9)
     np.testing.assert_allclose(mrml.volume_from_node(qsm, world=True).ras_from_ijk, t @ patient.gre.ras_from_ijk,
                                atol=1e-6)
+    assert logic.registration_qc["T1_from_GRE"] == {"restart_disagreement_mm": 0.1}
     t_ct = patient.transforms["t1_from_ct"]
     logic.set_frame(ct, patient.transforms["xyz_from_ct"])       # frame known in the CT's own RAS
     reg_ct = logic.registration_task(t1, ct, "T1_from_CT", harden=True)
-    reg_ct.apply(SimpleNamespace(fixed_from_moving=t_ct, metric_final=-0.4))
+    assert reg_ct.stage == "register_to_t1"
+    reg_ct.apply(SimpleNamespace(fixed_from_moving=t_ct, metric_final=-0.4, qc={}))
     assert ct.GetParentTransformNode() is None                                  # hardened
     np.testing.assert_allclose(mrml.ras_from_ijk_of(ct), t_ct @ patient.ct.ras_from_ijk, atol=1e-6)
     xyz_from_t1 = patient.transforms["xyz_from_ct"] @ np.linalg.inv(t_ct)
@@ -385,54 +426,82 @@ def test_stage_results_become_nodes_observed_or_hardened(patient):
     seg_result = SimpleNamespace(labelmap=_nuclei_labelmap(patient), names=NUCLEI, messages=[])
     seg = seg_task.apply((None, seg_result))
     assert mrml.segment_names(seg) == list(NUCLEI.values())
-    assert seg.GetParentTransformNode() is tnode and logic.segmentation_result is seg_result
+    assert seg.GetParentTransformNode() is tnode
+    np.testing.assert_array_equal(logic.nuclei_labels(seg, qsm).data, seg_result.labelmap.data)
     with pytest.raises(InputError):
         logic.segmentation_task(qsm)                                            # neither T1 nor prior
 
     frame = logic.frame_task(ct).apply(SimpleNamespace(xyz_from_ras=xyz_from_t1, fre_mm=0.3))
     assert frame.fre_mm == 0.3 and ct.GetAttribute("QSMPlanner.FRE_mm") == "0.3"
     p = np.array([-12.0, -2.0, -4.0])
-    m = logic.xyz_from_world(ct)
-    np.testing.assert_allclose(m[:3, :3] @ p + m[:3, 3], xyz_from_t1[:3, :3] @ p + xyz_from_t1[:3, 3], atol=1e-9)
+    np.testing.assert_allclose(apply(logic.xyz_from_world(ct), p), apply(xyz_from_t1, p), atol=1e-9)
+
+
+def test_segment_editor_edits_are_what_the_plan_uses(patient):
+    """The segmentation node is the source of truth: an STN moved in the editor moves the suggested target
+    by as much, and the vein mask (which leaves the nuclei out) follows the edit."""
+    scene = mrml.new_scene()
+    logic = PlannerLogic(scene)
+    nodes = logic.load_patient_nodes(patient, show_truth=False, known_transforms=True)
+    t_gre = nodes["T1_from_GRE"]
+    qsm = mrml.add_volume(scene, patient.truth["chi_ppm"], "QSM", kind="qsm", parent_transform=t_gre)
+    labels = _nuclei_labelmap(patient)
+    seg = mrml.add_segmentation(scene, labels, NUCLEI, "Nuclei", parent_transform=t_gre)
+    before = logic.plan_side("left", qsm, seg, nodes["T1"])["plan"].target_ras
+    # the surgeon moves STN_L two voxels along +i in the editor (a new labelmap for that segment)
+    shifted = np.asarray(labels.data).copy()
+    stn = shifted == 1
+    shifted[stn] = 0
+    shifted[np.roll(stn, 2, axis=0)] = 1
+    edited = mrml.add_segmentation(mrml.new_scene(), Volume(shifted, labels.ras_from_ijk), {1: "STN_L"}, "tmp")
+    new_rep = edited.GetSegmentation().GetSegment("STN_L").GetRepresentation(
+        mrml.slicer.vtkSegmentationConverter.GetSegmentationBinaryLabelmapRepresentationName())
+    seg.GetSegmentation().GetSegment("STN_L").AddRepresentation(
+        mrml.slicer.vtkSegmentationConverter.GetSegmentationBinaryLabelmapRepresentationName(), new_rep)
+    assert logic.nuclei_labels(seg, qsm).data[np.roll(stn, 2, axis=0)].tolist().count(1) == stn.sum()
+    after = logic.plan_side("left", qsm, seg, nodes["T1"])["plan"].target_ras
+    expected = patient.transforms["t1_from_gre"][:3, :3] @ (2.0 * labels.ras_from_ijk[:3, 0])
+    np.testing.assert_allclose(after - before, expected, atol=0.8)
+    # reset (scene closed): the plans and the cached risk map are gone
+    logic.reset()
+    assert logic.side_plans == {} and not logic.has_risk_map(qsm, seg, nodes["T1"])
 
 
 def test_blocked_target_gets_a_safer_target_inside_the_stn(patient):
     """A vein running up beside the suggested left target blocks every entry (the lateral microelectrode
-    track passes within the margin): the ranking says so and offers the nearest STN point with a safe
-    entry, as run_patient moves its suggestion."""
+    track passes within the margin): the plan moves the target to the nearest STN point with a safe entry
+    and says so, as ``qsmplanner run`` does."""
     scene = mrml.new_scene()
     logic = PlannerLogic(scene)
     nodes = logic.load_patient_nodes(patient, known_transforms=True)
     t_gre = nodes["T1_from_GRE"]
     lab = _nuclei_labelmap(patient)
-    logic.segmentation_result = lab
     seg = mrml.add_segmentation(scene, lab, NUCLEI, "Nuclei", parent_transform=t_gre)
-    target = logic.suggest_target("left", seg)
+    from QSMPlannerLib.planning import suggest_target
     t1_from_gre = patient.transforms["t1_from_gre"]
-    grid = lab.voxel_ras_grid()
-    grid_t1 = grid @ t1_from_gre[:3, :3].T + t1_from_gre[:3, 3]
+    target = apply(t1_from_gre, suggest_target(lab, "left"))
+    grid_t1 = apply(t1_from_gre, lab.voxel_ras_grid())
     axis = target + np.array([-5.5, 0.0, 0.0])                      # 5.5 mm lateral, running up (S)
     radial = np.linalg.norm((grid_t1 - axis)[..., :2], axis=-1)
     chi = np.array(patient.truth["chi_ppm"].data, np.float32)
     chi[(radial < 1.0) & (grid_t1[..., 2] > target[2] - 10)] = 0.45
     qsm = mrml.add_volume(scene, Volume(chi, lab.ras_from_ijk), "QSM", kind="qsm", parent_transform=t_gre)
-    table = logic.rank_entries("left", qsm, seg, target_ras=target)
-    assert not any(r["safe"] == "yes" for r in mrml.table_to_rows(table))
-    safer = table.GetAttribute("QSMPlanner.SaferTargetRAS")
-    assert safer and "has a safe entry" in table.GetAttribute("QSMPlanner.Statement")
-    safer = np.array([float(v) for v in safer.split(",")])
-    assert 0.0 < np.linalg.norm(safer - target) <= 2.5
-    ijk = np.round(lab.ras_to_ijk(np.linalg.inv(t1_from_gre)[:3, :3] @ safer
-                                  + np.linalg.inv(t1_from_gre)[:3, 3])).astype(int)
+    sp = logic.plan_side("left", qsm, seg, nodes["T1"])["plan"]
+    adj = sp.plan["target_adjustment"]
+    assert adj is not None and np.allclose(adj["suggested_RAS_mm"], target)
+    assert 0.0 < np.linalg.norm(sp.target_ras - target) <= 2.5 and sp.chosen.safe
+    assert sp.plan["statement"].startswith("Target moved")
+    ijk = np.round(lab.ras_to_ijk(apply(np.linalg.inv(t1_from_gre), sp.target_ras))).astype(int)
     assert NUCLEI[int(np.asarray(lab.data)[tuple(ijk)])] == "STN_L"
-    rows = mrml.table_to_rows(logic.rank_entries("left", qsm, seg, target_ras=safer))
-    assert any(r["rank"] > 0 and r["safe"] == "yes" for r in rows)
+    # a surgeon's target is never moved: scored as it is, and not safe
+    kept = logic.plan_side("left", qsm, seg, nodes["T1"], target_ras=target)["plan"]
+    np.testing.assert_allclose(kept.target_ras, target)
+    assert kept.plan["target_adjustment"] is None and not kept.chosen.safe
 
 
 def test_seeded_segmentation_puts_the_nucleus_at_the_surgeons_point(patient):
     """Semi-automatic mode in the module: the prior lacks STN_L, and a point labelled STN_L placed in
     the T1 world (the QSM observed under its registration transform) puts it there."""
-    from QSMPlannerLib.progress import Progress
     scene = mrml.new_scene()
     logic = PlannerLogic(scene)
     nodes = logic.load_patient_nodes(patient, show_truth=False, known_transforms=True)
@@ -442,12 +511,10 @@ def test_seeded_segmentation_puts_the_nucleus_at_the_surgeons_point(patient):
     prior = mrml.add_volume(scene, Volume(without, truth.ras_from_ijk, "prior"), "prior", kind="labelmap")
     seed_t1 = np.array(patient.centres_t1["STN_L"]) + [0.8, -1.0, 0.5]      # inside, off its centre
     seeds = mrml.add_fiducials(scene, {"STN_L": seed_t1}, "seeds")
-    task = logic.segmentation_task(qsm, prior_node=prior, seeds_node=seeds)
-    _, seg = task.compute(Progress())
+    task = logic.segmentation_task(qsm, prior_node=prior, seeds_node=seeds).start(background=False)
+    _, seg = task.result
     assert seg.source["STN_L"] == "refined (seeded)"
-    centre_gre = seg.centroid_ras("STN_L")
-    t = patient.transforms["t1_from_gre"]
-    centre_t1 = t[:3, :3] @ centre_gre + t[:3, 3]
+    centre_t1 = apply(patient.transforms["t1_from_gre"], seg.centroid_ras("STN_L"))
     assert np.linalg.norm(centre_t1 - patient.centres_t1["STN_L"]) < 1.0
     mask, true_mask = seg.mask("STN_L"), np.asarray(truth.data) == 16
     assert 2.0 * (mask & true_mask).sum() / (mask.sum() + true_mask.sum()) > 0.8

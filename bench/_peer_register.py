@@ -49,4 +49,12 @@ def ants(fixed, moving):
 
 if __name__ == "__main__":
     method, fixed, moving, out = sys.argv[1:5]
-    np.savetxt(out, {"elastix": elastix, "ants": ants}[method](fixed, moving))
+    run = {"elastix": elastix, "ants": ants}[method]
+    try:
+        result = run(fixed, moving)
+    except RuntimeError:
+        # elastix refuses a thin slab as the moving image (too few fixed samples map into it): what a
+        # user does next is to swap the roles and invert
+        print("swapped roles", file=sys.stderr)
+        result = np.linalg.inv(run(moving, fixed))
+    np.savetxt(out, result)

@@ -137,7 +137,7 @@ def run_method(method, fixed_path, moving_path, work):
         lines = (proc.stderr or proc.stdout).strip().splitlines()
         return None, dt, f"exit {proc.returncode}: {lines[-1] if lines else ''}"[:240]
     est = read_transform(out) if method == "ours" else np.loadtxt(out)
-    return est, dt, ""
+    return est, dt, "roles swapped after a refusal" if "swapped roles" in proc.stderr else ""
 
 
 def main():
@@ -162,9 +162,10 @@ def main():
                 write_volume(moving, moving_path)
                 for method in methods:
                     est, dt, err = run_method(method, fixed_path, moving_path, work)
+                    if err:
+                        notes.append(f"{name} {method}: {err}")
                     if est is None:
                         rows.append((name, method, np.nan, np.nan, np.nan, dt))
-                        notes.append(f"{name} {method}: {err}")
                     else:
                         e, s = tre(est, pose, pts), tre(est, pose, stn)
                         rows.append((name, method, e.mean(), e.max(), s.max(), dt))

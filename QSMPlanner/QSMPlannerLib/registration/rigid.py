@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..errors import ProcessingError
+from ..errors import InputError, ProcessingError
 from ..progress import as_progress
 from ..volume import LPS_FROM_RAS, Volume, mask_box
 
@@ -557,6 +557,7 @@ def register_rigid(fixed: Volume, moving: Volume, fixed_mask: Volume | None = No
     """
     if init not in ("moments", "geometry"):
         raise ValueError("init must be 'moments' or 'geometry'")
+    check_inputs(fixed, moving, fixed_mask, moving_mask)
     if _is_slab(moving, fixed):
         # a partial-coverage slab is the fixed image inside: every metric sample then lies in the
         # slab and maps into the whole head (no overlap change with the pose)
@@ -575,6 +576,43 @@ def register_rigid(fixed: Volume, moving: Volume, fixed_mask: Volume | None = No
             f"{q['pyramid_change_mm']:.2f} mm, mask Dice {q.get('mask_dice', float('nan')):.2f}, "
             f"stop: {q['stop']}")
     return result
+
+
+def _source(vol: Volume, role: str) -> str:
+    return vol.meta.get("path") or vol.name or role
+
+
+def _world_box(vol: Volume) -> np.ndarray:
+    n = np.array(vol.shape3) - 1
+    corners = np.array(list(itertools.product(*[(0, k) for k in n])), float)
+    ras = corners @ vol.ras_from_ijk[:3, :3].T + vol.ras_from_ijk[:3, 3]
+    return np.array([ras.min(0), ras.max(0)])
+
+
+def check_inputs(fixed: Volume, moving: Volume, fixed_mask: Volume | None = None,
+                 moving_mask: Volume | None = None) -> None:
+    """Refuse what cannot be registered (InputError naming the file): a 2-D image (fewer than 4
+    voxels along an axis), a blank image, a mask on another grid or empty, fields of view that do not
+    overlap at all (RAS boxes)."""
+    for vol, role in ((fixed, "fixed image"), (moving, "moving image")):
+        if min(vol.shape3) < 4:
+            raise InputError(f"{role} is 2-D (shape {vol.shape3}): rigid registration needs a 3-D volume",
+                             _source(vol, role))
+        data = np.asarray(vol.data)
+        if not np.isfinite(data).all() or float(data.max()) <= float(data.min()):
+            raise InputError(f"{role} is blank (constant) or not finite", _source(vol, role))
+    for vol, mask, role in ((fixed, fixed_mask, "fixed mask"), (moving, moving_mask, "moving mask")):
+        if mask is None:
+            continue
+        if tuple(mask.shape3) != tuple(vol.shape3) or not np.allclose(mask.ras_from_ijk, vol.ras_from_ijk, atol=1e-3):
+            raise InputError(f"{role} is not on its image's grid (shape {mask.shape3} vs {vol.shape3})",
+                             _source(mask, role))
+        if not (np.asarray(mask.data) > 0).any():
+            raise InputError(f"{role} is empty (no voxel > 0)", _source(mask, role))
+    a, b = _world_box(fixed), _world_box(moving)
+    if np.any(a[1] < b[0]) or np.any(b[1] < a[0]):
+        raise InputError("its field of view does not overlap the fixed image's anywhere (RAS boxes "
+                         f"{np.round(b, 1).tolist()} vs {np.round(a, 1).tolist()} mm)", _source(moving, "moving image"))
 
 
 def _is_ct(vol: Volume) -> bool:

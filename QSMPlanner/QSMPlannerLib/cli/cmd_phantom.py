@@ -30,6 +30,9 @@ def register(sub) -> None:
     p.add_argument("--small", action="store_true", help="half resolution: a few seconds (for tests)")
     p.add_argument("--tilt", type=float, default=0.0, metavar="DEG",
                    help="GRE slab tilt about the R axis in degrees (oblique acquisition; default 0)")
+    p.add_argument("--slab", type=_positive(float), default=None, metavar="MM",
+                   help="thin GRE slab of this thickness (8-128 mm) centred over the STNs (default: whole "
+                        "brain, 128 mm)")
     p.add_argument("--voxel", type=vec3, default=None, metavar="x,y,z",
                    help="GRE voxel size in mm (default 1,1,1; field of view 256x256x128 mm)")
     p.add_argument("--field", type=float, choices=[3.0, 7.0], default=3.0, metavar="3|7",
@@ -47,11 +50,13 @@ def run(args) -> int:
     voxel = (1.0, 1.0, 1.0) if args.voxel is None else tuple(float(v) for v in args.voxel)
     if min(voxel) <= 0:
         raise InputError(f"--voxel must be positive, got {voxel}")
+    if args.slab is not None and not 8.0 <= args.slab <= 128.0:
+        raise InputError(f"--slab must be 8-128 mm, got {args.slab:g}")
     check_output_dir(args.out)
     t0 = time.time()
     progress = progress_bar("phantom")
     patient = make_patient(seed=args.seed, small=args.small, tilt_deg=args.tilt, voxel_mm=voxel,
-                           field_t=args.field, n_echoes=args.echoes, snr=args.snr,
+                           field_t=args.field, n_echoes=args.echoes, snr=args.snr, slab_mm=args.slab,
                            progress=progress.sub(0.0, 0.85))
     t1 = time.time()
     paths = write_patient_atomic(patient, args.out, progress=progress.sub(0.85, 1.0))

@@ -32,6 +32,7 @@ HEAD_BOX_ANAT = ((-96.0, 96.0), (-132.0, 116.0), (-146.0, 106.0))    # head and 
 FIELD_PAD_MM = 16.0
 LOCAL_PAD_MM = 32.0
 GRE_CENTRE_ANAT = np.array([0.0, -18.0, 16.0])
+SLAB_CENTRE_ANAT = np.array([0.0, -14.0, -2.0])   # a thin GRE slab: over the STNs and basal ganglia
 T1_CENTRE_ANAT = np.array([0.0, -12.0, -4.0])
 
 
@@ -101,6 +102,15 @@ def local_field(chi_brain: np.ndarray, voxel, b0_dir, pad_mm: float = LOCAL_PAD_
     return dipole_field(embed, voxel, b0_dir)[sl]
 
 
+def _gre_fov(slab_mm):
+    """GRE field of view (mm) and its centre (anat mm): the whole brain, or a thin slab over the STNs."""
+    if slab_mm is None:
+        return GRE_FOV_MM, GRE_CENTRE_ANAT
+    if not 8.0 <= float(slab_mm) <= GRE_FOV_MM[2]:
+        raise ValueError(f"slab thickness must be 8-{GRE_FOV_MM[2]:g} mm")
+    return np.array([GRE_FOV_MM[0], GRE_FOV_MM[1], float(slab_mm)]), SLAB_CENTRE_ANAT
+
+
 def _fit_affine(src_pts, dst_pts) -> np.ndarray:
     a = np.hstack([src_pts, np.ones((len(src_pts), 1))])
     sol, *_ = np.linalg.lstsq(a, dst_pts, rcond=None)
@@ -111,13 +121,15 @@ def _fit_affine(src_pts, dst_pts) -> np.ndarray:
 
 def make_patient(seed: int = 0, small: bool = False, tilt_deg: float = 0.0, voxel_mm=(1, 1, 1),
                  field_t: float = 3.0, n_echoes: int = 5, snr: float = 100.0,
-                 veins_on_standard_trajectory: bool = False, progress=None) -> DigitalPatient:
+                 veins_on_standard_trajectory: bool = False, slab_mm: float | None = None,
+                 progress=None) -> DigitalPatient:
     """Build the digital patient of ``seed``.
 
     ``small``: twice the voxel size (same field of view) and a 2 mm model: a few seconds, for tests.
     ``tilt_deg``: the GRE slab is rotated about the R axis (oblique acquisition: B0 is not along k).
     ``voxel_mm``: GRE voxel size (mm); the field of view stays 256×256×128 mm. ``field_t``: B0 (T);
     ``n_echoes``: echoes (TE₁ 5 ms, ΔTE 6 ms at 3 T; 4/4 ms at 7 T); ``snr``: first-echo brain SNR.
+    ``slab_mm``: a thin GRE slab (this thickness instead of 128 mm) centred over the STNs.
     """
     progress = as_progress(progress)
     if n_echoes < 1:
@@ -143,8 +155,9 @@ def make_patient(seed: int = 0, small: bool = False, tilt_deg: float = 0.0, voxe
     # ---- GRE grid and the larger field grid aligned with it ---------------------------------------
     progress.update(0.35, "susceptibility and field")
     direction_gre = rotation_matrix([tilt_deg, 0.0, 0.0])
-    shape_gre = tuple(int(max(8, round(f / v))) for f, v in zip(GRE_FOV_MM, voxel))
-    centre_gre = _apply(pose_gre, GRE_CENTRE_ANAT)[0]
+    fov_gre, centre_anat = _gre_fov(slab_mm)
+    shape_gre = tuple(int(max(8, round(f / v))) for f, v in zip(fov_gre, voxel))
+    centre_gre = _apply(pose_gre, centre_anat)[0]
     gre_m = _grid_matrix(voxel, direction_gre, centre_gre, shape_gre)
     b0_dir = b0_dir_from_geometry(gre_m)
     corners = np.array([[HEAD_BOX_ANAT[0][a], HEAD_BOX_ANAT[1][b], HEAD_BOX_ANAT[2][c]]
@@ -266,6 +279,7 @@ def make_patient(seed: int = 0, small: bool = False, tilt_deg: float = 0.0, voxe
               "field_t": float(field_t), "n_echoes": int(n_echoes), "snr": float(snr),
               "noise_sd": float(sigma), "te_s": te.tolist(), "b0_dir_ijk": np.asarray(b0_dir).tolist(),
               "veins_on_standard_trajectory": bool(veins_on_standard_trajectory),
+              "slab_mm": None if slab_mm is None else float(slab_mm),
               "shim_coefficients_ppm": np.asarray(coef, float).tolist(),
               "landmark_definition": "centres of the anterior and posterior commissures",
               "field_grid_shape": list(shape_field), "model_spacing_mm": h,

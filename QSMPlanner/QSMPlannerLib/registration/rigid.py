@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..errors import ProcessingError
+from ..errors import InputError, ProcessingError
 from ..progress import as_progress
 from ..volume import LPS_FROM_RAS, Volume, mask_box
 
@@ -42,6 +42,7 @@ SEED = 20240607
 MAX_SHIFT_MM = 80.0
 MAX_ANGLE_DEG = 60.0
 MIN_LEVEL_VOXELS = 5.0
+BIAS_SIGMA_MM = 15.0         # scale of the receive-bias estimate (smooth; anatomy is finer)
 LEVEL_KEYS = ("levels_mm", "level_iters", "level_step_mm", "level_min_step_mm", "level_samples")
 
 # The validated configuration (bench/registration.py; test_registration_rigid.py). Do not tune casually.
@@ -217,13 +218,21 @@ class _Level:
         return self._n
 
 
+def _axis_mm(img, mm):
+    """Level spacing per image axis: ``mm``, but at least MIN_LEVEL_VOXELS across every axis (a thin
+    slab keeps its few slices at the coarse levels) and never finer than the image."""
+    sp = np.array(img.GetSpacing())
+    extent = np.array(img.GetSize()) * sp
+    return np.maximum(sp, np.minimum(float(mm), extent / MIN_LEVEL_VOXELS))
+
+
 def _down(img, mask, mm):
     """Box-average (BinShrink) by whole factors to about ``mm`` per voxel (cheap anti-aliasing)."""
     import SimpleITK as sitk
     sp = np.array(img.GetSpacing())
-    if mm is None or mm <= sp.min() * 1.01:
+    if mm is None or np.all(_axis_mm(img, mm) <= sp * 1.01):
         return img, mask
-    factors = [max(1, int(mm / s + 1e-3)) for s in sp]
+    factors = [max(1, int(m / s + 1e-3)) for m, s in zip(_axis_mm(img, mm), sp)]
     out = sitk.BinShrink(img, factors)
     out_mask = None
     if mask is not None:
@@ -235,10 +244,10 @@ def _down_smooth(img, mask, mm):
     """Gaussian-smoothed resampling to ``mm`` isotropic (same extent), for the coarse levels."""
     import SimpleITK as sitk
     sp = np.array(img.GetSpacing())
-    if mm is None or mm <= sp.min() * 0.99:
+    if mm is None or np.all(_axis_mm(img, mm) <= sp * 0.99):
         return img, mask
     size = np.array(img.GetSize())
-    new_sp = np.maximum(sp, mm)
+    new_sp = np.maximum(sp, _axis_mm(img, mm))
     new_size = [max(2, int(np.ceil(s * p / q))) for s, p, q in zip(size, sp, new_sp)]
     sigma = np.array([max(float(np.sqrt(max(q * q - p * p, 0.0)) / 2.0), 0.01 * p) for p, q in zip(sp, new_sp)])
     # below half a voxel the Gaussian adds little to the linear interpolation's own averaging
@@ -366,6 +375,42 @@ def _search_scores(level: _Level, transforms, chunk_points=4_000_000) -> np.ndar
             out[c0 + k] = -float((p[nz] * np.log(p[nz] / (pf @ pm)[nz])).sum())
     return out
 
+def _relative_log_bias(img, other, other_from_img, sigma_mm=BIAS_SIGMA_MM, n_bins=48):
+    """Smooth log ratio of ``img`` to what ``other`` predicts for it (the mean ``img`` intensity per
+    ``other`` intensity bin; ``other_from_img`` maps img points to other points), on img's grid: the
+    receive bias of img relative to other. None when the overlap is too small to say."""
+    import SimpleITK as sitk
+    m = sitk.GetArrayFromImage(img).astype(np.float64)
+    f_on_m = sitk.GetArrayFromImage(sitk.Resample(other, img, other_from_img, sitk.sitkLinear, -1.0))
+    f_inside = sitk.GetArrayFromImage(sitk.Resample(other * 0 + 1, img, other_from_img, sitk.sitkNearestNeighbor, 0))
+    ok = (f_inside > 0) & (f_on_m >= 0) & (m > 0.05) & (f_on_m > 0.05)
+    if ok.sum() < 2000:
+        return None
+    edges = np.unique(np.percentile(f_on_m[ok], np.linspace(0, 100, n_bins + 1)))
+    which = np.clip(np.searchsorted(edges, f_on_m[ok]) - 1, 0, len(edges) - 2)
+    mean_m = np.bincount(which, m[ok], len(edges) - 1) / np.maximum(np.bincount(which, None, len(edges) - 1), 1)
+    log_ratio = np.zeros(m.shape)
+    log_ratio[ok] = np.log(np.maximum(m[ok], 1e-3) / np.maximum(mean_m[which], 1e-3))
+    log_ratio[ok] = np.clip(log_ratio[ok], -1.0, 1.0)  # a mismatched structure is not bias
+
+    def smooth(a):
+        out = sitk.GetImageFromArray(a.astype(np.float32))
+        out.CopyInformation(img)
+        return sitk.GetArrayFromImage(sitk.SmoothingRecursiveGaussian(out, sigma_mm))
+    weight = smooth(ok.astype(np.float32))
+    field = np.where(weight > 0.05, smooth(log_ratio) / np.maximum(weight, 1e-6), 0.0)
+    out = sitk.GetImageFromArray(field.astype(np.float32))
+    out.CopyInformation(img)
+    return out
+
+
+def _debiased(img, log_bias):
+    """``img`` divided by exp(``log_bias``) (a coarser grid, linearly interpolated)."""
+    import SimpleITK as sitk
+    field = sitk.Resample(log_bias, img, sitk.Transform(), sitk.sitkLinear, 0.0)
+    return sitk.Cast(sitk.Divide(img, sitk.Exp(field)), sitk.sitkFloat32)
+
+
 def _inverse(tx):
     """Inverse of an Euler3D (same centre convention), as an Euler3D."""
     import SimpleITK as sitk
@@ -386,6 +431,22 @@ def _slab_points(img, fixed_from_moving_tx):
     corners = [np.array(c) * size * 0.8 + size * 0.1 for c in itertools.product((0, 1), repeat=3)]
     pm = [img.TransformContinuousIndexToPhysicalPoint(c.tolist()) for c in corners + [size / 2]]
     return np.array([fixed_from_moving_tx.TransformPoint(p) for p in pm])
+
+
+def _head_points(img, mask):
+    """Points (LPS mm) spanning the head (mask, else the brighter half of the image) inside a slab:
+    its centre and the corners of its box shrunk to 70 %: where a pose error matters, not the air
+    in the corners of the field of view."""
+    import SimpleITK as sitk
+    a = sitk.GetArrayViewFromImage(img)
+    inside = sitk.GetArrayViewFromImage(mask) > 0 if mask is not None else a > np.percentile(a, 50)
+    idx = np.argwhere(inside)[:, ::-1].astype(float)
+    if len(idx) < 10:
+        return _slab_points(img, sitk.Euler3DTransform())
+    lo, hi = idx.min(0), idx.max(0)
+    c, half = (lo + hi) / 2, (hi - lo) / 2 * 0.7
+    corners = [c + half * np.array(s) for s in itertools.product((-1, 1), repeat=3)]
+    return np.array([img.TransformContinuousIndexToPhysicalPoint(p.tolist()) for p in [c] + corners])
 
 
 def _box_points(img, mask):
@@ -470,7 +531,9 @@ def _centrings(level, init):
     other = "geometry" if init == "moments" else "moments"
     pts = _box_points(level.f, level.fm)
     out = []
-    for t in (found[init], found[other], overlap):
+    # the scanner geometry as it is (images of one session share the scanner's coordinates)
+    scanner = _centred(moments[0], moments[0])
+    for t in (found[init], found[other], overlap, scanner):
         if all(_distance_mm(t, o, pts) > 5.0 for o in out):
             out.append(t)
     return out
@@ -492,7 +555,18 @@ def register_rigid(fixed: Volume, moving: Volume, fixed_mask: Volume | None = No
 
     Returns RigidResult with ``fixed_from_moving`` (RAS 4x4) and QC numbers in ``qc``.
     """
-    result, problems = _register(fixed, moving, fixed_mask, moving_mask, init, progress)
+    if init not in ("moments", "geometry"):
+        raise ValueError("init must be 'moments' or 'geometry'")
+    check_inputs(fixed, moving, fixed_mask, moving_mask)
+    if _is_slab(moving, fixed):
+        # a partial-coverage slab is the fixed image inside: every metric sample then lies in the
+        # slab and maps into the whole head (no overlap change with the pose)
+        result, problems = _register(moving, fixed, moving_mask, fixed_mask, init, progress,
+                                     None if _is_ct(moving) else "fixed")
+        result = _inverted(result, moving, moving_mask)
+    else:
+        result, problems = _register(fixed, moving, fixed_mask, moving_mask, init, progress,
+                                     None if _is_ct(moving) else "moving")
     if problems:
         q = result.qc
         raise ProcessingError(
@@ -504,24 +578,84 @@ def register_rigid(fixed: Volume, moving: Volume, fixed_mask: Volume | None = No
     return result
 
 
-def _register(fixed, moving, fixed_mask, moving_mask, init, progress):
+def _source(vol: Volume, role: str) -> str:
+    return vol.meta.get("path") or vol.name or role
+
+
+def _world_box(vol: Volume) -> np.ndarray:
+    n = np.array(vol.shape3) - 1
+    corners = np.array(list(itertools.product(*[(0, k) for k in n])), float)
+    ras = corners @ vol.ras_from_ijk[:3, :3].T + vol.ras_from_ijk[:3, 3]
+    return np.array([ras.min(0), ras.max(0)])
+
+
+def check_inputs(fixed: Volume, moving: Volume, fixed_mask: Volume | None = None,
+                 moving_mask: Volume | None = None) -> None:
+    """Refuse what cannot be registered (InputError naming the file): a 2-D image (fewer than 4
+    voxels along an axis), a blank image, a mask on another grid or empty, fields of view that do not
+    overlap at all (RAS boxes)."""
+    for vol, role in ((fixed, "fixed image"), (moving, "moving image")):
+        if min(vol.shape3) < 4:
+            raise InputError(f"{role} is 2-D (shape {vol.shape3}): rigid registration needs a 3-D volume",
+                             _source(vol, role))
+        data = np.asarray(vol.data)
+        if not np.isfinite(data).all() or float(data.max()) <= float(data.min()):
+            raise InputError(f"{role} is blank (constant) or not finite", _source(vol, role))
+    for vol, mask, role in ((fixed, fixed_mask, "fixed mask"), (moving, moving_mask, "moving mask")):
+        if mask is None:
+            continue
+        if tuple(mask.shape3) != tuple(vol.shape3) or not np.allclose(mask.ras_from_ijk, vol.ras_from_ijk, atol=1e-3):
+            raise InputError(f"{role} is not on its image's grid (shape {mask.shape3} vs {vol.shape3})",
+                             _source(mask, role))
+        if not (np.asarray(mask.data) > 0).any():
+            raise InputError(f"{role} is empty (no voxel > 0)", _source(mask, role))
+    a, b = _world_box(fixed), _world_box(moving)
+    if np.any(a[1] < b[0]) or np.any(b[1] < a[0]):
+        raise InputError("its field of view does not overlap the fixed image's anywhere (RAS boxes "
+                         f"{np.round(b, 1).tolist()} vs {np.round(a, 1).tolist()} mm)", _source(moving, "moving image"))
+
+
+def _is_ct(vol: Volume) -> bool:
+    """An image in Hounsfield units (air near -1000): no receive bias to correct."""
+    return float(np.min(vol.data)) < -500.0
+
+
+def _is_slab(vol: Volume, other: Volume) -> bool:
+    """``vol`` covers much less than ``other`` along its thinnest axis (a partial-coverage slab)."""
+    ext = np.array(vol.shape3) * vol.voxel_mm
+    other_ext = np.array(other.shape3) * other.voxel_mm
+    return bool(ext.min() <= 0.6 * other_ext.min())
+
+
+def _motion(fixed_from_moving, moving: Volume, moving_mask: Volume | None):
+    """(shift mm of the moving image's (mask's) centre, rotation angle deg) of a RAS 4x4."""
+    inside = None if moving_mask is None else np.argwhere(np.asarray(moving_mask.data) > 0)
+    c = moving.center_ras if inside is None or not len(inside) else moving_mask.ijk_to_ras(inside.mean(axis=0))
+    shift = float(np.linalg.norm(fixed_from_moving[:3, :3] @ c + fixed_from_moving[:3, 3] - c))
+    angle = float(np.degrees(np.arccos(np.clip((np.trace(fixed_from_moving[:3, :3]) - 1) / 2, -1, 1))))
+    return shift, angle
+
+
+def _inverted(result: RigidResult, moving: Volume, moving_mask: Volume | None) -> RigidResult:
+    """The result of the swapped registration, back in the caller's direction."""
+    m = np.linalg.inv(result.fixed_from_moving)
+    shift, angle = _motion(m, moving, moving_mask)
+    return RigidResult(m, result.metric_initial, result.metric_final, result.converged, result.iterations,
+                       dict(result.qc, shift_mm=shift, angle_deg=angle, slab_as_fixed=True))
+
+
+def _register(fixed, moving, fixed_mask, moving_mask, init, progress, debias=None):
     """The registration proper: (RigidResult, list of detected problems)."""
     import SimpleITK as sitk
     cfg = CONFIG
     prog = as_progress(progress)
     t0 = time.perf_counter()
     c0 = time.process_time()
-    if init not in ("moments", "geometry"):
-        raise ValueError("init must be 'moments' or 'geometry'")
     f_img, f_mask = _normalise(fixed, fixed_mask)
     m_img, m_mask = _normalise(moving, moving_mask)
     prog.update(0.02, "pyramid")
     full = _Level(f_img, m_img, f_mask, m_mask, None)
-    # pyramid levels (coarsest first); a level too coarse for the thinnest image extent (a partial-
-    # coverage slab: fewer than MIN_LEVEL_VOXELS across it) is dropped with its per-level settings
-    extent = min(float(np.min(np.array(i.GetSize()) * np.array(i.GetSpacing()))) for i in (f_img, m_img))
-    drop = sum(1 for mm in cfg["levels_mm"][:-2] if extent / mm < MIN_LEVEL_VOXELS)
-    cfg = dict(cfg, **{k: tuple(cfg[k][drop:]) for k in LEVEL_KEYS})
+    # pyramid levels (coarsest first; a thin slab keeps MIN_LEVEL_VOXELS across it, see _axis_mm)
     levels, src = [], full
     for mm in sorted(cfg["levels_mm"]):  # each level from the next finer one (cheaper smoothing)
         src = _Level(src.f, src.m, src.fm, src.mm_mask, mm, smooth=src is not full)
@@ -535,8 +669,8 @@ def _register(fixed, moving, fixed_mask, moving_mask, init, progress):
     for level in levels[:-2]:  # search / multi-start levels (after the centring on the true masks)
         level.with_dilated_masks(cfg["coarse_mask_dilation"])
     identity_metric = _evaluate(levels[-2], sitk.Euler3DTransform())
-    # coarse search: rotations x (slab) shifts along the thin axis
-    thin, gap = _thin_axis(m_img, f_img)
+    # coarse search: rotations x (slab) shifts along the thin axis of the fixed slab
+    thin, gap = _thin_axis(f_img, m_img)
     shifts = [0.0] if thin is None else list(np.arange(-gap / 2, gap / 2 + 1e-6, max(gap / 4, 5.0)))
     angles = np.deg2rad(cfg["search_angles_deg"])
     grid = []
@@ -550,7 +684,8 @@ def _register(fixed, moving, fixed_mask, moving_mask, init, progress):
     prog.check()
     scored = [(float(v), tx) for v, tx in zip(_search_scores(search, grid), grid) if np.isfinite(v)]
     scored.sort(key=lambda x: x[0])
-    pts = _box_points(f_img, f_mask)
+    # points where poses are compared: a box around the region of interest, or the slab's own box
+    pts = _box_points(f_img, f_mask) if thin is None else _head_points(f_img, f_mask)
     # a search level coarser than the multi-start levels is cheap: a larger pool of grid points is
     # refined there by a local optimisation (a 20 deg grid point with a centring off by 15-20 mm is
     # often not among the best few raw scores, but its basin is far deeper), the best go on
@@ -615,10 +750,6 @@ def _register(fixed, moving, fixed_mask, moving_mask, init, progress):
     timing["multistart"] = time.process_time() - c0
     prog.update(0.5, "restarts")
     # restart consistency at 4 mm: two opposite perturbations of the 4 mm optimum must agree
-    if thin is not None:  # slab: samples and consistency points inside its field of view
-        for level in levels[-2:]:
-            level.with_fov_mask(best4)
-        pts = _slab_points(m_img, _inverse(best4))
     restart = [cfg[k][-2] for k in LEVEL_KEYS[1:]]  # iterations, step, min step, samples at 4 mm
     runs = []
     for sign in (1.0, -1.0):
@@ -633,38 +764,50 @@ def _register(fixed, moving, fixed_mask, moving_mask, init, progress):
             v4, stop4 = _optimise(levels[-2], t, restart[0], restart[1] / 2, *restart[2:], counter=n_iter)
             runs[k] = (v4, t, stop4)
         restart_mm = _distance_mm(runs[0][1], runs[1][1], pts)
+    if restart_mm > cfg["restart_tolerance_mm"]:
+        # a thin slab has few voxels across it at 4 mm: both restarts continued at 2 mm must agree there
+        for k, (_, t, _) in enumerate(runs):
+            v2, stop2 = _optimise(levels[-1], t, cfg["level_iters"][-1], cfg["level_step_mm"][-1],
+                                  cfg["level_min_step_mm"][-1], cfg["level_samples"][-1], n_iter)
+            runs[k] = (v2, t, stop2)
+        restart_mm = _distance_mm(runs[0][1], runs[1][1], pts)
     qc_runs = [(round(r[0], 5), r[2][:90]) for r in runs]
     runs.sort(key=lambda x: x[0])
     tx2 = sitk.Euler3DTransform(runs[0][1])
-    # 2 mm from the 4 mm optimum: a short step, quickly relaxed (it is close)
-    _optimise(levels[-1], tx2, cfg["level_iters"][-1], cfg["level_step_mm"][-1] / 2, cfg["level_min_step_mm"][-1],
-              cfg["level_samples"][-1], n_iter, cfg["final_relaxation"])
+    # the relative intensity drift (receive bias) estimated at the 4 mm optimum and divided out of the
+    # moving image for the fine levels: MI's optimum otherwise drifts along the bias gradient
+    # (again at 2 mm with the corrected image: the first estimate is made from a blurrier, less aligned one)
+    # (``debias``: which image's intensity the other predicts: the caller's GRE, never a CT in HU)
+    for level in (levels[-2], None):
+        level = level or levels[-1]
+        log_bias = None
+        if debias == "moving":
+            log_bias = _relative_log_bias(level.m, level.f, _inverse(tx2))
+            m_img = m_img if log_bias is None else _debiased(m_img, log_bias)
+        elif debias == "fixed":
+            log_bias = _relative_log_bias(level.f, level.m, tx2)
+            f_img = f_img if log_bias is None else _debiased(f_img, log_bias)
+        if log_bias is not None:
+            levels[-1] = _Level(f_img, m_img, f_mask, m_mask, cfg["levels_mm"][-1])
+        # 2 mm from the 4 mm optimum: a short step, quickly relaxed (it is close)
+        _optimise(levels[-1], tx2, cfg["level_iters"][-1], cfg["level_step_mm"][-1] / 2,
+                  cfg["level_min_step_mm"][-1], cfg["level_samples"][-1], n_iter, cfg["final_relaxation"])
+    full = _Level(f_img, m_img, f_mask, m_mask, None)
     timing["restarts"] = time.process_time() - c0
     prog.update(0.7, "full resolution")
-    swap = thin is not None  # partial coverage: sample in the slab, which the fixed image contains
-    if swap:
-        full = _Level(m_img, f_img, m_mask, f_mask, None)
-        tx = _inverse(tx2)
-        start = _inverse(base)
-    else:
-        tx, start = sitk.Euler3DTransform(tx2), base
+    tx, start = sitk.Euler3DTransform(tx2), base
     full.with_edge_mask(cfg["final_edge_percentile"], tx).with_fixed_cropped()
     metric_initial = _evaluate(full, start, cfg["final_samples"])  # same samples as the final metric
     full.with_moving_cropped(tx)
     metric_final, stop = _optimise(full, tx, cfg["final_iters"], cfg["final_step_mm"],
                                    cfg["final_min_step_mm"], cfg["final_samples"], n_iter,
                                    cfg["final_relaxation"])
-    if swap:
-        tx = _inverse(tx)
     timing["full"] = time.process_time() - c0
     pyramid_mm = _distance_mm(tx, tx2, pts)
     converged = not stop.startswith("error") and "Maximum number of iterations" not in stop
     fixed_from_moving = _euler_ras(tx)
     # QC
-    c = moving.center_ras if moving_mask is None else \
-        moving.ijk_to_ras(np.argwhere(np.asarray(moving_mask.data) > 0).mean(axis=0))
-    shift = float(np.linalg.norm(fixed_from_moving[:3, :3] @ c + fixed_from_moving[:3, 3] - c))
-    angle = float(np.degrees(np.arccos(np.clip((np.trace(fixed_from_moving[:3, :3]) - 1) / 2, -1, 1))))
+    shift, angle = _motion(fixed_from_moving, moving, moving_mask)
     qc = {"identity_metric": identity_metric, "shift_mm": shift, "angle_deg": angle, "stop": stop,
           "restart_disagreement_mm": restart_mm, "pyramid_change_mm": pyramid_mm,
           "alternative_margin": alternative_margin, "alternative_distance_mm": alternative_distance,

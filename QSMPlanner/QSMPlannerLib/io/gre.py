@@ -60,3 +60,30 @@ def b0_dir_from_geometry(ras_from_ijk: np.ndarray, b0_dir_world=(0.0, 0.0, 1.0))
     d = d / np.linalg.norm(d, axis=0)
     v = d.T @ np.asarray(b0_dir_world, float)
     return v / np.linalg.norm(v)
+
+
+@dataclass
+class EchoVolumes:
+    """A multi-echo GRE as separate 3-D echo arrays (e.g. read-only views of Slicer volume nodes): cheap to
+    hand over, stacked into a ``MultiEchoGRE`` by ``as_multi_echo`` where a stage needs it."""
+    magnitudes: list
+    phases: list
+    te_s: np.ndarray
+    b0_tesla: float
+    ras_from_ijk: np.ndarray
+    b0_dir_ijk: np.ndarray
+    phase_scaling: str = ""
+    source: str = ""
+
+    def stacked(self) -> MultiEchoGRE:
+        return MultiEchoGRE(magnitude=np.stack(self.magnitudes, axis=3).astype(np.float32, copy=False),
+                            phase_rad=np.stack(self.phases, axis=3).astype(np.float32, copy=False),
+                            te_s=np.asarray(self.te_s, float), b0_tesla=float(self.b0_tesla),
+                            ras_from_ijk=np.asarray(self.ras_from_ijk, float).copy(),
+                            b0_dir_ijk=np.asarray(self.b0_dir_ijk, float), phase_scaling=self.phase_scaling,
+                            source=self.source)
+
+
+def as_multi_echo(gre) -> MultiEchoGRE:
+    """``gre`` as a ``MultiEchoGRE`` (``EchoVolumes`` are stacked)."""
+    return gre.stacked() if isinstance(gre, EchoVolumes) else gre

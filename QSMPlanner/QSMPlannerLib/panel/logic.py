@@ -9,6 +9,7 @@ headless on the slicer-core wheel (tests) and inside 3D Slicer.
 """
 from __future__ import annotations
 
+import inspect
 import json
 import time
 import traceback
@@ -30,10 +31,12 @@ SIDES_LETTERS = P.SIDE_LETTERS
 
 class StageTask:
     """One stage of the panel: ``stage`` (a ``workflow.jobs`` stage name) run with ``kwargs``, then
-    ``apply(result)`` on the caller's thread turns the result into nodes (``finish``).
+    ``apply(result)`` on the caller's thread turns the result into nodes.
 
     ``start(background=True)`` runs it in a worker process: call ``step()`` from a timer until it returns
-    True, then ``finish()``. ``start(background=False)`` runs it here and now (scripts, tests)."""
+    True, then ``finish()`` for the nodes. An ``apply`` written as a generator adds its nodes a few per
+    ``step`` (it yields between them), so no single step holds the event loop for long.
+    ``start(background=False)`` runs it here and now (scripts, tests)."""
 
     def __init__(self, name: str, stage: str, kwargs: dict, apply: Callable[[Any], Any], python=None,
                  log: list | None = None):
@@ -43,9 +46,12 @@ class StageTask:
         self.job: Job | None = None
         self.result, self.error, self.trace, self.messages = None, None, "", []
         self.fraction, self.message = 0.0, ""
-        self.done = False
+        self.computed = False            # the stage has run (result or error)
+        self.done = False                # ... and its nodes are made (or it failed)
         self.elapsed_s = 0.0
         self._cancel = Progress()
+        self._applying = None            # the running ``apply`` generator
+        self._nodes = None
 
     def start(self, background: bool = True) -> "StageTask":
         if background:
@@ -62,18 +68,37 @@ class StageTask:
             self.result, self.messages = run_stage(self.stage, self.kwargs, Progress(report, self._cancel.cancel_event))
         except BaseException as exc:  # noqa: BLE001 -- handed to finish(), as from a worker
             self.error, self.trace = exc, traceback.format_exc()
-        self.done, self.elapsed_s = True, time.monotonic() - t0
+        self.computed = self.done = True
+        self.elapsed_s = time.monotonic() - t0
         return self
 
     def step(self) -> bool:
-        """Advance a background stage by one bounded piece of work; True once it has finished."""
-        if self.job is not None and not self.done:
-            self.done = self.job.step()
+        """Advance by one bounded piece of work (the worker's inputs, its progress, its outputs, then the
+        nodes); True once finished."""
+        if self.done:
+            return True
+        if not self.computed:
+            if self.job is None:
+                return False
+            self.computed = self.job.step()
             self.fraction, self.message = self.job.fraction, self.job.message
-            if self.done:
-                self.error, self.trace, self.elapsed_s = self.job.error, self.job.trace, self.job.elapsed_s
-                if self.error is None:
-                    self.result, self.messages = self.job.result
+            if not self.computed:
+                return False
+            self.error, self.trace, self.elapsed_s = self.job.error, self.job.trace, self.job.elapsed_s
+            if self.error is None:
+                self.result, self.messages = self.job.result
+            if self.error is not None or not inspect.isgeneratorfunction(self.apply):
+                self.done = True
+                return True
+            self._applying = self.apply(self.result)
+            self.message = "adding the results to the scene"
+            return False
+        try:
+            next(self._applying)
+        except StopIteration as stop:
+            self._nodes, self._applying, self.done = stop.value, None, True
+        except Exception as exc:  # noqa: BLE001 -- raised by finish()
+            self.error, self.trace, self._applying, self.done = exc, traceback.format_exc(), None, True
         return self.done
 
     @property
@@ -91,18 +116,43 @@ class StageTask:
         while not self.step():
             if on_poll is not None:
                 on_poll()
-            time.sleep(0.02)
+            if not self.computed:
+                time.sleep(0.02)
         return self
+
+    def apply_result(self, result):
+        """The nodes ``apply`` makes of ``result`` (all at once, also for a generator ``apply``)."""
+        out = self.apply(result)
+        if not inspect.isgenerator(out):
+            return out
+        while True:
+            try:
+                next(out)
+            except StopIteration as stop:
+                return stop.value
 
     def finish(self):
         """The stage's nodes (``apply`` of its result); raises its error."""
-        if not self.done:
+        if not self.computed:
             raise ProcessingError(f"{self.name} is still running")
         if self.error is not None:
             raise self.error
         if self._log is not None:
             self._log.extend(f"{self.name}: {m}" for m in self.messages)
-        return self.apply(self.result)
+            self._log = None
+        if self.done and self._nodes is not None:
+            return self._nodes
+        if self._applying is None:
+            out = self.apply(self.result)
+            if not inspect.isgenerator(out):
+                return out
+            self._applying = out
+        while True:
+            try:
+                next(self._applying)
+            except StopIteration as stop:
+                self._nodes, self._applying, self.done = stop.value, None, True
+                return self._nodes
 
 
 class PlannerLogic:
@@ -127,6 +177,7 @@ class PlannerLogic:
         self.frame_result = None
         self.registration_qc: dict = {}
         self._risk = (None, None, None)         # (key, RiskMap, vessels Volume)
+        self._nuclei = (None, None)             # (segments' state, label map on the QSM grid)
         self.side_plans: dict = {}              # side -> SidePlan shown in the scene
 
     # ---- helpers ---------------------------------------------------------------------------------
@@ -157,12 +208,11 @@ class PlannerLogic:
     def gre_nodes_for(self, any_gre_node) -> list:
         return self.gre_series_nodes(any_gre_node, "magnitude") + self.gre_series_nodes(any_gre_node, "phase")
 
-    def gre_from_nodes(self, magnitude_node, phase_node, te_ms=None, b0_tesla=None):
-        """``MultiEchoGRE`` from echo volume nodes (own scanner geometry, phase in radians).
-
-        Nodes tagged by ``present.show_gre`` bring their whole series, TEs and field; plain volumes (e.g.
-        one echo loaded from a file) need ``te_ms`` (list) and ``b0_tesla``."""
-        from ..io.gre import MultiEchoGRE, b0_dir_from_geometry
+    def echo_volumes(self, magnitude_node, phase_node, te_ms=None, b0_tesla=None):
+        """The echo nodes as ``io.gre.EchoVolumes`` (read-only views of the nodes' voxels, no copy; stacked
+        where a stage needs them). Nodes tagged by ``present.show_gre`` bring their whole series, TEs and
+        field; plain volumes (e.g. one echo loaded from a file) need ``te_ms`` (list) and ``b0_tesla``."""
+        from ..io.gre import EchoVolumes, b0_dir_from_geometry
         if magnitude_node is None or phase_node is None:
             raise InputError("select a magnitude and a phase echo volume", "Inputs")
         mags = self.gre_series_nodes(magnitude_node, "magnitude")
@@ -178,8 +228,8 @@ class PlannerLogic:
             te_s = np.array([float(t) for t in tes])
         if len(te_s) != len(mags):
             raise InputError(f"{len(te_s)} echo times for {len(mags)} echoes", magnitude_node.GetName())
-        mag_vols = [mrml.volume_from_node(n) for n in mags]
-        pha_vols = [mrml.volume_from_node(n) for n in phases]
+        mag_vols = [mrml.volume_from_node(n, copy=False) for n in mags]
+        pha_vols = [mrml.volume_from_node(n, copy=False) for n in phases]
         ref = mag_vols[0]
         for v in mag_vols + pha_vols:
             if not v.same_geometry(ref):
@@ -188,11 +238,13 @@ class PlannerLogic:
             b0_tesla = float(magnitude_node.GetAttribute("QSMPlanner.B0_T") or 3.0)
         b0_dir = magnitude_node.GetAttribute("QSMPlanner.B0DirIJK")
         b0_dir = np.array(json.loads(b0_dir)) if b0_dir else b0_dir_from_geometry(ref.ras_from_ijk)
-        return MultiEchoGRE(
-            magnitude=np.stack([v.data for v in mag_vols], axis=3).astype(np.float32),
-            phase_rad=np.stack([v.data for v in pha_vols], axis=3).astype(np.float32),
-            te_s=te_s, b0_tesla=float(b0_tesla), ras_from_ijk=ref.ras_from_ijk.copy(), b0_dir_ijk=b0_dir,
-            phase_scaling="radians (from Slicer volumes)", source=magnitude_node.GetName())
+        return EchoVolumes([v.data for v in mag_vols], [v.data for v in pha_vols], te_s, float(b0_tesla),
+                           ref.ras_from_ijk.copy(), b0_dir, "radians (from Slicer volumes)", magnitude_node.GetName())
+
+    def gre_from_nodes(self, magnitude_node, phase_node, te_ms=None, b0_tesla=None):
+        """``MultiEchoGRE`` from echo volume nodes (own scanner geometry, phase in radians): the stacked
+        ``echo_volumes``."""
+        return self.echo_volumes(magnitude_node, phase_node, te_ms, b0_tesla).stacked()
 
     def gre_files_task(self, directory=None, mag=None, phase=None, te_ms=None, b0_tesla=None,
                        series: str = P.GRE_SERIES) -> StageTask:
@@ -209,23 +261,35 @@ class PlannerLogic:
                 self.messages.append(f"GRE: {w}")
             if getattr(gre, "phase_scaling", ""):
                 self.messages.append(f"GRE phase scaling: {gre.phase_scaling}")
-            return P.show_gre(self.scene, gre, series=series)
+            return (yield from P.show_gre_steps(self.scene, gre, series=series))
         return self.task("read GRE", "read_gre", kwargs, apply)
 
     def load_patient_nodes(self, patient, show_truth: bool = True, known_transforms: bool = False) -> dict:
         """A ``phantom.DigitalPatient`` as nodes: GRE echoes, T1, CT, AC/PC/MS and (``show_truth``) its true
         labels (hidden). ``known_transforms`` also places GRE and CT under their true transforms."""
+        steps = self._patient_node_steps(patient, show_truth, known_transforms)
+        while True:
+            try:
+                next(steps)
+            except StopIteration as stop:
+                return stop.value
+
+    def _patient_node_steps(self, patient, show_truth: bool, known_transforms: bool):
+        """``load_patient_nodes`` one node at a time (a generator; its value is the nodes)."""
         nodes = {}
         t_gre = t_ct = None
         if known_transforms:
             t_gre = mrml.add_transform(self.scene, patient.transforms["t1_from_gre"], P.T1_FROM_GRE)
             t_ct = mrml.add_transform(self.scene, patient.transforms["t1_from_ct"], P.T1_FROM_CT)
             nodes[P.T1_FROM_GRE], nodes[P.T1_FROM_CT] = t_gre, t_ct
-        nodes.update({f"gre_{k}": v for k, v in P.show_gre(self.scene, patient.gre, parent_transform=t_gre).items()})
+        echoes = yield from P.show_gre_steps(self.scene, patient.gre, parent_transform=t_gre)
+        nodes.update({f"gre_{k}": v for k, v in echoes.items()})
         nodes[P.T1_NAME] = mrml.add_volume(self.scene, patient.t1, P.T1_NAME)
+        yield
         if patient.ct is not None:
             nodes[P.CT_NAME] = mrml.add_volume(self.scene, patient.ct, P.CT_NAME, window=(-100.0, 1500.0),
                                                parent_transform=t_ct)
+            yield
         nodes[P.LANDMARKS_NAME] = self.set_landmarks(patient.landmarks)
         if show_truth:
             labels = patient.truth["labels_gre"]
@@ -240,7 +304,7 @@ class PlannerLogic:
                              known_transforms: bool = False) -> StageTask:
         def apply(patient):
             self.patient = patient
-            return self.load_patient_nodes(patient, show_truth=show_truth, known_transforms=known_transforms)
+            return (yield from self._patient_node_steps(patient, show_truth, known_transforms))
         return self.task("digital patient", "digital_patient", {"seed": int(seed), "small": bool(small)}, apply)
 
     # ---- QSM -------------------------------------------------------------------------------------
@@ -248,13 +312,14 @@ class PlannerLogic:
                  output_name: str = P.QSM_NAME) -> StageTask:
         """χ from the echo nodes (``workflow.stages.reconstruct_qsm`` with ``self.settings``), shown under
         the echoes' transform."""
-        gre = self.gre_from_nodes(magnitude_node, phase_node, te_ms, b0_tesla)
+        gre = self.echo_volumes(magnitude_node, phase_node, te_ms, b0_tesla)
         parent = magnitude_node.GetParentTransformNode()
         series = magnitude_node.GetAttribute("QSMPlanner.GRESeries") or ""
         settings = self.settings
 
         def apply(result):
-            node = P.show_qsm(self.scene, result, parent, output_name, f"{settings.bfr}+{settings.inversion}")
+            node = yield from P.show_qsm_steps(self.scene, result, parent, output_name,
+                                               f"{settings.bfr}+{settings.inversion}")
             node.SetAttribute("QSMPlanner.GRESeries", series)
             for m in result.messages or []:
                 self.messages.append(f"QSM: {m}")
@@ -270,8 +335,8 @@ class PlannerLogic:
         ``moved_nodes`` (hardened if ``harden``)."""
         if fixed_node is None or moving_node is None:
             raise InputError("select the fixed and moving volumes", "Registration")
-        fixed = mrml.volume_from_node(fixed_node, world=True)
-        moving = mrml.volume_from_node(moving_node)
+        fixed = mrml.volume_from_node(fixed_node, world=True, copy=False)
+        moving = mrml.volume_from_node(moving_node, copy=False)
         series = moving_node.GetAttribute("QSMPlanner.GRESeries")
         if series:
             qsm_node = self._qsm_of_series(series)
@@ -345,7 +410,7 @@ class PlannerLogic:
         QSM's transform. ``seeds_node``: points labelled STN_L... inside structures (semi-automatic)."""
         if qsm_node is None:
             raise InputError("select the QSM volume", "Segmentation")
-        qsm = mrml.volume_from_node(qsm_node)
+        qsm = mrml.volume_from_node(qsm_node, copy=False)
         world_from_qsm = mrml.world_from_node_matrix(qsm_node)
         seeds = None
         if seeds_node is not None and seeds_node.GetNumberOfControlPoints():
@@ -357,7 +422,7 @@ class PlannerLogic:
             raise InputError("select the T1 (for the atlas prior) or a prior label map", "Segmentation")
         reuse = self.normalization if (not renormalize and prior is None and self.normalization is not None
                                        and self._normalized_t1 == self._t1_key(t1_node)) else None
-        t1 = mrml.volume_from_node(t1_node, world=True) if prior is None and reuse is None else None
+        t1 = mrml.volume_from_node(t1_node, world=True, copy=False) if prior is None and reuse is None else None
         parent = qsm_node.GetParentTransformNode()
 
         def apply(result):
@@ -387,12 +452,16 @@ class PlannerLogic:
             raise InputError("run the segmentation first (or select a segmentation)", "Trajectory")
         if qsm_node is None:
             raise InputError("select the QSM volume", "Trajectory")
-        qsm = mrml.volume_from_node(qsm_node)
         seg_world = mrml.world_from_node_matrix(segmentation_node)
         qsm_world = mrml.world_from_node_matrix(qsm_node)
         if not np.allclose(seg_world, qsm_world, atol=1e-6):
             raise InputError("the segmentation and the QSM sit under different transforms", segmentation_node.GetName())
-        return mrml.labelmap_from_segmentation(segmentation_node, qsm, dict(VALUES), "nuclei")
+        key = (segmentation_node.GetID(), qsm_node.GetID(), mrml.ras_from_ijk_of(qsm_node).round(9).tobytes(),
+               mrml.segments_state(segmentation_node))
+        if self._nuclei[0] != key:
+            qsm = mrml.volume_from_node(qsm_node, copy=False)
+            self._nuclei = (key, mrml.labelmap_from_segmentation(segmentation_node, qsm, dict(VALUES), "nuclei"))
+        return self._nuclei[1]
 
     # ---- landmarks -------------------------------------------------------------------------------
     def set_landmarks(self, points: dict, name: str = P.LANDMARKS_NAME):
@@ -410,17 +479,16 @@ class PlannerLogic:
     def _risk_key(self, qsm_node, segmentation_node, t1_node):
         nuclei = self.nuclei_labels(segmentation_node, qsm_node)
         return (qsm_node.GetID(), qsm_node.GetImageData().GetMTime(),
-                mrml.world_from_node_matrix(qsm_node).round(6).tobytes(),
-                hash(np.asarray(nuclei.data).tobytes()), self._t1_key(t1_node)), nuclei
+                mrml.world_from_node_matrix(qsm_node).round(6).tobytes(), self._nuclei[0], self._t1_key(t1_node)), nuclei
 
     def risk_task(self, qsm_node, segmentation_node, t1_node=None) -> StageTask:
         """The risk map the entry search uses (``workflow.stages.risk_map``): veins from the QSM (and R2* of
         its GRE echoes), the segmented nuclei left out, ventricles and sulci from the T1, the brain mask."""
         key, nuclei = self._risk_key(qsm_node, segmentation_node, t1_node)
-        qsm = mrml.volume_from_node(qsm_node)
+        qsm = mrml.volume_from_node(qsm_node, copy=False)
         brain = P.brain_mask_of(qsm_node)
         brain = None if brain is None else brain.with_data(np.asarray(brain.data, np.uint8))
-        t1 = mrml.volume_from_node(t1_node, world=True) if t1_node is not None else None
+        t1 = mrml.volume_from_node(t1_node, world=True, copy=False) if t1_node is not None else None
         gre = None
         series = qsm_node.GetAttribute("QSMPlanner.GRESeries")
         mags = [n for n in mrml.nodes_by_class(self.scene, "vtkMRMLScalarVolumeNode")
@@ -428,7 +496,7 @@ class PlannerLogic:
                 and n.GetAttribute("QSMPlanner.Part") == "magnitude"]
         phases = self.gre_series_nodes(mags[0], "phase") if mags else []
         if mags and phases and phases[0] is not mags[0]:
-            gre = self.gre_from_nodes(mags[0], phases[0])
+            gre = self.echo_volumes(mags[0], phases[0])
         world = mrml.world_from_node_matrix(qsm_node)
 
         def apply(result):
@@ -468,7 +536,8 @@ class PlannerLogic:
             self.frame_result = frame
             P.set_frame_pose(ct_node, frame.xyz_from_ras, frame.fre_mm)
             return frame
-        return self.task("frame registration", "register_frame", {"ct": mrml.volume_from_node(ct_node)}, apply)
+        return self.task("frame registration", "register_frame", {"ct": mrml.volume_from_node(ct_node, copy=False)},
+                         apply)
 
     def set_frame(self, ct_node, xyz_from_ct_ras):
         """A known frame pose (CT RAS -> Leksell XYZ) instead of registering the localizer."""

@@ -65,15 +65,18 @@ def np_matrix(vm: vtk.vtkMatrix4x4) -> np.ndarray:
     return np.array([[vm.GetElement(r, c) for c in range(4)] for r in range(4)], dtype=float)
 
 
-def _image_from_array(data: np.ndarray) -> vtk.vtkImageData:
-    """numpy [i, j, k] -> vtkImageData (x fastest), unit spacing, zero origin (geometry lives on the node)."""
+def _image_from_array(data: np.ndarray, first_index=(0, 0, 0)) -> vtk.vtkImageData:
+    """numpy [i, j, k] -> vtkImageData (x fastest), unit spacing, zero origin (geometry lives on the node);
+    ``first_index``: the voxel index of ``data[0, 0, 0]`` (the image's extent starts there)."""
     data = np.asarray(data)
     if data.dtype == bool:
         data = data.astype(np.uint8)
     if data.dtype == np.float16:
         data = data.astype(np.float32)
     img = vtk.vtkImageData()
-    img.SetDimensions(*[int(n) for n in data.shape[:3]])
+    lo = [int(v) for v in first_index]
+    img.SetExtent(lo[0], lo[0] + data.shape[0] - 1, lo[1], lo[1] + data.shape[1] - 1,
+                  lo[2], lo[2] + data.shape[2] - 1)
     flat = np.ascontiguousarray(data.transpose(2, 1, 0)).ravel()
     scalars = numpy_support.numpy_to_vtk(flat, deep=True)
     scalars.SetName("ImageScalars")
@@ -81,10 +84,15 @@ def _image_from_array(data: np.ndarray) -> vtk.vtkImageData:
     return img
 
 
-def _array_from_image(img) -> np.ndarray:
+def _array_from_image(img, copy: bool = True) -> np.ndarray:
+    """vtkImageData -> numpy [i, j, k]: a copy, or (``copy=False``) a read-only view of the image's memory."""
     dims = img.GetDimensions()
     flat = numpy_support.vtk_to_numpy(img.GetPointData().GetScalars())
-    return flat.reshape(dims[2], dims[1], dims[0]).transpose(2, 1, 0).copy()
+    view = flat.reshape(dims[2], dims[1], dims[0]).transpose(2, 1, 0)
+    if copy:
+        return view.copy()
+    view.flags.writeable = False
+    return view
 
 
 # --------------------------------------------------------------------------------------------------
@@ -218,7 +226,8 @@ def add_volume(scene, vol: Volume, name: str | None = None, *, kind: str = "scal
             display.AutoWindowLevelOff()
             display.SetWindowLevelMinMax(float(low), float(high))
         else:
-            finite = data[np.isfinite(data)] if np.issubdtype(data.dtype, np.floating) else data
+            sample = data.ravel()[:: max(1, data.size // 500_000)]   # the window from ~0.5 M voxels
+            finite = sample[np.isfinite(sample)] if np.issubdtype(sample.dtype, np.floating) else sample
             if finite.size:
                 low, high = np.percentile(finite, [1.0, 99.5])
                 if high > low:
@@ -231,9 +240,10 @@ def add_volume(scene, vol: Volume, name: str | None = None, *, kind: str = "scal
     return node
 
 
-def volume_from_node(node, world: bool = False) -> Volume:
+def volume_from_node(node, world: bool = False, copy: bool = True) -> Volume:
     """A ``Volume`` from a volume node. ``world=True`` folds a linear parent transform into the matrix
-    (RAS of the scene's world), else the node's own IJK->RAS."""
+    (RAS of the scene's world), else the node's own IJK->RAS. ``copy=False``: the voxels are a read-only
+    view of the node's memory (no copy; for handing to a stage that only reads them)."""
     vm = vtk.vtkMatrix4x4()
     node.GetIJKToRASMatrix(vm)
     ras_from_ijk = np_matrix(vm)
@@ -242,7 +252,7 @@ def volume_from_node(node, world: bool = False) -> Volume:
     img = node.GetImageData()
     if img is None:
         raise InputError("volume node has no image data", node.GetName())
-    return Volume(_array_from_image(img), ras_from_ijk, node.GetName())
+    return Volume(_array_from_image(img, copy), ras_from_ijk, node.GetName())
 
 
 def ras_from_ijk_of(node) -> np.ndarray:
@@ -289,14 +299,23 @@ def add_segmentation(scene, labelmap: Volume, names: dict, name: str = "Segmenta
     node.CreateDefaultDisplayNodes()
     if reference_volume_node is not None:
         node.SetReferenceImageGeometryParameterFromVolumeNode(reference_volume_node)
-    present = set(int(v) for v in np.unique(data))
+    from scipy import ndimage
     ijk_to_ras = vtk_matrix(labelmap.ras_from_ijk)
     segmentation = node.GetSegmentation()
+    labels = data.astype(np.int32) if data.dtype.kind in "iub" else np.rint(data).astype(np.int32)
+    boxes = {}
+    if labels.size and labels.max(initial=0) > 0:
+        found = ndimage.find_objects(np.where(labels > 0, labels, 0))
+        boxes = {v: box for v, box in enumerate(found, start=1) if box is not None}
     for value, seg_name in sorted(names.items()):
         value = int(value)
-        mask = (data == value).astype(np.uint8) if value in present else np.zeros((1, 1, 1), np.uint8)
+        box = boxes.get(value)
+        if box is not None:   # each segment's labelmap covers its own box, as Slicer keeps them
+            mask, first = (labels[box] == value).astype(np.uint8), [b.start for b in box]
+        else:
+            mask, first = np.zeros((1, 1, 1), np.uint8), [0, 0, 0]
         oriented = slicer.vtkOrientedImageData()
-        oriented.ShallowCopy(_image_from_array(mask))
+        oriented.ShallowCopy(_image_from_array(mask, first))
         oriented.SetImageToWorldMatrix(ijk_to_ras)
         rgb = (colors or {}).get(value) or _segment_color(seg_name)
         segment = slicer.vtkSegment()
@@ -342,6 +361,14 @@ def segment_mask(node, segment_name: str, reference: Volume) -> np.ndarray:
     src_from_ref[:3, 3] -= [extent[0], extent[2], extent[4]]
     snapped = np.round(src_from_ref)
     src_from_ref = np.where(np.abs(src_from_ref - snapped) < 1e-6, snapped, src_from_ref)
+    if np.array_equal(src_from_ref[:3, :3], np.eye(3)) and np.array_equal(src_from_ref[:3, 3], snapped[:3, 3]):
+        # the same grid up to a whole-voxel shift (a segment made on this volume): copy the overlap
+        shift = src_from_ref[:3, 3].astype(int)
+        dst = tuple(slice(max(0, -o), min(n, m - o)) for o, n, m in zip(shift, reference.shape3, src.shape))
+        if all(d.start < d.stop for d in dst):
+            srcs = tuple(slice(d.start + o, d.stop + o) for d, o in zip(dst, shift))
+            out[dst] = src[srcs] == value
+        return out
     from scipy import ndimage
     # one voxel of zero padding so that voxel centres on the border are not lost to rounding
     binary = np.pad((src == value).astype(np.uint8), 1)
@@ -360,6 +387,19 @@ def labelmap_from_segmentation(node, reference: Volume, values: dict, name: str 
         if seg_name in present:
             out[segment_mask(node, seg_name, reference)] = int(value)
     return Volume(out, reference.ras_from_ijk.copy(), name or node.GetName())
+
+
+def segments_state(node) -> tuple:
+    """What the segments' voxels depend on: each segment's name and its labelmap's modification time (an
+    edit in the Segment Editor changes it)."""
+    seg = node.GetSegmentation()
+    rep_name = slicer.vtkSegmentationConverter.GetSegmentationBinaryLabelmapRepresentationName()
+    out = []
+    for i in range(seg.GetNumberOfSegments()):
+        segment = seg.GetNthSegment(i)
+        rep = segment.GetRepresentation(rep_name)
+        out.append((segment.GetName(), 0 if rep is None else rep.GetMTime()))
+    return tuple(out)
 
 
 def segment_tag(segment, tag_name: str) -> str:

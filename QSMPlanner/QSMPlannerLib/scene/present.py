@@ -36,6 +36,17 @@ def show_gre(scene, gre, series: str = GRE_SERIES, parent_transform=None) -> dic
     """One scalar volume per echo and part (``<series>_magnitude_echoN``, ``<series>_phase_echoN``), each
     tagged with its echo index, TE (s), field (T) and B0 direction in the voxel frame, so that
     ``panel`` can put the acquisition back together."""
+    steps = show_gre_steps(scene, gre, series, parent_transform)
+    while True:
+        try:
+            next(steps)
+        except StopIteration as stop:
+            return stop.value
+
+
+def show_gre_steps(scene, gre, series: str = GRE_SERIES, parent_transform=None):
+    """``show_gre`` one echo node at a time (a generator that yields after each node; its value is the
+    nodes)."""
     nodes = {"magnitude": [], "phase": []}
     for part, arr in (("magnitude", gre.magnitude), ("phase", gre.phase_rad)):
         for e in range(gre.n_echoes):
@@ -48,16 +59,28 @@ def show_gre(scene, gre, series: str = GRE_SERIES, parent_transform=None) -> dic
             node.SetAttribute("QSMPlanner.B0_T", repr(float(gre.b0_tesla)))
             node.SetAttribute("QSMPlanner.B0DirIJK", json.dumps([float(v) for v in gre.b0_dir_ijk]))
             nodes[part].append(node)
+            yield
     return nodes
 
 
 def show_qsm(scene, qsm_result, parent_transform=None, name: str = QSM_NAME, method: str = ""):
     """The χ map (QSM display) and its brain mask (a labelmap the QSM node points at)."""
+    steps = show_qsm_steps(scene, qsm_result, parent_transform, name, method)
+    while True:
+        try:
+            next(steps)
+        except StopIteration as stop:
+            return stop.value
+
+
+def show_qsm_steps(scene, qsm_result, parent_transform=None, name: str = QSM_NAME, method: str = ""):
+    """``show_qsm`` a node at a time (a generator; its value is the QSM node)."""
     node = mrml.add_volume(scene, qsm_result.chi_ppm, name, kind="qsm", parent_transform=parent_transform)
     if method:
         node.SetAttribute("QSMPlanner.Method", method)
     mask = getattr(qsm_result, "mask", None)
     if isinstance(mask, Volume):
+        yield
         mask_node = mrml.add_volume(scene, mask.with_data(np.asarray(mask.data, np.uint8)), f"{name} mask",
                                     kind="labelmap", parent_transform=parent_transform)
         mask_node.GetDisplayNode().SetVisibility(False)

@@ -30,9 +30,11 @@ def read_gre(progress=None, **where):
 
 
 def reconstruct_qsm(gre, settings: PlanSettings, mask: Volume | None = None, progress=None):
-    """χ (ppm) on the GRE grid from the multi-echo GRE (``qsm.reconstruct_qsm``): ``QSMResult``."""
+    """χ (ppm) on the GRE grid from the multi-echo GRE (``qsm.reconstruct_qsm``; ``gre``: a MultiEchoGRE or
+    its ``EchoVolumes``): ``QSMResult``."""
+    from ..io.gre import as_multi_echo
     from ..qsm import reconstruct_qsm as qsm
-    return qsm(gre, mask=mask, bfr=settings.bfr, inversion=settings.inversion, progress=progress)
+    return qsm(as_multi_echo(gre), mask=mask, bfr=settings.bfr, inversion=settings.inversion, progress=progress)
 
 
 def register_gre_to_t1(t1: Volume, gre, qsm_mask: Volume | None = None, t1_brain: Volume | None = None,
@@ -117,9 +119,10 @@ def segment(chi: Volume, prior, seeds: dict | None = None, progress=None):
 def r2star(gre, mask: Volume | None, messages: list | None = None):
     """R2* (1/s) from the echo magnitudes (a vein cue beside χ), or None with a note when the echoes
     cannot give it."""
+    from ..io.gre import as_multi_echo
     from ..planning import r2star_map
     try:
-        return r2star_map(gre, mask)
+        return r2star_map(as_multi_echo(gre), mask)
     except InputError as exc:
         if messages is not None:
             messages.append(f"veins from QSM only ({exc})")

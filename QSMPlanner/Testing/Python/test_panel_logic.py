@@ -397,7 +397,7 @@ def test_stage_results_become_nodes_observed_or_hardened(patient):
 
     logic.settings = PlanSettings(bfr="pdf", inversion="tkd")
     qsm_task = logic.qsm_task(mag, pha)
-    qsm = qsm_task.apply(SimpleNamespace(chi_ppm=patient.truth["chi_ppm"], messages=["ok"], mask=None))
+    qsm = qsm_task.apply_result(SimpleNamespace(chi_ppm=patient.truth["chi_ppm"], messages=["ok"], mask=None))
     assert qsm.GetName() == "QSM" and qsm.GetAttribute("QSMPlanner.Method") == "pdf+tkd"
     assert logic.messages == ["QSM: ok"]
 
@@ -405,7 +405,7 @@ def test_stage_results_become_nodes_observed_or_hardened(patient):
     moved = [n for n in logic.gre_nodes_for(mag) if n is not mag] + [qsm]
     reg = logic.registration_task(t1, mag, "T1_from_GRE", moved)
     assert reg.stage == "register_gre_to_t1"
-    tnode = reg.apply(SimpleNamespace(fixed_from_moving=t, metric_final=-0.5, qc={"restart_disagreement_mm": 0.1}))
+    tnode = reg.apply_result(SimpleNamespace(fixed_from_moving=t, metric_final=-0.5, qc={"restart_disagreement_mm": 0.1}))
     assert all(n.GetParentTransformNode() is tnode for n in [mag] + moved)      # observed
     np.testing.assert_allclose(mrml.ras_from_ijk_of(qsm), patient.gre.ras_from_ijk, atol=1e-9)
     np.testing.assert_allclose(mrml.volume_from_node(qsm, world=True).ras_from_ijk, t @ patient.gre.ras_from_ijk,
@@ -415,7 +415,7 @@ def test_stage_results_become_nodes_observed_or_hardened(patient):
     logic.set_frame(ct, patient.transforms["xyz_from_ct"])       # frame known in the CT's own RAS
     reg_ct = logic.registration_task(t1, ct, "T1_from_CT", harden=True)
     assert reg_ct.stage == "register_to_t1"
-    reg_ct.apply(SimpleNamespace(fixed_from_moving=t_ct, metric_final=-0.4, qc={}))
+    reg_ct.apply_result(SimpleNamespace(fixed_from_moving=t_ct, metric_final=-0.4, qc={}))
     assert ct.GetParentTransformNode() is None                                  # hardened
     np.testing.assert_allclose(mrml.ras_from_ijk_of(ct), t_ct @ patient.ct.ras_from_ijk, atol=1e-6)
     xyz_from_t1 = patient.transforms["xyz_from_ct"] @ np.linalg.inv(t_ct)
@@ -424,14 +424,14 @@ def test_stage_results_become_nodes_observed_or_hardened(patient):
     prior = mrml.add_volume(scene, patient.truth["labels_gre"], "prior", kind="labelmap")
     seg_task = logic.segmentation_task(qsm, prior_node=prior)
     seg_result = SimpleNamespace(labelmap=_nuclei_labelmap(patient), names=NUCLEI, messages=[])
-    seg = seg_task.apply((None, seg_result))
+    seg = seg_task.apply_result((None, seg_result))
     assert mrml.segment_names(seg) == list(NUCLEI.values())
     assert seg.GetParentTransformNode() is tnode
     np.testing.assert_array_equal(logic.nuclei_labels(seg, qsm).data, seg_result.labelmap.data)
     with pytest.raises(InputError):
         logic.segmentation_task(qsm)                                            # neither T1 nor prior
 
-    frame = logic.frame_task(ct).apply(SimpleNamespace(xyz_from_ras=xyz_from_t1, fre_mm=0.3))
+    frame = logic.frame_task(ct).apply_result(SimpleNamespace(xyz_from_ras=xyz_from_t1, fre_mm=0.3))
     assert frame.fre_mm == 0.3 and ct.GetAttribute("QSMPlanner.FRE_mm") == "0.3"
     p = np.array([-12.0, -2.0, -4.0])
     np.testing.assert_allclose(apply(logic.xyz_from_world(ct), p), apply(xyz_from_t1, p), atol=1e-9)

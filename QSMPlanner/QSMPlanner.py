@@ -13,7 +13,6 @@ import shutil
 from typing import Annotated, Optional
 
 import qt
-import vtk
 
 import slicer
 from slicer.ScriptedLoadableModule import (

@@ -22,7 +22,7 @@ from ..errors import InputError, ProcessingError
 from ..progress import Cancelled, Progress
 from ..scene import mrml
 from ..scene import present as P
-from ..volume import Volume, apply
+from ..volume import Volume
 from ..workflow import PlanSettings, SIDES, plan_document, stages, write_plan_files
 from ..workflow.jobs import Job, run_stage
 

@@ -28,9 +28,10 @@ def register(sub):
                    help="unwrapped phase in radians: 3-D (one echo) or 4-D (echoes last) with one --te "
                         "per echo (seconds); fitted to a total field, then as --total-field")
     f.add_argument("--field-units", choices=["ppm", "hz", "rad"],
-                   help="units of --local-field / --total-field (default: 'Units' of the JSON sidecar "
-                        "beside the file; refused when neither says). ppm = of B0; hz needs --b0; rad "
-                        "needs --te and --b0")
+                   help="units of --local-field / --total-field: ppm (of B0), hz, or rad (phase accrued "
+                        "at --te). Default: 'Units' of the JSON sidecar beside the file, else the one unit "
+                        "in which the values make a field of plausible size (refused when ambiguous). hz "
+                        "and rad use --b0 (else the sidecar, else 3 T)")
     p.add_argument("--mask", help="brain mask on the input grid (default for GRE input: from the "
                                   "magnitude; required for field-map input)")
     p.add_argument("--bfr", choices=["vsharp", "pdf", "lbv", "resharp"], default="pdf",

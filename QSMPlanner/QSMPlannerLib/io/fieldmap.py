@@ -5,7 +5,8 @@ Units: ``ppm`` (of B0), ``hz``, or ``rad`` (phase accrued at the echo time: Hz =
 Unwrapped phase is radians, one volume per echo (4-D, echoes last, or 3-D for one echo): the field
 is the magnitude-free least-squares slope over the echoes (with an intercept from 2 echoes on: the
 phase offset is not assumed removed). Units come from the option, else the JSON sidecar beside the
-file ("Units"), else the reader refuses to guess. Values are checked against what such a field can
+file ("Units"), else from the values when exactly one of ppm and Hz (and rad, with --te) gives a field
+of plausible size for its kind; otherwise the reader refuses to guess. Values are checked against what such a field can
 be: a wrong unit, a wrapped phase or a field in the wrong place fails with ``InputError`` naming the
 file. A DICOM directory holding a scanner B0 map is read through dcm2niix (Hz from its sidecar).
 """
@@ -24,8 +25,9 @@ from .gre import GAMMA_HZ_PER_T
 FIELD_UNITS = ("ppm", "hz", "rad")
 INPUT_KINDS = ("local", "total", "unwrapped_phase")
 DEFAULT_B0_T = 3.0
-# robust size (99.5th percentile of |field - median| in the mask) a field of each kind can have, ppm
-_LOCAL_MAX_PPM, _TOTAL_MAX_PPM, _MIN_PPM = 1.0, 30.0, 3e-3
+# robust size (99.5th percentile of |field - median| in the mask) a field of each kind can have, ppm:
+# tissue fields reach ~0.05-0.3 ppm, total fields in a shimmed brain ~0.3-5 ppm (air-tissue interfaces)
+_SPREAD_PPM = {"local": (3e-3, 1.0), "total": (0.02, 30.0)}
 _UNIT_WORDS = {"ppm": "ppm", "hz": "hz", "hertz": "hz", "rad": "rad", "radian": "rad", "radians": "rad",
                "rad/s": None}
 
@@ -78,8 +80,7 @@ def _units(units, sidecar, path, kind) -> str:
             raise InputError(f"the sidecar gives units {sidecar.get('Units')!r}: not ppm, Hz or rad; "
                              "give --field-units", path)
         return u
-    raise InputError("the field's units are unknown: give --field-units ppm, hz or rad (no JSON "
-                     "sidecar with 'Units' beside the file)", path)
+    return None
 
 
 def _te_list(te, n, path, why) -> np.ndarray:
@@ -109,19 +110,43 @@ def _looks_wrapped(phase: np.ndarray, mask: np.ndarray) -> bool:
     return jumps > max(10, 1e-4 * mask.sum())
 
 
-def _check_size(ppm: np.ndarray, mask: np.ndarray, kind: str, units: str, path) -> None:
+def _spread_ppm(ppm: np.ndarray, mask: np.ndarray) -> float:
     vals = ppm[mask]
-    spread = float(np.percentile(np.abs(vals - np.median(vals)), 99.5))
-    top = _LOCAL_MAX_PPM if kind == "local" else _TOTAL_MAX_PPM
+    return float(np.percentile(np.abs(vals - np.median(vals)), 99.5))
+
+
+def _to_ppm(data: np.ndarray, units: str, te_s, hz_per_ppm: float) -> np.ndarray:
+    if units == "rad":
+        return data / (2 * np.pi * te_s) / hz_per_ppm
+    return data / hz_per_ppm if units == "hz" else data
+
+
+def _check_size(ppm: np.ndarray, mask: np.ndarray, kind: str, units: str, path) -> None:
+    spread = _spread_ppm(ppm, mask)
+    low, top = _SPREAD_PPM[kind]
     if spread > top:
         hint = (" (Hz or radians given as ppm? or a total field: use --total-field)" if kind == "local"
                 else " (Hz or radians given as ppm?)")
         raise InputError(f"as {units} this {kind} field spreads over {spread:.3g} ppm of B0 in the mask, "
                          f"more than a {kind} field can ({top:g} ppm){hint}: check --field-units", path)
-    if spread < _MIN_PPM:
+    if spread < low:
         raise InputError(f"as {units} this {kind} field spreads over only {spread:.3g} ppm of B0 in the "
-                         f"mask (ppm given as Hz, or a fraction of B0 rather than ppm?): check "
-                         "--field-units", path)
+                         f"mask, less than a {kind} field does ({low:g} ppm; ppm given as Hz, or a fraction "
+                         "of B0 rather than ppm?): check --field-units", path)
+
+
+def _detect_units(data, mask, kind, te_s, hz_per_ppm, path) -> str:
+    """The one unit in which the values make a field of plausible size, else ``InputError``."""
+    low, top = _SPREAD_PPM[kind]
+    candidates = ["ppm", "hz"] + (["rad"] if te_s is not None else [])
+    fits = [u for u in candidates
+            if low <= _spread_ppm(_to_ppm(data, u, te_s, hz_per_ppm), mask) <= top]
+    if len(fits) != 1:
+        why = "none" if not fits else " and ".join(fits)
+        raise InputError(f"the field's units are unknown and its values fit {why} of "
+                         f"{', '.join(candidates)} for a {kind} field: give --field-units (no JSON sidecar "
+                         "with 'Units' beside the file)", path)
+    return fits[0]
 
 
 def read_field_input(path, kind: str, mask: Volume, units: str | None = None, te=None,
@@ -163,10 +188,8 @@ def read_field_input(path, kind: str, mask: Volume, units: str | None = None, te
     notes = []
     if b0_tesla is None:
         b0_tesla = side.get("MagneticFieldStrength")
-        if b0_tesla is None and u != "ppm":
-            b0_tesla = DEFAULT_B0_T
-            notes.append(f"field strength not given and not in a sidecar: assuming {DEFAULT_B0_T} T")
-    b0 = float(b0_tesla) if b0_tesla is not None else DEFAULT_B0_T
+    b0_assumed = b0_tesla is None
+    b0 = DEFAULT_B0_T if b0_assumed else float(b0_tesla)
     if b0 > 100:      # gauss
         b0 /= 10000.0
     if not np.isfinite(b0) or not 0.1 <= b0 <= 20.0:
@@ -189,21 +212,24 @@ def read_field_input(path, kind: str, mask: Volume, units: str | None = None, te
                 / (tc @ tc) / (2 * np.pi)
         ppm = hz / hz_per_ppm
         kind_out = "total"
+        _check_size(ppm, m, "total", u, path)
         notes.append(f"unwrapped phase of {n_echoes} echo(es) -> field (total, background not removed)")
     else:
         if data.ndim != 3:
             raise InputError(f"a {kind} field must be 3-D, got shape {data.shape}", path)
-        if u == "rad":
-            t = _te_list(te, 1, path, "a field in radians")
-            if _looks_wrapped(data, m):
-                raise InputError("the field in radians looks wrapped (2 pi jumps inside the mask)", path)
-            ppm = data / (2 * np.pi * t[0]) / hz_per_ppm
-        elif u == "hz":
-            ppm = data / hz_per_ppm
-        else:
-            ppm = data
+        te1 = None
+        if u == "rad" or (u is None and te):
+            te1 = float(_te_list(te, 1, path, "a field in radians")[0])
+        if u is None:
+            u = _detect_units(data, m, kind, te1, hz_per_ppm, path)
+            notes.append(f"units not given: the values fit a {kind} field only as {u}")
+        if u == "rad" and _looks_wrapped(data, m):
+            raise InputError("the field in radians looks wrapped (2 pi jumps inside the mask)", path)
+        ppm = _to_ppm(data, u, te1, hz_per_ppm)
         kind_out = kind
-    _check_size(ppm, m, kind_out if kind != "unwrapped_phase" else "total", u, path)
+        _check_size(ppm, m, kind_out, u, path)
+    if b0_assumed and u != "ppm":
+        notes.append(f"field strength not given and not in a sidecar: assuming {DEFAULT_B0_T} T")
     what = "unwrapped phase" if kind == "unwrapped_phase" else f"{kind} field"
     notes.append(f"{what} read as {u}" + ("" if u == "ppm" else f" at {b0:g} T"))
     out = Volume(np.where(m, ppm, 0).astype(np.float32), vol.ras_from_ijk.copy(), f"{kind_out}_field_ppm")

@@ -40,6 +40,9 @@ def case(tmp_path_factory):
     offset = 0.7 * np.cos(np.arange(48) / 9.0)[:, None, None]
     save("unwrapped", offset[..., None] + 2 * np.pi * total_hz[..., None] * tes)   # offset + 2 pi f TE
     save("wrapped", np.angle(np.exp(1j * (offset + 2 * np.pi * total_hz * 0.012))))
+    inside = sim.local_field_ppm[sim.brain_mask]
+    spread = np.percentile(np.abs(inside - np.median(inside)), 99.5)
+    save("ambiguous", sim.local_field_ppm / spread * 0.7)   # a spread of 0.7: ppm, or Hz (0.0055 ppm)?
     shifted = Volume(sim.brain_mask.astype(np.uint8), aff.copy(), "m")
     shifted.ras_from_ijk[:3, 3] += 1.0
     files["mask_moved"] = write_volume(shifted, d / "mask_moved.nii.gz")
@@ -96,6 +99,12 @@ def test_units_from_the_sidecar_and_the_stage_function(case, capsys, tmp_path):
     (tmp_path / "local.json").write_text(json.dumps({"Units": "Hz", "MagneticFieldStrength": B0}))
     code, _, err = run_cli(["--local-field", hz, "--mask", f["mask"], "--out", tmp_path / "c.nii.gz"], capsys)
     assert code == 0, err
+    # no units and no sidecar: the values fit a local field only in ppm (resp. Hz)
+    for name in ("local_ppm", "local_hz"):
+        code, out, err = run_cli(["--local-field", f[name], "--b0", B0, "--mask", f["mask"], "--out",
+                                  tmp_path / f"{name}.nii.gz"], capsys)
+        assert code == 0 and f"only as {name[6:]}" in out, err
+        assert np.abs(read_volume(tmp_path / f"{name}.nii.gz").data - read_volume(tmp_path / "c.nii.gz").data).max() < 2e-3
     # the stage function the workflow calls: same chi as the CLI from ppm
     res = reconstruct_from_field(read_volume(f["local_ppm"]), read_volume(f["mask"]), kind="local")
     assert np.abs(res.chi_ppm.data - read_volume(tmp_path / "c.nii.gz").data).max() < 2e-3
@@ -107,7 +116,7 @@ def test_units_from_the_sidecar_and_the_stage_function(case, capsys, tmp_path):
      "check --field-units"),
     (["--local-field", "{local_ppm}", "--field-units", "hz", "--mask", "{mask}", "--out", "{o}"],
      "check --field-units"),
-    (["--local-field", "{local_ppm}", "--mask", "{mask}", "--out", "{o}"], "give --field-units"),
+    (["--local-field", "{ambiguous}", "--mask", "{mask}", "--out", "{o}"], "give --field-units"),
     (["--local-field", "{local_rad}", "--field-units", "rad", "--mask", "{mask}", "--out", "{o}"], "--te"),
     (["--local-field", "{local_ppm}", "--field-units", "ppm", "--mask", "{mask_moved}", "--out", "{o}"],
      "not on the same grid"),
@@ -119,12 +128,12 @@ def test_units_from_the_sidecar_and_the_stage_function(case, capsys, tmp_path):
     (["--total-field", "{total_hz}", "--field-units", "hz", "--mag", "{mask}", "--mask", "{mask}",
       "--out", "{o}"], "replaces --bids"),
 ])
-def test_bad_field_inputs_exit_2_naming_the_problem(case, capsys, args, problem):
+def test_bad_field_inputs_exit_2_naming_the_problem(case, capsys, args, problem, tmp_path):
     sim, d, f, _, _ = case
-    names = {k: str(v) for k, v in f.items()} | {"o": str(d / "never.nii.gz")}
+    names = {k: str(v) for k, v in f.items()} | {"o": str(tmp_path / "never.nii.gz")}
     code, _, err = run_cli([a.format(**names) for a in args], capsys)
     assert code == 2 and problem in err and "Traceback" not in err
-    assert not (d / "never.nii.gz").exists()
+    assert not (tmp_path / "never.nii.gz").exists()
 
 
 def test_scanner_b0_map_from_ge_dicom_as_total_field(tmp_path, capsys):

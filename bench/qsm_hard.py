@@ -1,7 +1,8 @@
 """QSM on harder digital heads: our pipeline vs the Laplacian + V-SHARP + TKD baseline (bench/qsm.py)
 on heads that depart from the default digital patient (phantom.patient.HeadVariation): other chi values,
 denser veins, more air near the brain (ear canals, larger sinuses), more noise, an uncorrected multi-coil
-phase (phase of the coil sum), all of them at once on a 15 deg oblique slab. One run, one table:
+phase (phase of the 8-coil sum with an RSS magnitude; "coil-sum": magnitude of the sum too, with signal
+dropouts inside the brain), all of them at once on a 15 deg oblique slab. One run, one table:
 NRMSE / HFEN / XSIM over the true brain mask, nucleus mean errors (ppm), time per call, peak RSS.
 
     .venv/bin/python bench/qsm_hard.py                   # 3 T, 5 echoes, 256x256x128 (default size)
@@ -37,6 +38,7 @@ CASES = {   # name -> (variation, snr, tilt_deg)
     "air": (HeadVariation("air", ear_canals=True, sinus_scale=1.3), 100.0, 0.0),
     "noise": (None, 40.0, 0.0),
     "coils": (HeadVariation("coils", coil_combination="phase-of-sum"), 100.0, 0.0),
+    "coil-sum": (HeadVariation("coil-sum", coil_combination="sum"), 100.0, 0.0),
     "all-oblique": (ALL, 60.0, 15.0),
 }
 

@@ -131,7 +131,8 @@ class HeadVariation:
     extra_cortical_veins: int = 0        # more cortical veins per hemisphere
     ear_canals: bool = False             # air in the external auditory canals (temporal-lobe fields)
     sinus_scale: float = 1.0             # paranasal sinuses / mastoids enlarged by this (semi-axes)
-    coil_combination: str = "ideal"      # "ideal" | "phase-of-sum": 8 coils summed with their phases
+    coil_combination: str = "ideal"      # "ideal" | "phase-of-sum": 8 coils, RSS magnitude, phase of their
+    #                                      sum | "sum": magnitude and phase of the plain sum (dropouts)
 
 
 EAR_CANALS_MNI = (((-63.0, -22.0, -46.0), (12.0, 3.5, 3.5)), ((63.0, -22.0, -46.0), (12.0, 3.5, 3.5)))
@@ -164,14 +165,17 @@ def _vary_model(model, variation: HeadVariation, rng):
     return model
 
 
-def _coil_combination(rng, shape, voxel, n_coils: int = 8):
-    """Magnitude and phase of the sum of ``n_coils`` receive sensitivities around the head, each with
-    its own smooth phase, combined without phase matching: an echo-independent phase offset with
-    steep regions and near-cancellations (open fringe lines) where coils disagree."""
+def _coil_combination(rng, shape, voxel, n_coils: int = 8, rss_magnitude: bool = True):
+    """Receive-coil effects of ``n_coils`` coils around the head, each with its own smooth phase:
+    phase of the plain coil sum (no phase matching): an echo-independent offset with steep regions and
+    singular lines where the coil phasors cancel; magnitude as the scanner's root-sum-of-squares
+    combination (smooth, brighter near the coils), or (``rss_magnitude`` False) of the plain sum, with
+    deep signal dropouts where the phasors cancel."""
     centre = (np.asarray(shape) - 1) / 2.0
     g = [((np.arange(n) - c) * v).astype(np.float32) for n, c, v in zip(shape, centre, voxel)]
     radius = 0.55 * float(np.min(np.asarray(shape) * voxel))
     total = np.zeros(shape, np.complex64)
+    rss = np.zeros(shape, np.float32)
     for c in range(n_coils):
         a = 2 * np.pi * c / n_coils + rng.normal(0.0, 0.15)
         p = (radius * np.cos(a), radius * np.sin(a), rng.normal(0.0, 20.0))
@@ -181,7 +185,8 @@ def _coil_combination(rng, shape, voxel, n_coils: int = 8):
         theta = (np.float32(rng.uniform(-np.pi, np.pi)) + np.float32(slope[0]) * g[0][:, None, None]
                  + np.float32(slope[1]) * g[1][None, :, None] + np.float32(slope[2]) * g[2][None, None, :])
         total += (w * np.exp(1j * theta)).astype(np.complex64)
-    mag = np.abs(total)
+        rss += w * w
+    mag = np.sqrt(rss) if rss_magnitude else np.abs(total)
     return (mag / np.float32(np.percentile(mag, 95))).astype(np.float32), np.angle(total).astype(np.float32)
 
 
@@ -279,8 +284,9 @@ def make_patient(seed: int = 0, small: bool = False, tilt_deg: float = 0.0, voxe
     coil = np.exp(_smooth_polynomial(rng, shape_gre, 0.25)).astype(np.float32)
     m0 = (1000.0 * pd * coil).astype(np.float32)
     phase0 = (np.float32(rng.uniform(-np.pi, np.pi)) + _smooth_polynomial(rng, shape_gre, 2.0)).astype(np.float32)
-    if variation is not None and variation.coil_combination == "phase-of-sum":
-        coil_mag, coil_phase = _coil_combination(var_rng, shape_gre, voxel)
+    if variation is not None and variation.coil_combination in ("phase-of-sum", "sum"):
+        coil_mag, coil_phase = _coil_combination(var_rng, shape_gre, voxel,
+                                                 rss_magnitude=variation.coil_combination == "phase-of-sum")
         m0 *= coil_mag
         phase0 = (phase0 + coil_phase).astype(np.float32)
         del coil_mag, coil_phase

@@ -242,14 +242,20 @@ def _field_to_chi(field_ppm, m, vox, b0_dir, *, bfr, inversion, magnitude, tv_la
     t = time.perf_counter()
     prog.update(0.6, f"dipole inversion ({inversion})")
     chi = np.zeros(shape, np.float32)
-    n_passes = max(1, int(bfr_passes)) if pdf_fit is not None else 1
-    sources = pdf_fit.sources if n_passes > 1 else None
+    # PDF refits the background between passes; a given local field gets the same Bregman passes
+    n_passes = max(1, int(bfr_passes)) if (pdf_fit is not None or (local_given and inversion == "tv")) else 1
+    sources = pdf_fit.sources if (n_passes > 1 and pdf_fit is not None) else None
     # alternating passes share about the iteration budget of one converged TV solve
     tv_iter = 40 if n_passes == 1 else 16
     timings["inversion"] = 0.0
     mag_b = magnitude[box] if (inversion != "tkd" and magnitude is not None) else None
     for n in range(n_passes):
-        if n:  # background again, after the field of the chi found so far
+        if n and local_given:  # Bregman step on the given field: what chi leaves unexplained added back
+            from .dipole import forward_field
+            t = time.perf_counter()
+            residual = np.where(m_local_b, local_b - forward_field(chi[box], vox, b0_dir, pad=(8, 8, 8)), 0)
+            data_b = (data_b + residual).astype(np.float32)
+        elif n:  # background again, after the field of the chi found so far
             t = time.perf_counter()
             prog.update(0.6, f"background removal ({bfr}), pass {n + 1}")
             # from the earlier background sources, to a tight tolerance: the Bregman step below adds
@@ -306,8 +312,10 @@ def reconstruct_from_field(field_ppm: Volume, mask: Volume, kind: str = "local",
     background removal ``bfr`` first; a scanner B0 map converted to ppm is one). ``mask``: the
     region where the field is valid (required: there is no magnitude to compute it from).
     ``b0_dir_ijk``: unit B0 direction in the voxel frame (default: from the field's direction matrix).
-    ``magnitude``: optional TV edge prior on the same grid. Returns ``QSMResult`` (chi referenced to
-    the mean in its mask). ``InputError`` for unknown methods, a mask on another grid, a field that is
+    ``magnitude``: optional TV edge prior on the same grid. TV runs ``bfr_passes`` passes: for a total
+    field with PDF, background refits between them (as ``reconstruct_qsm``); for a local field, Bregman
+    steps (the part of the field the chi so far leaves unexplained is added back to the data).
+    Returns ``QSMResult`` (chi referenced to the mean in its mask). ``InputError`` for unknown methods, a mask on another grid, a field that is
     not finite in the mask.
     """
     from ..io.gre import b0_dir_from_geometry

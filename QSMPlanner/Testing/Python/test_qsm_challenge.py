@@ -46,14 +46,16 @@ def test_reader_and_evaluation_on_a_simulated_head(tmp_path, fmt):
     assert np.allclose(data.voxel_mm, 2.0) and np.array_equal(data.mask, sim.brain_mask)
     assert np.allclose(data.local_field_ppm, sim.local_field_ppm)
     tkd = inversion.tkd(data.local_field_ppm, data.mask, data.voxel_mm, (0, 0, 1), threshold=TKD_CHALLENGE_THRESHOLD)
-    ours = reconstruct_from_field(Volume(data.local_field_ppm, data.ras_from_ijk, "f"),
-                                  Volume(data.mask.astype(np.uint8), data.ras_from_ijk, "m"), kind="local").chi_ppm.data
-    r_tkd, r_ours = (challenge_rmse(c, data.chi_33, data.mask) for c in (tkd, ours))
-    assert r_ours < 0.8 * r_tkd                       # the target's form, on a head where it is known to hold
+    field = Volume(data.local_field_ppm, data.ras_from_ijk, "f")
+    mask = Volume(data.mask.astype(np.uint8), data.ras_from_ijk, "m")
+    ours, one_pass = (reconstruct_from_field(field, mask, kind="local", bfr_passes=n).chi_ppm.data for n in (2, 1))
+    r_tkd, r_ours, r_one = (challenge_rmse(c, data.chi_33, data.mask) for c in (tkd, ours, one_pass))
+    # the target's form (<= 0.8 x TKD 0.19); measured 14.4 vs 40.1 %, one TV pass without the Bregman step 24.8
+    assert r_ours < 0.5 * r_tkd and r_ours < 0.75 * r_one
     regions = {name: (i + 1,) for i, name in enumerate(sim.sources)}
-    err = {k: v - region_means(data.chi_33, data.mask, data.labels, regions)[k]
-           for k, v in region_means(ours, data.mask, data.labels, regions).items()}
-    assert max(abs(e) for e in err.values()) < 0.08
+    truth = region_means(data.chi_33, data.mask, data.labels, regions)
+    err = {k: v - truth[k] for k, v in region_means(ours, data.mask, data.labels, regions).items()}
+    assert max(abs(e) for e in err.values()) < 0.03   # measured <= 0.006 ppm (one pass: 0.042)
 
 
 def test_missing_or_unreadable_challenge_files(tmp_path):

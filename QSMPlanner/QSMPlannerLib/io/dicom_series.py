@@ -13,6 +13,7 @@ scaling is then detected like for NIfTI. B0 comes from MagneticFieldStrength; GE
 from __future__ import annotations
 
 from collections import defaultdict
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -39,6 +40,23 @@ def _dicom_files(directory: Path) -> list[Path]:
             continue
         if (len(head) == 132 and head[128:132] == b"DICM") or p.suffix.lower() in (".dcm", ".ima"):
             out.append(p)
+    return out
+
+
+def enhanced_without_dimension_index(directories) -> list[Path]:
+    """Enhanced multi-frame DICOM files under ``directories`` that carry no DimensionIndexSequence:
+    dcm2niix cannot tell their echoes apart, the frame reader below can."""
+    import pydicom
+    out = []
+    for d in directories:
+        for f in (_dicom_files(d) if Path(d).is_dir() else []):
+            try:
+                ds = pydicom.dcmread(f, stop_before_pixels=True,
+                                     specific_tags=["NumberOfFrames", "DimensionIndexSequence"])
+            except Exception:
+                continue
+            if int(ds.get("NumberOfFrames", 1) or 1) > 1 and not ds.get("DimensionIndexSequence"):
+                out.append(f)
     return out
 
 
@@ -293,6 +311,74 @@ def _slice_stack(frames, where) -> Volume:
     lps[:3, 2] = step
     lps[:3, 3] = ipp[0]
     return Volume(data, LPS_FROM_RAS @ lps, Path(frames[0]["file"]).name)
+
+
+@dataclass
+class DicomEchoInfo:
+    """What the DICOM attributes behind one loaded volume say about it (for volumes that Slicer's
+    DICOM module loaded: the pixels come from Slicer, the meaning from here)."""
+    te_s: float | None            # echo time (s); None when the headers have none
+    part: str | None              # "magnitude" | "phase" | "real" | "imaginary" | None (not stated)
+    b0_tesla: float | None        # MagneticFieldStrength (gauss converted)
+    manufacturer: str
+    echo_number: int | None
+    value_range: tuple | None     # (lo, hi) the stored values can take after the modality rescale
+    ge_phase: bool                # GE phase: sign is flipped on reading
+
+
+def dicom_echo_info(datasets) -> DicomEchoInfo:
+    """Echo time, magnitude/phase part, field strength and value range from the DICOM files (paths or
+    pydicom datasets) behind one volume. All frames must share one echo time and one part
+    (``InputError`` otherwise). Scaling to radians is decided on the pixel values by
+    ``io.phase.detect_phase_scaling`` (``io.loaders.gre_from_echo_volumes`` does both)."""
+    import pydicom
+    records, first = [], None
+    for item in datasets:
+        ds = item if isinstance(item, pydicom.Dataset) else pydicom.dcmread(item, stop_before_pixels=True)
+        where = getattr(ds, "filename", None) or (None if isinstance(item, pydicom.Dataset) else item)
+        first = first or (ds, where)
+        per_frame = ds.get("PerFrameFunctionalGroupsSequence")
+        if per_frame:
+            shared = _item(ds, "SharedFunctionalGroupsSequence")
+            for frame in per_frame:
+                ft = _item(frame, "MRImageFrameTypeSequence") or _item(shared, "MRImageFrameTypeSequence")
+                echo = _item(frame, "MREchoSequence") or _item(shared, "MREchoSequence")
+                te = None if echo is None else echo.get("EffectiveEchoTime")
+                pvt = _item(frame, "PixelValueTransformationSequence") or \
+                    _item(shared, "PixelValueTransformationSequence")
+                records.append((te, image_part(ds, ft), pvt or ds, ds, where))
+        else:
+            records.append((ds.get("EchoTime"), image_part(ds), ds, ds, where))
+    if not records:
+        raise InputError("no DICOM files given for the volume")
+    tes = {round(float(r[0]), 4) for r in records if r[0] not in (None, "")}
+    parts = {r[1] for r in records}
+    where = first[1]
+    if len(tes) > 1:
+        raise InputError(f"the files behind one volume hold {len(tes)} echo times "
+                         f"({sorted(tes)} ms): load each echo as its own volume", where)
+    if len(parts) > 1:
+        raise InputError(f"the files behind one volume mix {', '.join(sorted(map(str, parts)))} images",
+                         where)
+    ds = first[0]
+    lo = hi = None
+    for _, _, scale, hdr, _ in records:
+        bits = int(hdr.get("BitsStored", 16) or 16)
+        signed = int(hdr.get("PixelRepresentation", 0) or 0) == 1
+        smin, smax = (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) if signed else (0, 2 ** bits - 1)
+        slope = float(scale.get("RescaleSlope", 1.0) or 1.0)
+        inter = float(scale.get("RescaleIntercept", 0.0) or 0.0)
+        a, b = sorted((smin * slope + inter, smax * slope + inter))
+        lo, hi = (a, b) if lo is None else (min(lo, a), max(hi, b))
+    echo_no = ds.get("EchoNumbers")
+    if echo_no not in (None, "") and not isinstance(echo_no, (int, float, str)):
+        echo_no = echo_no[0] if len(echo_no) else None
+    manufacturer = str(ds.get("Manufacturer", "") or "").strip()
+    part = parts.pop()
+    return DicomEchoInfo(te_s=tes.pop() / 1000.0 if tes else None, part=part,
+                         b0_tesla=_field_strength_t(ds), manufacturer=manufacturer,
+                         echo_number=None if echo_no in (None, "") else int(echo_no),
+                         value_range=(lo, hi), ge_phase=part == "phase" and manufacturer.upper().startswith("GE"))
 
 
 def read_dicom_gre(mag_dirs, phase_dirs) -> dict:

@@ -147,6 +147,39 @@ def assemble_gre(mag_vols, phase_vols, mag_files, phase_files, te, b0, b0_dir=No
                         warnings=warnings)
 
 
+def gre_from_echo_volumes(magnitude, phase, infos_magnitude, infos_phase, b0=None, b0_dir=None,
+                          te=None) -> MultiEchoGRE:
+    """``MultiEchoGRE`` from per-echo magnitude and phase ``Volume``s loaded elsewhere (e.g. by
+    Slicer's DICOM module) and the ``DicomEchoInfo`` of each (``dicom_series.dicom_echo_info`` on the
+    files behind it). Echoes are ordered by echo time; the parts must be what the headers say; the
+    phase scaling is detected on the values; GE phase is negated. ``te``/``b0``/``b0_dir`` override."""
+    mags, phases = list(magnitude), list(phase)
+    if len(infos_magnitude) != len(mags) or len(infos_phase) != len(phases):
+        raise InputError("one DicomEchoInfo is needed per volume")
+    for vols, infos, want in ((mags, infos_magnitude, "magnitude"), (phases, infos_phase, "phase")):
+        for v, info in zip(vols, infos):
+            if info.part not in (None, want):
+                raise InputError(f"the DICOM headers say this volume is {info.part}, not {want}",
+                                 v.name or None)
+    def order(infos):
+        return np.argsort([np.inf if i.te_s is None else i.te_s for i in infos], kind="stable")
+    om, op = order(infos_magnitude), order(infos_phase)
+    mags, phases = [mags[i] for i in om], [phases[i] for i in op]
+    im, ip = [infos_magnitude[i] for i in om], [infos_phase[i] for i in op]
+    header_te = [i.te_s for i in ip]
+    if te is None:
+        te = None if any(t is None for t in header_te) else header_te
+        mag_te = [i.te_s for i in im]
+        if te is not None and None not in mag_te and len(mag_te) == len(te) and \
+                not np.allclose(mag_te, te, atol=1e-6):
+            raise InputError(f"magnitude echo times {mag_te} differ from the phase echo times {te} s")
+    b0s = [i.b0_tesla for i in im + ip if i.b0_tesla]
+    names = [v.name or f"volume {n + 1}" for n, v in enumerate(mags + phases)]
+    return assemble_gre(mags, phases, names[:len(mags)], names[len(mags):], te,
+                        b0 if b0 is not None else (b0s[0] if b0s else None), b0_dir,
+                        ge_phase=any(i.ge_phase for i in ip), source="DICOM volumes")
+
+
 def _sidecar_te(files: list[Path]) -> list | None:
     sides = [bids_mod.read_sidecar(f) for f in files]
     if len(set(map(str, files))) == 1 and sides[0].get("EchoTimes"):   # one 4-D file
@@ -182,6 +215,24 @@ def _load_nifti(mag_files, phase_files, te, b0, b0_dir, source) -> MultiEchoGRE:
                         warnings=warnings)
 
 
+def _load_dicom(mag_dirs, phase_dirs, te, b0, b0_dir) -> MultiEchoGRE:
+    """DICOM through dcm2niix. The project's own reader serves only where dcm2niix cannot: enhanced
+    multi-frame files without a dimension index (dcm2niix stacks the frames of all echoes as slices)."""
+    from .dcm2niix import load_dicom_gre
+    try:
+        return load_dicom_gre(mag_dirs, phase_dirs, te=te, b0=b0, b0_dir=b0_dir)
+    except InputError as dcm2niix_error:
+        from .dicom_series import enhanced_without_dimension_index, load_dicom_gre as read_frames
+        files = enhanced_without_dimension_index(list(mag_dirs) + list(phase_dirs))
+        if not files:
+            raise
+        gre = read_frames(mag_dirs, phase_dirs, te=te, b0=b0, b0_dir=b0_dir)
+        gre.warnings.append(f"dcm2niix could not sort {Path(files[0]).name} (enhanced DICOM without a "
+                            f"dimension index: {dcm2niix_error.problem}); its frames were sorted by "
+                            "echo time and position instead")
+        return gre
+
+
 def load_gre(bids=None, mag=None, phase=None, te=None, b0=None, b0_dir=None,
              subject=None) -> MultiEchoGRE:
     """Read a multi-echo GRE.
@@ -210,8 +261,7 @@ def load_gre(bids=None, mag=None, phase=None, te=None, b0=None, b0_dir=None,
             if "no multi-echo GRE" not in not_bids.problem:
                 raise
             if _is_dicom_dir(root):
-                from .dicom_series import load_dicom_gre
-                return load_dicom_gre([root], [root], te=te, b0=b0, b0_dir=b0_dir)
+                return _load_dicom([root], [root], te, b0, b0_dir)
             try:
                 mags, phases = bids_mod.find_converted_gre(root)
             except InputError as not_converted:
@@ -225,8 +275,7 @@ def load_gre(bids=None, mag=None, phase=None, te=None, b0=None, b0_dir=None,
         if not p.exists():
             raise InputError("file not found", p)
     if any(p.is_dir() for p in mag_files + phase_files):
-        from .dicom_series import load_dicom_gre
-        return load_dicom_gre(mag_files, phase_files, te=te, b0=b0, b0_dir=b0_dir)
+        return _load_dicom(mag_files, phase_files, te, b0, b0_dir)
     source = mag_files[0].parent if len(mag_files) > 1 else mag_files[0]
     return _load_nifti(mag_files, phase_files, te, b0, b0_dir, source=source)
 

@@ -119,10 +119,81 @@ def _fit_affine(src_pts, dst_pts) -> np.ndarray:
     return m
 
 
+# ---- harder digital heads (issue 18): departures from the default patient, for QSM benchmarks ---------
+@dataclass(frozen=True)
+class HeadVariation:
+    """What a harder head changes; every default leaves the default patient unchanged. Its random
+    draws come from their own generator (seed + 7919) so the rest of the patient stays the same."""
+    name: str = "default"
+    chi_scale_nuclei: float = 1.0        # deep nuclei chi x this
+    chi_wm_ppm: float | None = None      # white matter chi (default -0.03)
+    chi_gm_ppm: float | None = None      # cortical grey matter chi (default 0.01)
+    extra_cortical_veins: int = 0        # more cortical veins per hemisphere
+    ear_canals: bool = False             # air in the external auditory canals (temporal-lobe fields)
+    sinus_scale: float = 1.0             # paranasal sinuses / mastoids enlarged by this (semi-axes)
+    coil_combination: str = "ideal"      # "ideal" | "phase-of-sum": 8 coils, RSS magnitude, phase of their
+    #                                      sum | "sum": magnitude and phase of the plain sum (dropouts)
+
+
+EAR_CANALS_MNI = (((-63.0, -22.0, -46.0), (12.0, 3.5, 3.5)), ((63.0, -22.0, -46.0), (12.0, 3.5, 3.5)))
+
+
+def _vary_model(model, variation: HeadVariation, rng):
+    """chi of nuclei, WM and GM; air in ear canals and larger sinuses (outside the brain only)."""
+    lab = model.labels
+    if variation.chi_scale_nuclei != 1.0:
+        nuclei = (lab > 0) & (lab < 200)            # CIT168 labels 1..16 and 101..116
+        model.chi[nuclei] *= np.float32(variation.chi_scale_nuclei)
+    for label, value, default in ((anatomy.WM, variation.chi_wm_ppm, anatomy.TISSUE["wm"][0]),
+                                  (anatomy.GM, variation.chi_gm_ppm, anatomy.TISSUE["gm"][0])):
+        if value is not None:
+            model.chi[lab == label] += np.float32(value - default)
+    cavities = []
+    if variation.ear_canals:
+        cavities += list(EAR_CANALS_MNI)
+    if variation.sinus_scale != 1.0:
+        cavities += [(c, np.asarray(s) * variation.sinus_scale) for _, c, s in anatomy.CAVITIES]
+    for centre, semi in cavities:
+        occ, sl = anatomy._ellipsoid(model.grid, np.asarray(centre) + rng.normal(0.0, 1.0, 3), semi)
+        if occ is None:
+            continue
+        occ = occ * (model.brain[sl] == 0) * np.isin(lab[sl], [0, anatomy.SKULL, anatomy.SCALP])
+        keep = np.float32(1.0) - occ
+        model.chi[sl] = model.chi[sl] * keep + np.float32(anatomy.CHI_AIR) * occ
+        model.pd[sl] *= keep
+        model.r2s[sl] *= keep
+    return model
+
+
+def _coil_combination(rng, shape, voxel, n_coils: int = 8, rss_magnitude: bool = True):
+    """Receive-coil effects of ``n_coils`` coils around the head, each with its own smooth phase:
+    phase of the plain coil sum (no phase matching): an echo-independent offset with steep regions and
+    singular lines where the coil phasors cancel; magnitude as the scanner's root-sum-of-squares
+    combination (smooth, brighter near the coils), or (``rss_magnitude`` False) of the plain sum, with
+    deep signal dropouts where the phasors cancel."""
+    centre = (np.asarray(shape) - 1) / 2.0
+    g = [((np.arange(n) - c) * v).astype(np.float32) for n, c, v in zip(shape, centre, voxel)]
+    radius = 0.55 * float(np.min(np.asarray(shape) * voxel))
+    total = np.zeros(shape, np.complex64)
+    rss = np.zeros(shape, np.float32)
+    for c in range(n_coils):
+        a = 2 * np.pi * c / n_coils + rng.normal(0.0, 0.15)
+        p = (radius * np.cos(a), radius * np.sin(a), rng.normal(0.0, 20.0))
+        d2 = (g[0][:, None, None] - p[0]) ** 2 + (g[1][None, :, None] - p[1]) ** 2 + (g[2][None, None, :] - p[2]) ** 2
+        w = np.exp(-d2 / np.float32(2 * 90.0 ** 2))
+        slope = rng.normal(0.0, 0.012, 3)
+        theta = (np.float32(rng.uniform(-np.pi, np.pi)) + np.float32(slope[0]) * g[0][:, None, None]
+                 + np.float32(slope[1]) * g[1][None, :, None] + np.float32(slope[2]) * g[2][None, None, :])
+        total += (w * np.exp(1j * theta)).astype(np.complex64)
+        rss += w * w
+    mag = np.sqrt(rss) if rss_magnitude else np.abs(total)
+    return (mag / np.float32(np.percentile(mag, 95))).astype(np.float32), np.angle(total).astype(np.float32)
+
+
 def make_patient(seed: int = 0, small: bool = False, tilt_deg: float = 0.0, voxel_mm=(1, 1, 1),
                  field_t: float = 3.0, n_echoes: int = 5, snr: float = 100.0,
                  veins_on_standard_trajectory: bool = False, slab_mm: float | None = None,
-                 progress=None) -> DigitalPatient:
+                 progress=None, variation: HeadVariation | None = None) -> DigitalPatient:
     """Build the digital patient of ``seed``.
 
     ``small``: twice the voxel size (same field of view) and a 2 mm model: a few seconds, for tests.
@@ -130,6 +201,8 @@ def make_patient(seed: int = 0, small: bool = False, tilt_deg: float = 0.0, voxe
     ``voxel_mm``: GRE voxel size (mm); the field of view stays 256×256×128 mm. ``field_t``: B0 (T);
     ``n_echoes``: echoes (TE₁ 5 ms, ΔTE 6 ms at 3 T; 4/4 ms at 7 T); ``snr``: first-echo brain SNR.
     ``slab_mm``: a thin GRE slab (this thickness instead of 128 mm) centred over the STNs.
+    ``variation``: a harder head (``HeadVariation``: chi values, vein density, air cavities, coil
+    combination); None is the default patient.
     """
     progress = as_progress(progress)
     if n_echoes < 1:
@@ -149,7 +222,13 @@ def make_patient(seed: int = 0, small: bool = False, tilt_deg: float = 0.0, voxe
     pose_ct = ct_from_frameras @ np.linalg.inv(anat_from_frameras)
 
     veins, traj_mni = make_veins(rng, h, veins_on_standard_trajectory)
+    var_rng = np.random.default_rng(int(seed) + 7919) if variation is not None else None
+    if variation is not None and variation.extra_cortical_veins:
+        from .veins import extra_cortical_veins
+        veins = veins + extra_cortical_veins(var_rng, h, variation.extra_cortical_veins)
     model = anatomy.paint(h, rng, veins, field_t=field_t, progress=progress.sub(0.02, 0.35))
+    if variation is not None:
+        model = _vary_model(model, variation, var_rng)
     sampler = _Sampler(model, deformation)
 
     # ---- GRE grid and the larger field grid aligned with it ---------------------------------------
@@ -205,6 +284,14 @@ def make_patient(seed: int = 0, small: bool = False, tilt_deg: float = 0.0, voxe
     coil = np.exp(_smooth_polynomial(rng, shape_gre, 0.25)).astype(np.float32)
     m0 = (1000.0 * pd * coil).astype(np.float32)
     phase0 = (np.float32(rng.uniform(-np.pi, np.pi)) + _smooth_polynomial(rng, shape_gre, 2.0)).astype(np.float32)
+    if variation is not None and variation.coil_combination in ("phase-of-sum", "sum"):
+        coil_mag, coil_phase = _coil_combination(var_rng, shape_gre, voxel,
+                                                 rss_magnitude=variation.coil_combination == "phase-of-sum")
+        m0 *= coil_mag
+        phase0 = (phase0 + coil_phase).astype(np.float32)
+        del coil_mag, coil_phase
+    elif variation is not None and variation.coil_combination != "ideal":
+        raise ValueError(f"unknown coil combination {variation.coil_combination!r}")
     mag, pha, sigma = gre_signal(m0, r2s, total, phase0, te, field_t, voxel, snr, brain_gre, rng)
     del pd, r2s, coil, m0
     gre = MultiEchoGRE(magnitude=mag, phase_rad=pha, te_s=te, b0_tesla=float(field_t), ras_from_ijk=gre_m,
@@ -284,7 +371,8 @@ def make_patient(seed: int = 0, small: bool = False, tilt_deg: float = 0.0, voxe
               "landmark_definition": "centres of the anterior and posterior commissures",
               "field_grid_shape": list(shape_field), "model_spacing_mm": h,
               "cavities_mni": model.info.get("cavities"),
-              "pineal_calcification_mni": model.info.get("pineal_calcification_mni")}
+              "pineal_calcification_mni": model.info.get("pineal_calcification_mni"),
+              "variation": None if variation is None else dict(variation.__dict__)}
     progress.update(1.0, "digital patient ready")
     return DigitalPatient(gre=gre, t1=t1, ct=ct, truth=truth, labels_t1=labels_t1, landmarks=landmarks,
                           transforms=transforms, stn_centroids=stn, label_names=anatomy.label_names(),

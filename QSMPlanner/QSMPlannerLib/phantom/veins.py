@@ -58,6 +58,17 @@ def _surface_point(grid, soft, centre, direction, offset_mm):
     return np.asarray(centre) + d * (r + offset_mm)
 
 
+def _convexity_path(grid, brain, centre, side, beta, theta, wiggle) -> np.ndarray:
+    """Points on the brain surface along polar angles ``theta`` from ``centre`` (a cortical vein's
+    course over the convexity of hemisphere ``side``), azimuth ``beta`` + ``wiggle``."""
+    pts = []
+    for t, w in zip(theta, wiggle):
+        b = beta + w
+        d = np.cos(t) * np.array([0, 0, 1.0]) + np.sin(t) * np.array([side * np.cos(b), np.sin(b), 0.0])
+        pts.append(_surface_point(grid, brain, centre, d, 0.2))
+    return np.array(pts)
+
+
 def make_veins(rng: np.random.Generator, spacing: float, on_standard_trajectory: bool = False):
     """The patient's veins (list of ``Vein``, MNI mm) and the standard trajectories
     {"left"/"right": (target, entry) MNI mm} that were used."""
@@ -115,14 +126,9 @@ def make_veins(rng: np.random.Generator, spacing: float, on_standard_trajectory:
             beta = np.deg2rad(rng.uniform(-25.0, 25.0))
             th = np.deg2rad(np.linspace(6.0, rng.uniform(65.0, 95.0), 26))
             wig = np.deg2rad(7.0) * np.sin(np.linspace(0, rng.uniform(2, 5), th.size) + rng.uniform(0, 6))
-            cc = np.array([0.0, y0, 12.0])
-            pts = []
-            for t, w in zip(th, wig):
-                b = beta + w
-                d = np.cos(t) * np.array([0, 0, 1.0]) + np.sin(t) * np.array([side * np.cos(b), np.sin(b), 0.0])
-                pts.append(_surface_point(grid, brain, cc, d, 0.2))
+            pts = _convexity_path(grid, brain, np.array([0.0, y0, 12.0]), side, beta, th, wig)
             r = rng.uniform(0.9, 1.5)
-            veins.append(Vein(f"cortical vein {tag}{i + 1}", np.array(pts),
+            veins.append(Vein(f"cortical vein {tag}{i + 1}", pts,
                               np.linspace(r * 1.2, r * 0.8, len(pts))))
 
     trajectories = {}
@@ -188,3 +194,22 @@ def rasterise_veins(grid: ModelGrid, veins):
             _raster_segment(out[v.kind], origin, float(grid.spacing), pts[s], pts[s + 1],
                             float(v.radii[s]), float(v.radii[s + 1]))
     return out["vein"], out["sinus"]
+
+
+# ---- harder digital heads (issue 18): more cortical veins -------------------------------------------
+def extra_cortical_veins(rng: np.random.Generator, spacing: float, per_side: int) -> list:
+    """``per_side`` more cortical veins per hemisphere on the convexity (as the default ones: along
+    the brain surface from a lateral start up towards the sagittal sinus), for denser venous trees."""
+    st = static_model(spacing)
+    grid, brain = st["grid"], st["brain"]
+    out = []
+    for side, tag in ((-1, "L"), (1, "R")):
+        for i in range(int(per_side)):
+            y0 = rng.uniform(-85.0, 55.0)
+            beta = np.deg2rad(rng.uniform(-30.0, 30.0))
+            th = np.deg2rad(np.linspace(rng.uniform(4.0, 30.0), rng.uniform(60.0, 105.0), 26))
+            wig = np.deg2rad(7.0) * np.sin(np.linspace(0, rng.uniform(2, 5), th.size) + rng.uniform(0, 6))
+            pts = _convexity_path(grid, brain, np.array([0.0, y0, rng.uniform(0.0, 20.0)]), side, beta, th, wig)
+            r = rng.uniform(0.7, 1.6)
+            out.append(Vein(f"extra cortical vein {tag}{i + 1}", pts, np.linspace(r * 1.2, r * 0.8, len(pts))))
+    return out

@@ -4,6 +4,6 @@ dipole (kernel, forward model) · mask (brain and quality masks) · romeo / unwr
 and Laplacian unwrapping) · echo (MCPC-3D-S, weighted echo fit) · bgremove (V-SHARP, RESHARP, PDF,
 LBV) · inversion (TKD, TV-ADMM) · pipeline (``reconstruct_qsm``).
 """
-from .pipeline import QSMResult, check_gre, reconstruct_qsm
+from .pipeline import FIELD_KINDS, QSMResult, check_gre, reconstruct_from_field, reconstruct_qsm
 
-__all__ = ["QSMResult", "check_gre", "reconstruct_qsm"]
+__all__ = ["FIELD_KINDS", "QSMResult", "check_gre", "reconstruct_from_field", "reconstruct_qsm"]

@@ -114,7 +114,6 @@ def reconstruct_qsm(gre, mask: Volume | None = None, bfr: str = "pdf", inversion
     TV fits the local field inside the mask only (the field outside it is unknown, not 0).
     Returns ``QSMResult`` (chi in ppm on the GRE grid, referenced as ``reference``).
     """
-    from . import bgremove, inversion as inv_mod
     from .dipole import hz_to_ppm
     from .echo import combine_echoes
     from .mask import brain_mask, quality_mask
@@ -192,41 +191,71 @@ def reconstruct_qsm(gre, mask: Volume | None = None, bfr: str = "pdf", inversion
     keep(total_ppm, "total_field_ppm")
     prog.check()
 
-    # background removal and inversion work on the mask's bounding box
+    local, m_local, chi = _field_to_chi(
+        total_ppm, m, vox, b0_dir, bfr=bfr, inversion=inversion, magnitude=rss, tv_lambda=tv_lambda,
+        bfr_passes=bfr_passes, reference=reference, csf_from=(mag, te), prog=prog, timings=timings,
+        messages=messages, keep=keep)
+    timings["total"] = sum(timings.values())
+    prog.update(1.0, "done")
+    return QSMResult(vol(chi, "QSM"), vol(m_local.astype(np.uint8), "qsm_mask"),
+                     vol(total_ppm, "total_field_ppm"), vol(local, "local_field_ppm"), timings,
+                     messages, vol(np.where(m, field_hz, 0).astype(np.float32), "total_field_hz"),
+                     None if noise_hz is None else vol(noise_hz, "field_noise_hz"),
+                     vol(m.astype(np.uint8), "brain_mask"))
+
+
+def _field_to_chi(field_ppm, m, vox, b0_dir, *, bfr, inversion, magnitude, tv_lambda, bfr_passes,
+                  reference, csf_from, prog, timings, messages, keep, local_given=False):
+    """Background removal (skipped when ``local_given``) + dipole inversion + referencing, on the
+    mask's bounding box. ``magnitude``: TV edge prior or None. ``csf_from``: (echo magnitudes, TEs)
+    for a CSF reference, or None. Returns (local field ppm, mask of chi, chi ppm)."""
+    from . import bgremove, inversion as inv_mod
     from ..volume import mask_box
+    shape = m.shape
     box = mask_box(m, 2)
-    mb, fb = m[box], total_ppm[box]
+    mb, fb = m[box], field_ppm[box]
     t = time.perf_counter()
-    prog.update(0.35, f"background removal ({bfr})")
-    if bfr == "vsharp":
-        local_b, m_local_b = bgremove.vsharp(fb, mb, vox)
-    elif bfr == "resharp":
-        local_b, m_local_b = bgremove.resharp(fb, mb, vox)
-    elif bfr == "pdf":
-        pdf_fit = bgremove.pdf_fit(fb, mb, vox, b0_dir)
-        local_b, m_local_b = pdf_fit.local, pdf_fit.mask
+    pdf_fit = None
+    if local_given:
+        local_b, m_local_b = fb, mb
     else:
-        local_b, m_local_b = bgremove.lbv(fb, mb, vox)
-    if not m_local_b.any():
-        raise ProcessingError("background removal left no voxel (mask too small for the kernel)")
+        prog.update(0.35, f"background removal ({bfr})")
+        if bfr == "vsharp":
+            local_b, m_local_b = bgremove.vsharp(fb, mb, vox)
+        elif bfr == "resharp":
+            local_b, m_local_b = bgremove.resharp(fb, mb, vox)
+        elif bfr == "pdf":
+            pdf_fit = bgremove.pdf_fit(fb, mb, vox, b0_dir)
+            local_b, m_local_b = pdf_fit.local, pdf_fit.mask
+        else:
+            local_b, m_local_b = bgremove.lbv(fb, mb, vox)
+        if not m_local_b.any():
+            raise ProcessingError("background removal left no voxel (mask too small for the kernel)")
     local = np.zeros(shape, np.float32)
     m_local = np.zeros(shape, bool)
     local[box], m_local[box] = local_b, m_local_b
     timings["bfr"] = time.perf_counter() - t
-    keep(local, "local_field_ppm")
+    if not local_given:
+        keep(local, "local_field_ppm")
     prog.check()
 
     t = time.perf_counter()
     prog.update(0.6, f"dipole inversion ({inversion})")
     chi = np.zeros(shape, np.float32)
-    n_passes = max(1, int(bfr_passes)) if bfr == "pdf" else 1
-    sources = pdf_fit.sources if n_passes > 1 else None
+    # PDF refits the background between passes; a given local field gets the same Bregman passes
+    n_passes = max(1, int(bfr_passes)) if (pdf_fit is not None or (local_given and inversion == "tv")) else 1
+    sources = pdf_fit.sources if (n_passes > 1 and pdf_fit is not None) else None
     # alternating passes share about the iteration budget of one converged TV solve
     tv_iter = 40 if n_passes == 1 else 16
     timings["inversion"] = 0.0
-    mag_rss = rss[box] if inversion != "tkd" else None
+    mag_b = magnitude[box] if (inversion != "tkd" and magnitude is not None) else None
     for n in range(n_passes):
-        if n:  # background again, after the field of the chi found so far
+        if n and local_given:  # Bregman step on the given field: what chi leaves unexplained added back
+            from .dipole import forward_field
+            t = time.perf_counter()
+            residual = np.where(m_local_b, local_b - forward_field(chi[box], vox, b0_dir, pad=(8, 8, 8)), 0)
+            data_b = (data_b + residual).astype(np.float32)
+        elif n:  # background again, after the field of the chi found so far
             t = time.perf_counter()
             prog.update(0.6, f"background removal ({bfr}), pass {n + 1}")
             # from the earlier background sources, to a tight tolerance: the Bregman step below adds
@@ -246,7 +275,7 @@ def reconstruct_qsm(gre, mask: Volume | None = None, bfr: str = "pdf", inversion
         else:
             sub = prog.sub(0.6 + 0.38 * n / n_passes, 0.6 + 0.38 * (n + 1) / n_passes)
             chi[box], tv_iterations = inv_mod.tv_admm_fit(data_b, m_local_b, vox, b0_dir, lam=tv_lambda,
-                                                          progress=sub, magnitude=mag_rss,
+                                                          progress=sub, magnitude=mag_b,
                                                           chi0=chi[box] if n else None, max_iter=tv_iter,
                                                           fit_in_mask=True)
             messages.append(f"TV-ADMM: {tv_iterations} iterations")
@@ -254,23 +283,92 @@ def reconstruct_qsm(gre, mask: Volume | None = None, bfr: str = "pdf", inversion
     if n_passes > 1:
         keep(local, "local_field_ppm_final")
 
+    ref_mask = m_local
     if reference == "csf":
         from .reference import csf_mask
-        ref_mask = csf_mask(mag, te, m_local)
+        ref_mask = csf_mask(csf_from[0], csf_from[1], m_local) if csf_from is not None else m_local
         if ref_mask.sum() < 20:
-            messages.append("too few CSF voxels for a CSF reference: whole-brain mean used")
+            messages.append("too few CSF voxels for a CSF reference (or no magnitude): whole-brain "
+                            "mean used")
             ref_mask = m_local
-    else:
-        ref_mask = m_local
     ref_value = float(np.mean(chi[ref_mask]))
     chi = np.where(m_local, chi - np.float32(ref_value), 0).astype(np.float32)
     messages.append(f"chi referenced to the {'CSF' if ref_mask is not m_local else 'whole-brain'} "
                     f"mean ({ref_value:+.4f} ppm removed)")
     keep(chi, "chi_ppm")
+    return local, m_local, chi
+
+
+FIELD_KINDS = ("local", "total")
+
+
+def reconstruct_from_field(field_ppm: Volume, mask: Volume, kind: str = "local", b0_dir_ijk=None,
+                           bfr: str = "pdf", inversion: str = "tv", magnitude: Volume | None = None,
+                           progress=None, keep_dir=None, tv_lambda: float | None = None,
+                           bfr_passes: int = 2) -> QSMResult:
+    """chi (ppm) from a field map in ppm of B0 on its own grid (SEPIA/QSMxT-style entry points).
+
+    ``kind``: "local" (tissue field: dipole inversion only) or "total" (background not removed:
+    background removal ``bfr`` first; a scanner B0 map converted to ppm is one). ``mask``: the
+    region where the field is valid (required: there is no magnitude to compute it from).
+    ``b0_dir_ijk``: unit B0 direction in the voxel frame (default: from the field's direction matrix).
+    ``magnitude``: optional TV edge prior on the same grid. TV runs ``bfr_passes`` passes: for a total
+    field with PDF, background refits between them (as ``reconstruct_qsm``); for a local field, Bregman
+    steps (the part of the field the chi so far leaves unexplained is added back to the data).
+    Returns ``QSMResult`` (chi referenced to the mean in its mask). ``InputError`` for unknown methods, a mask on another grid, a field that is
+    not finite in the mask.
+    """
+    from ..io.gre import b0_dir_from_geometry
+    if kind not in FIELD_KINDS:
+        raise InputError(f"unknown field kind {kind!r} (choose local or total)")
+    if bfr not in BFR_METHODS:
+        raise InputError(f"unknown background removal {bfr!r} (choose from {', '.join(BFR_METHODS)})")
+    if inversion not in INVERSION_METHODS:
+        raise InputError(f"unknown inversion {inversion!r} (choose from {', '.join(INVERSION_METHODS)})")
+    if mask is None:
+        raise InputError(f"a {kind} field needs a mask (there is no magnitude to compute one from)")
+    prog = as_progress(progress)
+    affine = np.asarray(field_ppm.ras_from_ijk, float)
+    data = np.asarray(field_ppm.data, np.float32)
+    if data.ndim != 3:
+        raise InputError(f"a field map must be 3-D, got shape {data.shape}", field_ppm.name or None)
+    shape = data.shape
+    m = _as_mask(mask, shape, affine)
+    if not np.isfinite(data[m]).all():
+        raise InputError(f"{int((~np.isfinite(data[m])).sum())} mask voxels of the field are NaN or Inf",
+                         field_ppm.name or None)
+    vox = np.linalg.norm(affine[:3, :3], axis=0)
+    b0_dir = b0_dir_from_geometry(affine) if b0_dir_ijk is None else np.asarray(b0_dir_ijk, float)
+    if b0_dir.shape != (3,) or not np.isfinite(b0_dir).all() or np.linalg.norm(b0_dir) < 1e-6:
+        raise InputError(f"B0 direction must be a non-zero 3-vector, got {np.ravel(b0_dir).tolist()}")
+    b0_dir = b0_dir / np.linalg.norm(b0_dir)
+    mag = None
+    if magnitude is not None:
+        if magnitude.shape3 != shape or not np.allclose(magnitude.ras_from_ijk, affine, atol=1e-3):
+            raise InputError(f"magnitude grid {magnitude.shape3} does not match the field {shape}",
+                             magnitude.name or None)
+        mag = np.asarray(magnitude.data, np.float32)
+    timings, messages = {}, [f"{kind} field input; B0 direction (voxel frame) "
+                             f"{np.round(b0_dir, 4).tolist()}"]
+    field = np.where(m, data - np.float32(np.median(data[m])) if kind == "total" else data, 0)
+    field = field.astype(np.float32)
+
+    def keep(a, name):
+        if keep_dir is not None:
+            from ..io.volumes import write_volume
+            Path(keep_dir).mkdir(parents=True, exist_ok=True)
+            write_volume(Volume(np.asarray(a), affine.copy(), name), Path(keep_dir) / f"{name}.nii.gz")
+
+    local, m_local, chi = _field_to_chi(
+        field, m, vox, b0_dir, bfr=bfr, inversion=inversion, magnitude=mag, tv_lambda=tv_lambda,
+        bfr_passes=bfr_passes, reference="mean", csf_from=None, prog=prog, timings=timings,
+        messages=messages, keep=keep, local_given=kind == "local")
     timings["total"] = sum(timings.values())
     prog.update(1.0, "done")
+
+    def vol(a, name):
+        return Volume(np.asarray(a), affine.copy(), name)
     return QSMResult(vol(chi, "QSM"), vol(m_local.astype(np.uint8), "qsm_mask"),
-                     vol(total_ppm, "total_field_ppm"), vol(local, "local_field_ppm"), timings,
-                     messages, vol(np.where(m, field_hz, 0).astype(np.float32), "total_field_hz"),
-                     None if noise_hz is None else vol(noise_hz, "field_noise_hz"),
+                     vol(field if kind == "total" else np.zeros_like(field), "total_field_ppm"),
+                     vol(local, "local_field_ppm"), timings, messages, None, None,
                      vol(m.astype(np.uint8), "brain_mask"))

@@ -1,18 +1,23 @@
-"""Automatic Leksell N-localizer registration: image RAS mm -> Leksell XYZ mm.
+"""Automatic N-localizer registration of Leksell G, CRW and BRW frames: image RAS mm -> frame.
 
-Per slice: bright small blobs (rod cross-sections) with sub-voxel partial-volume centroids; collinear
-triplets (vertical rod, diagonal, vertical rod) ~120 mm wide (wider on tilted slices) are N-localizer
-hits. Brown's formula gives each diagonal point in frame space (exact on oblique slices):
-f = |b - a| / |c - a|, D = D_start + f (D_end - D_start), paired with b (image RAS). Triplets are
-grouped into plates (single-linkage on their midpoints); plate identities and rod orders are found by
-trying every labelling and keeping the best rigid fit (a mirror labelling cannot fit a proper
-rotation). The final fit uses all triplets that agree with that pose, least squares (Kabsch with the
-reflection guard) with iterative rejection of points > 2 mm.
+1. Rods as 3-D lines (``detection.py``): per-slice candidates, tracks, robust line fits.
+2. N-plates: two parallel lines ~120 mm (Leksell, CRW) or ~140 mm (BRW) apart with a third line in
+   their plane, between them, at the diagonal's angle.
+3. Frame system and labels: every assignment of the N-plates to a system's plates (and of their rod
+   order) is fitted; the one whose diagonal points and parallel rods land on the model best wins
+   (``system`` forces one). A mirror labelling cannot be fitted by a proper rotation.
+4. Refinement: with that pose, every candidate within 2 mm of a model rod is given to it and each rod
+   is refitted as a line (robustly: blobs merged with a crossing rod, vessel or pin fall out).
+5. Fiducials from the lines: on every CT slice plane the three fitted lines of a plate cross at a, b, c;
+   Brown's ratio f = (b - a).(c - a) / |c - a|^2 gives the diagonal's point in frame space, paired with
+   b (exact on oblique slices, sub-voxel). A rigid least-squares fit of all of them (Kabsch with the
+   reflection guard; points > 2 mm rejected iteratively) is the pose. FRE, per plate and worst, come
+   from these points; the per-slice centroids (the same ratio from the raw blobs) give the fiducial
+   localisation error and the predicted TRE at a target (Fitzpatrick, West & Maurer).
 
-References: Brown RA, "A computerized tomography-computer graphics approach to stereotaxic
-localization", J Neurosurg 1979 (N-localizer); Arun KS, Huang TS, Blostein SD, IEEE PAMI 1987 and
-Umeyama S, IEEE PAMI 1991 (least-squares rigid fit, reflection guard); Fitzpatrick JM, West JB,
-Maurer CR, IEEE TMI 1998 (predicted TRE from FLE and the fiducial configuration).
+References: Brown RA, J Neurosurg 1979;50:715-720 (N-localizer); Brown RA, Cureus 2013;5(10):e142
+(the N-localizer's mathematics); Arun KS, Huang TS, Blostein SD, IEEE PAMI 1987 and Umeyama S, IEEE PAMI
+1991 (rigid fit, reflection guard); Fitzpatrick JM, West JB, Maurer CR, IEEE TMI 1998 (predicted TRE).
 """
 from __future__ import annotations
 
@@ -24,8 +29,12 @@ import numpy as np
 from ..errors import InputError, ProcessingError
 from ..progress import as_progress
 from ..volume import Volume
-from .geometry import ALL_PLATES, FRAME_CENTER_XYZ, LPS_FROM_RAS, apply
+from .detection import Candidates, RodLine, fit_lines, find_rod_lines, link_tracks, robust_line
+from .frames import SYSTEMS, FrameSystem, diagonal_point, get_system
+from .geometry import LPS_FROM_RAS, apply
+
 OUTLIER_MM = 2.0
+END_MARGIN_MM = 3.0          # diagonal points this close to a rod end are left out (blobs merge there)
 
 
 # ---- rigid fit -------------------------------------------------------------------------------------
@@ -80,11 +89,11 @@ def predicted_tre_mm(fiducials, fle_rms_mm: float, target) -> float:
     return float(np.sqrt(fle_rms_mm ** 2 / n * (1.0 + ratio / 3.0)))
 
 
-# ---- detection -----------------------------------------------------------------------------------
+# ---- N-plates in the image --------------------------------------------------------------------------
 @dataclass
 class Triplet:
-    """One N-localizer hit on one slice: centroids (image RAS mm) of the two vertical rods and the
-    diagonal between them. ``first``/``second`` order is arbitrary until a plate is assigned."""
+    """One N-localizer crossing on one slice: rod centroids (image RAS mm) of the two parallel rods
+    and of the diagonal between them (manual clicks)."""
     first: np.ndarray
     diagonal: np.ndarray
     second: np.ndarray
@@ -92,230 +101,244 @@ class Triplet:
 
     @property
     def fraction(self) -> float:
-        return float(np.linalg.norm(self.diagonal - self.first) / np.linalg.norm(self.second - self.first))
+        c = self.second - self.first
+        return float((self.diagonal - self.first) @ c / (c @ c))
 
     def flipped(self) -> "Triplet":
         return Triplet(self.second, self.diagonal, self.first, self.slice_index)
 
 
-def _slice_axis(vol: Volume) -> int:
-    sp = vol.voxel_mm
-    return int(np.argmax(sp)) if sp.max() > 1.05 * sp.min() else 2
+@dataclass
+class NPlate:
+    """An N seen in the image: parallel rod lines ``first``/``second`` and the ``diagonal`` line between
+    them; ``width_mm`` between the parallel rods, ``height_mm`` implied by the diagonal's slope."""
+    first: RodLine
+    diagonal: RodLine
+    second: RodLine
+    width_mm: float
+    height_mm: float
+
+    def flipped(self) -> "NPlate":
+        return NPlate(self.second, self.diagonal, self.first, self.width_mm, self.height_mm)
 
 
-_IN_SLICE = np.zeros((3, 3, 3), bool)
-_IN_SLICE[1] = True          # 8-connectivity within each slice of a (slice, u, v) block
+def _line_overlap(a: RodLine, b: RodLine, d):
+    """[lo, hi] along unit ``d`` (through a.point) where both lines were seen."""
+    ta = (np.array(a.ends) - a.point) @ d
+    tb = (np.array(b.ends) - a.point) @ d
+    return max(ta.min(), tb.min()), min(ta.max(), tb.max())
 
 
-def _blobs_in_block(masks, view, k0, pix_area_mm2, pix_mm, min_area_mm2, max_area_mm2, max_extent_mm,
-                    sign=1.0):
-    """{slice: [(u, v) sub-pixel centroids]} of small blobs in ``masks`` (slice, u, v) (slices k0...).
-    ``view`` (u, v, slice) gives the partial-volume weights, read only in small boxes."""
-    from scipy import ndimage
-    lab, n = ndimage.label(masks, structure=_IN_SLICE)
-    if n == 0:
-        return {}
-    areas = np.bincount(lab.ravel(), minlength=n + 1)[1:] * pix_area_mm2
-    out = {}
-    nu, nv = masks.shape[1:]
-    for idx, sl in enumerate(ndimage.find_objects(lab)):
-        if sl is None or not (min_area_mm2 <= areas[idx] <= max_area_mm2):
-            continue
-        if max((sl[1].stop - sl[1].start) * pix_mm[0], (sl[2].stop - sl[2].start) * pix_mm[1]) > max_extent_mm:
-            continue
-        kk = sl[0].start
-        i0, i1 = max(sl[1].start - 2, 0), min(sl[1].stop + 2, nu)
-        j0, j1 = max(sl[2].start - 2, 0), min(sl[2].stop + 2, nv)
-        box = sign * np.asarray(view[i0:i1, j0:j1, k0 + kk], np.float64)
-        lb = lab[kk, i0:i1, j0:j1]
-        border = np.concatenate([box[0], box[-1], box[:, 0], box[:, -1]])
-        bg = float(np.median(border))
-        w = np.where((lb == 0) | (lb == idx + 1), np.clip(box - bg, 0.0, None), 0.0)
-        s = w.sum()
-        if s <= 0:
-            continue
-        out.setdefault(kk, []).append(((w.sum(1) @ np.arange(i0, i1)) / s, (w.sum(0) @ np.arange(j0, j1)) / s))
-    return out
-
-
-def _triplets_in_slice(pts, width_range, collinear_mm):
-    """Index triplets (a, b, c) of 3-D points with b between a and c on their line, |c - a| in range
-    (the middle point closest to the line when several qualify)."""
-    n = len(pts)
+def find_n_plates(lines, widths_mm=(120.0, 140.0), width_tol_mm: float = 12.0, parallel_deg: float = 3.0,
+                  coplanar_mm: float = 2.5, min_overlap_mm: float = 20.0, max_plates: int = 16) -> list:
+    """N-shaped triplets of ``lines``: two parallel lines a ``widths_mm`` apart and a third line in
+    their plane between them at 15-65 degrees to them."""
+    n = len(lines)
     if n < 3:
         return []
-    d = np.linalg.norm(pts[:, None] - pts[None], axis=2)
-    ia, ic = np.nonzero(np.triu((d >= width_range[0]) & (d <= width_range[1]), 1))
-    if len(ia) == 0:
-        return []
-    v = pts[ic] - pts[ia]                                   # (P, 3)
-    rel = pts[None, :, :] - pts[ia][:, None, :]             # (P, n, 3)
-    t = np.einsum("pnk,pk->pn", rel, v) / np.einsum("pk,pk->p", v, v)[:, None]
-    perp = np.linalg.norm(rel - t[..., None] * v[:, None, :], axis=2)
-    ok = (t > 0.01) & (t < 0.99) & (perp < collinear_mm)
-    ok[np.arange(len(ia)), ia] = False
-    ok[np.arange(len(ia)), ic] = False
-    has = ok.any(axis=1)
-    mid = np.argmin(np.where(ok, perp, np.inf), axis=1)
-    return [(int(a), int(m), int(c)) for a, m, c, h in zip(ia, mid, ic, has) if h]
-
-
-def detect_triplets(ct: Volume, threshold=None, polarity: str = "bright", progress=None,
-                    width_range_mm=(112.0, 175.0), collinear_mm: float = 1.5,
-                    max_extent_mm: float = 16.0) -> list:
-    """All N-localizer triplets of ``ct`` (slices along its thickest axis, or k). ``threshold`` in the
-    image's units (default 400 HU for CT; for MR, a level from the intensity distribution).
-    ``polarity`` 'dark' finds dark fiducials (some MR boxes)."""
-    progress = as_progress(progress)
-    data = np.asarray(ct.data)
-    if data.ndim != 3:
-        raise InputError(f"expected a 3-D CT, got {data.ndim}-D data", ct.name or None)
-    sign = -1.0 if polarity == "dark" else 1.0
-    thr = float(threshold if threshold is not None else _default_thresholds(ct, polarity)[0])
-    axis = _slice_axis(ct)
-    order = [a for a in range(3) if a != axis] + [axis]
-    view = np.moveaxis(data, axis, -1)          # (u, v, slice), a view
-    ras_from_ijk = ct.ras_from_ijk
-    cols = ras_from_ijk[:3, :3]
-    u, v = cols[:, order[0]], cols[:, order[1]]
-    pix_mm = np.array([np.linalg.norm(u), np.linalg.norm(v)])
-    pix_area = float(np.linalg.norm(np.cross(u, v)))
-    min_area = max(0.4, 0.5 * pix_area)
-    min_sep_mm = 5.0 + float(np.linalg.norm(cols[:, axis])) + float(pix_mm.max())
-    triplets = []
-    n_slices = view.shape[2]
-    chunk = 16
-    for k0 in range(0, n_slices, chunk):
-        k1 = min(k0 + chunk, n_slices)
-        block = view[:, :, k0:k1]
-        masks = np.ascontiguousarray((block > thr if sign > 0 else block < thr).transpose(2, 0, 1))
-        blobs = _blobs_in_block(masks, view, k0, pix_area, pix_mm, min_area, 60.0, max_extent_mm, sign)
-        for kk, centroids in sorted(blobs.items()):
-            if len(centroids) < 3:
+    dirs = np.array([ln.direction for ln in lines])
+    cos_par = np.cos(np.radians(parallel_deg))
+    plates = []
+    for i, j in itertools.combinations(range(n), 2):
+        a, c = lines[i], lines[j]
+        if abs(dirs[i] @ dirs[j]) < cos_par:
+            continue
+        d = dirs[i]
+        lo, hi = _line_overlap(a, c, d)
+        if hi - lo < min_overlap_mm:
+            continue
+        mid = a.point + 0.5 * (lo + hi) * d
+        off = c.at_plane(d, mid @ d) - mid
+        width = float(np.linalg.norm(off))
+        if min(abs(width - w) for w in widths_mm) > width_tol_mm:
+            continue
+        e = off / width
+        normal = np.cross(d, e)
+        for k in range(n):
+            if k in (i, j):
                 continue
-            ij = np.asarray(centroids, float)
-            ijk = np.zeros((len(ij), 3))
-            ijk[:, order[0]], ijk[:, order[1]], ijk[:, axis] = ij[:, 0], ij[:, 1], k0 + kk
-            ras = apply(ras_from_ijk, ijk)
-            for a, b, c in _triplets_in_slice(ras, width_range_mm, collinear_mm):
-                # near a rod end the diagonal's blob touches a vertical rod's: biased centroids
-                if min(np.linalg.norm(ras[b] - ras[a]), np.linalg.norm(ras[c] - ras[b])) < min_sep_mm:
-                    continue
-                triplets.append(Triplet(ras[a], ras[b], ras[c], int(k0 + kk)))
-        progress.update(k1 / n_slices, f"localizer: slice {k1}/{n_slices}")
-    return triplets
+            g = lines[k]
+            cosang = abs(dirs[k] @ d)
+            ang = np.degrees(np.arccos(min(cosang, 1.0)))
+            if not 15.0 <= ang <= 65.0:
+                continue
+            ends = np.array(g.ends)
+            if np.abs((ends - mid) @ normal).max() > coplanar_mm:
+                continue
+            f = ((g.points - mid) @ e) / width
+            if f.min() < -0.1 or f.max() > 1.1 or f.max() - f.min() < 0.15:
+                continue
+            plates.append(NPlate(a, g, c, width, width / np.tan(np.radians(ang))))
+    plates.sort(key=lambda p: -(len(p.first.points) + len(p.diagonal.points) + len(p.second.points)))
+    return plates[:max_plates]
 
 
-def _cluster_triplets(triplets, link_mm: float = 15.0):
-    """Single-linkage clusters of triplets by their midpoints; each cluster's rods ordered alike."""
-    from scipy.sparse import coo_matrix
-    from scipy.sparse.csgraph import connected_components
-    from scipy.spatial import cKDTree
-    if not triplets:
-        return []
-    mids = np.array([(t.first + t.second) / 2 for t in triplets])
-    pairs = cKDTree(mids).query_pairs(link_mm, output_type="ndarray")
-    graph = coo_matrix((np.ones(len(pairs)), (pairs[:, 0], pairs[:, 1])), shape=(len(mids),) * 2)
-    _, labels = connected_components(graph, directed=False)
-    clusters = []
-    for lab in np.unique(labels):
-        members = [triplets[i] for i in np.nonzero(labels == lab)[0]]
-        ref = members[0].second - members[0].first
-        members = [t if (t.second - t.first) @ ref > 0 else t.flipped() for t in members]
-        widths = np.array([np.linalg.norm(t.second - t.first) for t in members])
-        med = np.median(widths)
-        members = [t for t, w in zip(members, widths) if abs(w - med) < 4.0]
-        clusters.append(members)
-    clusters.sort(key=len, reverse=True)
-    return clusters
+def _sample_plate(plate: NPlate, normal, offsets):
+    """(a, b, c) crossings (k, 3) of the plate's three lines with the planes n . p = offsets, kept where
+    every line was seen (and away from the rod ends, where the diagonal meets a parallel rod)."""
+    pts = []
+    for ln in (plate.first, plate.diagonal, plate.second):
+        p = ln.at_plane(normal, offsets)
+        t0, t1 = (np.array(ln.ends) - ln.point) @ ln.direction
+        t = (p - ln.point) @ ln.direction
+        pts.append((p, (t >= t0 - 1e-6) & (t <= t1 + 1e-6)))
+    ok = pts[0][1] & pts[1][1] & pts[2][1]
+    a, b, c = pts[0][0][ok], pts[1][0][ok], pts[2][0][ok]
+    ac = c - a
+    f = np.einsum("ij,ij->i", b - a, ac) / np.einsum("ij,ij->i", ac, ac)
+    margin = END_MARGIN_MM / max(plate.height_mm, 1.0)
+    keep = (f > margin) & (f < 1.0 - margin)
+    return a[keep], b[keep], c[keep], f[keep]
 
 
-def _frame_point(plate, fraction):
-    a, b = (np.asarray(p, float) for p in plate.diagonal)
-    return a + fraction * (b - a)
-
-
-def _pairs(assigned):
-    """(image RAS diagonal points, frame XYZ points, plate names) from [(triplet, plate_name)]."""
-    ras = np.array([t.diagonal for t, _ in assigned])
-    xyz = np.array([_frame_point(ALL_PLATES[p], t.fraction) for t, p in assigned])
-    return ras, xyz, [p for _, p in assigned]
-
-
-def _truncated_cost(m, ras, xyz, cap=5.0):
-    r = np.linalg.norm(apply(m, ras) - xyz, axis=1)
-    return float(np.mean(np.minimum(r, cap) ** 2))
-
-
-def _arrays(triplets):
-    """(first, diagonal, second) image RAS arrays (n, 3) and fractions (n,)."""
-    a = np.array([t.first for t in triplets]).reshape(-1, 3)
-    b = np.array([t.diagonal for t in triplets]).reshape(-1, 3)
-    c = np.array([t.second for t in triplets]).reshape(-1, 3)
-    f = np.linalg.norm(b - a, axis=1) / np.linalg.norm(c - a, axis=1)
-    return a, b, c, f
-
-
-def _frame_points(plate, fractions):
-    s, e = (np.asarray(p, float) for p in plate.diagonal)
-    return s + np.asarray(fractions, float)[:, None] * (e - s)
-
-
-def _best_labelling(clusters, plate_sets=(("right", "left", "anterior"), ("right", "left", "posterior"))):
-    """Try every assignment of the largest clusters to plates and every rod order; best pose."""
-    best = (np.inf, None)
-    cand = [_arrays(c) for c in clusters[:4]]
-    for plates, chosen in ((ps, ch) for ps in plate_sets
-                           for ch in itertools.permutations(range(len(cand)), len(ps))):
-        for flips in itertools.product((False, True), repeat=len(plates)):
-            ras = np.concatenate([cand[ci][1] for ci in chosen])
-            xyz = np.concatenate([_frame_points(ALL_PLATES[p], 1.0 - cand[ci][3] if flip else cand[ci][3])
-                                  for ci, p, flip in zip(chosen, plates, flips)])
-            m, _ = robust_rigid_fit(ras, xyz)
-            cost = _truncated_cost(m, ras, xyz)
-            if cost < best[0]:
-                best = (cost, m)
-    return best[1]
-
-
-def _rod_distance(points_xyz, rod):
+def _rod_distance(points, rod):
     r0, r1 = (np.asarray(p, float) for p in rod)
     axis = (r1 - r0) / np.linalg.norm(r1 - r0)
-    q = points_xyz - r0
+    q = points - r0
     return np.linalg.norm(q - (q @ axis)[:, None] * axis, axis=1)
 
 
-def _assign_all(triplets, m, outlier_mm=OUTLIER_MM, plates=tuple(ALL_PLATES)):
-    """Each triplet to the plate and rod order that agree with pose ``m`` (RAS -> XYZ), if any:
-    diagonal point within ``outlier_mm`` and both rod centroids within ``outlier_mm`` of their rods."""
-    if not triplets:
-        return []
-    a, b, c, f = _arrays(triplets)
-    a_x, b_x, c_x = apply(m, a), apply(m, b), apply(m, c)
-    n = len(triplets)
-    best_d = np.full(n, np.inf)
-    best_k = np.full(n, -1)
-    options = [(name, flip) for name in plates for flip in (False, True)]
-    for k, (name, flip) in enumerate(options):
-        plate = ALL_PLATES[name]
-        first, second, frac = (c_x, a_x, 1.0 - f) if flip else (a_x, c_x, f)
-        d = np.linalg.norm(b_x - _frame_points(plate, frac), axis=1)
-        ok = (d <= outlier_mm) & (_rod_distance(first, plate.first) <= outlier_mm) \
-            & (_rod_distance(second, plate.second) <= outlier_mm) & (d < best_d)
-        best_d[ok], best_k[ok] = d[ok], k
-    out = []
-    for t, k in zip(triplets, best_k):
-        if k >= 0:
-            name, flip = options[k]
-            out.append((t.flipped() if flip else t, name))
+def _labelling_cost(system: FrameSystem, assignment):
+    """(cost mm, pose) of assigning image N-plates to model plates: RMS over the diagonal points and the
+    parallel rods' crossings of their distances to the model after a rigid fit of the diagonal points."""
+    src, dst, rods = [], [], []
+    for name, plate, samples in assignment:
+        a, b, c, f = samples
+        model = system.plates[name]
+        src.append(b)
+        dst.append(diagonal_point(model, f))
+        rods.append((a, c, model))
+    src, dst = np.concatenate(src), np.concatenate(dst)
+    if len(src) < 6:
+        return np.inf, None
+    m, _ = robust_rigid_fit(src, dst, outlier_mm=3.0, max_iter=5)
+    res = [np.linalg.norm(apply(m, src) - dst, axis=1)]
+    for a, c, model in rods:
+        res.append(_rod_distance(apply(m, a), model.first))
+        res.append(_rod_distance(apply(m, c), model.second))
+    r = np.concatenate(res)
+    return float(np.sqrt(np.mean(np.minimum(r, 10.0) ** 2))), m
+
+
+def _rotation_deg(m) -> float:
+    return float(np.degrees(np.arccos(np.clip((np.trace(np.asarray(m)[:3, :3]) - 1.0) / 2.0, -1.0, 1.0))))
+
+
+def label_plates(plates, systems, step_mm: float = 4.0):
+    """Best labelling over every system in ``systems``, choice of three of its plates, assignment of the
+    image N-plates and rod order: ((cost mm, system, [(plate name, NPlate)], frame_from_ras), {system key:
+    best cost}). Labellings that fit about equally well (a symmetric localizer: the CRW box turned half
+    a turn about its AP axis, the BRW ring a third of a turn about its vertical axis) are told apart by
+    the image axes: the one least rotated from them (the frame upright, facing the patient's front) wins."""
+    fits = []
+    per_system = {}
+    samples = {}
+    for idx, p in enumerate(plates):
+        d = p.first.direction
+        lo, hi = _line_overlap(p.first, p.second, d)
+        t = np.arange(lo + 1.0, hi - 1.0, step_mm)
+        samples[idx] = _sample_plate(p, d, p.first.point @ d + t) if len(t) else None
+    for system in systems:
+        sys_best = np.inf
+        for names in itertools.combinations(system.plates, 3):
+            cand = []
+            for name in names:
+                model = system.plates[name]
+                w = float(np.linalg.norm(np.subtract(model.second[0], model.first[0])))
+                ok = [i for i, p in enumerate(plates) if abs(p.width_mm - w) < 8.0
+                      and abs(p.height_mm - system.rod_height_mm) < 0.2 * system.rod_height_mm
+                      and samples[i] is not None and len(samples[i][0]) >= 3]
+                cand.append(ok)
+            for choice in itertools.product(*cand):
+                if len(set(choice)) < 3:
+                    continue
+                used = [id(ln) for i in choice for ln in (plates[i].first, plates[i].diagonal, plates[i].second)]
+                if len(set(used)) < 9:
+                    continue
+                for flips in itertools.product((False, True), repeat=3):
+                    assignment = []
+                    for name, i, flip in zip(names, choice, flips):
+                        a, b, c, f = samples[i]
+                        assignment.append((name, plates[i], (c, b, a, 1.0 - f) if flip else (a, b, c, f)))
+                    cost, m = _labelling_cost(system, assignment)
+                    if not np.isfinite(cost):
+                        continue
+                    sys_best = min(sys_best, cost)
+                    fits.append((cost, _rotation_deg(m), system,
+                                 [(name, plates[i].flipped() if flip else plates[i])
+                                  for name, i, flip in zip(names, choice, flips)], m))
+        per_system[system.key] = sys_best
+    if not fits:
+        return (np.inf, None, None, None), per_system
+    best_cost = min(f[0] for f in fits)
+    ties = [f for f in fits if f[0] <= best_cost + max(0.3, 0.5 * best_cost)]
+    cost, _, system, labelled, m = min(ties, key=lambda f: (f[1], f[0]))
+    return (cost, system, labelled, m), per_system
+
+
+# ---- refinement and fiducials -----------------------------------------------------------------------
+def _segment_distance(points, seg):
+    a, b = (np.asarray(p, float) for p in seg)
+    ab = b - a
+    t = np.clip(((points - a) @ ab) / (ab @ ab), 0.0, 1.0)
+    return np.linalg.norm(points - (a + t[:, None] * ab), axis=1)
+
+
+def _refit_rods(cands: Candidates, system: FrameSystem, frame_from_ras, min_points: int = 6,
+                near_mm: float = 2.0, apart_mm: float = 3.5):
+    """{plate: NPlate} from the candidates within ``near_mm`` of each model rod (pose
+    ``frame_from_ras``) and not within ``apart_mm`` of the plate's other rods (where the diagonal meets a
+    parallel rod their blobs merge), each rod refitted as a robust line; plates with a rod too sparse are
+    left out."""
+    q = apply(frame_from_ras, cands.ras)
+    out = {}
+    rng = np.random.default_rng(1)
+    for name, model in system.plates.items():
+        rods = []
+        segs = model.rods()
+        for r, rod in enumerate(segs):
+            near = _segment_distance(q, rod) <= near_mm
+            for other in (segs[x] for x in range(3) if x != r):
+                near &= _segment_distance(q, other) >= apart_mm
+            ids = np.flatnonzero(near)
+            if len(ids) < min_points:
+                break
+            centre, d, inl = robust_line(cands.ras[ids], rng, inlier_mm=0.8)
+            ids = ids[inl]
+            if len(ids) < min_points:
+                break
+            if d @ cands.slice_normal_ras < 0:
+                d = -d
+            p = cands.ras[ids]
+            qq = p - centre
+            res = np.linalg.norm(qq - (qq @ d)[:, None] * d, axis=1)
+            rods.append(RodLine(centre, d, p, cands.slice_index[ids], float(np.sqrt(np.mean(res ** 2))), ids))
+        if len(rods) == 3:
+            width = float(np.linalg.norm(np.subtract(model.second[0], model.first[0])))
+            out[name] = NPlate(rods[0], rods[1], rods[2], width, system.rod_height_mm)
     return out
+
+
+def _raw_points(plate: NPlate, min_sep_mm: float):
+    """Per-slice (a, b, c) raw centroids of a plate where all three rods have one in the same slice."""
+    by = [dict(zip(ln.slices.tolist(), ln.points)) for ln in (plate.first, plate.diagonal, plate.second)]
+    common = sorted(set(by[0]) & set(by[1]) & set(by[2]))
+    a = np.array([by[0][k] for k in common]).reshape(-1, 3)
+    b = np.array([by[1][k] for k in common]).reshape(-1, 3)
+    c = np.array([by[2][k] for k in common]).reshape(-1, 3)
+    if not len(a):
+        return a, b, c
+    far = np.minimum(np.linalg.norm(b - a, axis=1), np.linalg.norm(c - b, axis=1)) >= min_sep_mm
+    return a[far], b[far], c[far]
 
 
 # ---- result ----------------------------------------------------------------------------------------
 @dataclass
 class FrameRegistration:
-    """Leksell frame pose. ``xyz_from_ras`` (4x4) maps image RAS mm to Leksell XYZ mm. FRE values are
-    RMS mm over the diagonal fiducials kept; ``image_points_ras``/``frame_points_xyz`` are those pairs."""
+    """A registered frame. ``xyz_from_ras`` (4x4) maps image RAS mm to the system's native coordinates
+    (Leksell XYZ; CRW/BRW LAT, AP, VERT), ``frame_from_ras`` to frame RAS (origin at the frame's
+    coordinate origin). FRE values are RMS mm over the diagonal fiducials kept (from the fitted lines);
+    ``image_points_ras``/``frame_points_xyz`` are those pairs (native coordinates)."""
     xyz_from_ras: np.ndarray
     fre_mm: float
     fre_per_plate: dict
@@ -330,10 +353,31 @@ class FrameRegistration:
     threshold: float | None = None
     warnings: list = field(default_factory=list)
     box_measured: dict = field(default_factory=dict)
+    system: str = "leksell"
+    residuals_mm: np.ndarray = None
+    raw_frame_points_xyz: np.ndarray = None     # per-slice centroid fiducials (native), for FLE and TRE
+    raw_residuals_mm: np.ndarray = None
+    rods: list = field(default_factory=list)     # [{"plate", "rod", "start_ras", "end_ras", "n_points", "rms_mm"}]
+    system_costs_mm: dict = field(default_factory=dict)
+    n_lines: int = 0
+
+    @property
+    def frame_system(self) -> FrameSystem:
+        return get_system(self.system)
 
     @property
     def ras_from_xyz(self) -> np.ndarray:
         return np.linalg.inv(self.xyz_from_ras)
+
+    @property
+    def frame_from_ras(self) -> np.ndarray:
+        """4x4 image RAS mm -> frame RAS mm (RAS axes of the frame, origin at its coordinate origin)."""
+        return self.frame_system.frameras_from_native @ np.asarray(self.xyz_from_ras, float)
+
+    @property
+    def image_from_frame(self) -> np.ndarray:
+        """4x4 frame RAS mm -> image RAS mm: the frame's pose in the image (a Slicer transform node)."""
+        return np.linalg.inv(self.frame_from_ras)
 
     @property
     def plates_found(self) -> list:
@@ -341,202 +385,340 @@ class FrameRegistration:
 
     @property
     def fle_mm(self) -> float:
-        """Fiducial localisation error estimated from the FRE: <FRE^2> ~ (1 - 2/N) <FLE^2>."""
+        """Fiducial localisation error: RMS residual of the per-slice centroid fiducials under the pose
+        (or, without them, from the FRE: <FRE^2> ~ (1 - 2/N) <FLE^2>)."""
+        if self.raw_residuals_mm is not None and len(self.raw_residuals_mm) >= 3:
+            return float(np.sqrt(np.mean(self.raw_residuals_mm ** 2)))
         n = max(self.n_points, 3)
         return float(self.fre_mm / np.sqrt(max(1.0 - 2.0 / n, 1e-6)))
 
+    @property
+    def worst_fiducial(self) -> dict:
+        if self.residuals_mm is None or not len(self.residuals_mm):
+            return {}
+        i = int(np.argmax(self.residuals_mm))
+        return {"plate": self.plate_of_point[i], "residual_mm": float(self.residuals_mm[i]),
+                "RAS_mm": [float(x) for x in self.image_points_ras[i]]}
+
     def predicted_tre_mm(self, target_ras=None, target_xyz=None) -> float:
-        """Predicted TRE (mm) at a target (image RAS, or Leksell XYZ; default the frame centre)."""
+        """Predicted TRE (mm) at a target (image RAS, or native frame coordinates; default the frame's
+        coordinate origin), from the per-slice fiducials and their FLE."""
+        system = self.frame_system
         if target_xyz is None:
-            target_xyz = FRAME_CENTER_XYZ if target_ras is None else apply(self.xyz_from_ras, target_ras)
-        return predicted_tre_mm(self.frame_points_xyz, self.fle_mm, target_xyz)
+            target_xyz = (system.native(np.zeros(3)) if target_ras is None
+                          else apply(self.xyz_from_ras, target_ras))
+        pts = self.raw_frame_points_xyz if self.raw_frame_points_xyz is not None and \
+            len(self.raw_frame_points_xyz) >= 6 else self.frame_points_xyz
+        return predicted_tre_mm(pts, self.fle_mm, target_xyz)
+
+    def fiducial_markups(self) -> dict:
+        """{label: RAS mm} of the rods' fitted end points and the diagonal fiducials (every 10th), for a
+        Slicer point list that shows each rod hit on the CT."""
+        out = {}
+        for r in self.rods:
+            out[f"{r['plate']} {r['rod']} start"] = r["start_ras"]
+            out[f"{r['plate']} {r['rod']} end"] = r["end_ras"]
+        for i in range(0, len(self.image_points_ras), 10):
+            out[f"{self.plate_of_point[i]} diagonal {i} ({self.residuals_mm[i]:.2f} mm)"] = \
+                self.image_points_ras[i]
+        return out
 
     def to_dict(self, target_ras=None) -> dict:
+        system = self.frame_system
+        axes = ", ".join(system.native_axes)
         d = {
-            "system": "Leksell G",
+            "system": system.name,
+            "system_key": system.key,
+            "coordinate_systems": {
+                "RAS": "image (CT) RAS mm as in 3D Slicer (+R right, +A anterior, +S superior)",
+                "LPS": "DICOM patient coordinates mm (L = -R, P = -A) of the same space",
+                "frame RAS": f"{system.name} frame, RAS axes of the frame, mm from its coordinate origin",
+                system.name: system.native_note,
+            },
             "xyz_from_ras": np.asarray(self.xyz_from_ras).tolist(),
-            "xyz_from_ras_note": "4x4 mapping image (CT) RAS mm to Leksell XYZ mm "
-                                 "(+X patient's left, +Y anterior, +Z inferior, centre 100/100/100)",
+            "xyz_from_ras_note": f"4x4 mapping image (CT) RAS mm to {system.name} {axes} mm ({system.native_note})",
             "ras_from_xyz": self.ras_from_xyz.tolist(),
             "xyz_from_lps": (np.asarray(self.xyz_from_ras) @ LPS_FROM_RAS).tolist(),
             "xyz_from_lps_note": "the same pose for DICOM patient coordinates (LPS mm, L = -R, P = -A)",
+            "frame_from_ras": self.frame_from_ras.tolist(),
+            "image_from_frame": self.image_from_frame.tolist(),
+            "image_from_frame_note": "4x4 frame RAS mm -> image RAS mm: the frame's pose (a Slicer transform "
+                                     "node whose children are drawn in frame RAS)",
             "method": self.method,
             "fre_mm": float(self.fre_mm),
             "fre_per_plate_mm": {k: float(v) for k, v in self.fre_per_plate.items()},
+            "worst_fiducial": self.worst_fiducial,
             "fle_estimate_mm": self.fle_mm,
             "n_points": int(self.n_points),
             "n_rejected": int(self.n_rejected),
+            "n_raw_points": 0 if self.raw_frame_points_xyz is None else int(len(self.raw_frame_points_xyz)),
             "points_per_plate": {k: int(v) for k, v in self.points_per_plate.items()},
             "plates_found": self.plates_found,
             "slice_axis": int(self.slice_axis),
             "threshold": None if self.threshold is None else float(self.threshold),
-            "predicted_tre_mm_at_frame_centre": self.predicted_tre_mm(target_xyz=FRAME_CENTER_XYZ),
+            "predicted_tre_mm_at_frame_origin": self.predicted_tre_mm(),
             "box_measured_mm": self.box_measured,
+            "system_fit_cost_mm": {k: (None if not np.isfinite(v) else float(v))
+                                   for k, v in self.system_costs_mm.items()},
+            "localizer_fiducials": {
+                "note": "rods: fitted line end points where the rod was seen (image RAS mm); diagonal: "
+                        "the fiducials used (image RAS mm) with their residuals after the fit",
+                "rods": [dict(r, start_ras=[float(x) for x in r["start_ras"]],
+                              end_ras=[float(x) for x in r["end_ras"]]) for r in self.rods],
+                "diagonal_points": [{"plate": p, "RAS_mm": [round(float(x), 4) for x in q],
+                                     "residual_mm": round(float(r), 4)}
+                                    for p, q, r in zip(self.plate_of_point, self.image_points_ras,
+                                                       self.residuals_mm if self.residuals_mm is not None
+                                                       else np.zeros(len(self.plate_of_point)))],
+            },
             "warnings": list(self.warnings),
         }
         if target_ras is not None:
             t = np.asarray(target_ras, float)
+            native = apply(self.xyz_from_ras, t)
             d["target"] = {"RAS_mm": [float(x) for x in t],
-                           "LeksellXYZ_mm": [float(x) for x in apply(self.xyz_from_ras, t)],
+                           f"{system.name.replace(' ', '')}_{''.join(system.native_axes)}_mm":
+                               [float(x) for x in native],
+                           "frame": dict(zip(system.native_axes, (float(x) for x in native))),
                            "predicted_tre_mm": self.predicted_tre_mm(target_ras=t)}
+            if system.key == "leksell":
+                d["target"]["LeksellXYZ_mm"] = [float(x) for x in native]
         return d
 
 
-def _result(assigned, m_init, method, min_plates=3, max_fre_mm=1.5, **extra) -> FrameRegistration:
-    ras, xyz, names = _pairs(assigned)
-    m, keep = robust_rigid_fit(ras, xyz)
-    res = np.linalg.norm(apply(m, ras) - xyz, axis=1)
-    names_kept = [n for n, k in zip(names, keep) if k]
-    per_plate_n = {p: int(sum(1 for n in names_kept if n == p)) for p in ALL_PLATES}
-    per_plate_n = {p: n for p, n in per_plate_n.items() if n > 0 or p != "posterior"}
-    fre_pp = {}
-    for p in per_plate_n:
-        sel = np.array([k and n == p for n, k in zip(names, keep)])
-        if sel.any():
-            fre_pp[p] = float(np.sqrt(np.mean(res[sel] ** 2)))
-    plates_ok = [p for p, n in per_plate_n.items() if n >= 3]
+def _measure_box(system: FrameSystem, plates: dict, frame_from_ras) -> dict:
+    """The localizer seen through the fitted pose (frame RAS mm) against the model: each plate's rod
+    spacing and the mean distance of its fitted rods from the model rods; for the Leksell G box, the
+    lateral plates' separation. Tenths of a mm are normal; millimetres mean a wrong model or voxel size."""
+    out = {}
+    for name, p in plates.items():
+        model = system.plates[name]
+        lines = {}
+        for rod, ln, mrod in zip(("first", "diagonal", "second"), (p.first, p.diagonal, p.second), model.rods()):
+            ends = apply(frame_from_ras, np.array(ln.ends))
+            lines[rod] = (ends, float(np.mean(_rod_distance(ends, mrod))))
+        a, c = lines["first"][0].mean(0), lines["second"][0].mean(0)
+        d_first = np.subtract(model.first[1], model.first[0])
+        d_first = d_first / np.linalg.norm(d_first)
+        gap = c - a
+        spacing = float(np.linalg.norm(gap - (gap @ d_first) * d_first))
+        out[name] = {"rod_spacing": spacing,
+                     "rod_spacing_nominal": float(np.linalg.norm(np.subtract(model.second[0], model.first[0]))),
+                     "rod_offset_from_model": {k: v[1] for k, v in lines.items()}}
+        if system.key == "leksell":
+            lateral = name in ("right", "left")
+            # Leksell X (lateral plates) or Y (anterior/posterior) of the plate, from frame RAS
+            xyz = apply(system.native_from_frameras, np.r_[lines["first"][0], lines["second"][0]])
+            out[name]["X" if lateral else "Y"] = float(np.mean(xyz[:, 0 if lateral else 1]))
+    if system.key == "leksell" and "right" in out and "left" in out:
+        out["lateral_plate_separation"] = out["left"]["X"] - out["right"]["X"]
+        out["nominal"] = {"right X": 5.0, "left X": 195.0, "anterior Y": 215.0, "posterior Y": -15.0,
+                          "lateral_plate_separation": 190.0, "rod_spacing": 120.0}
+    return out
+
+
+def _finish(system: FrameSystem, plates: dict, cands: Candidates, method: str,
+            max_fre_mm: float, min_plates: int = 3, **extra) -> FrameRegistration:
+    """Final fit on the line fiducials of ``plates`` ({name: NPlate}) at the CT's slice planes."""
+    ras, frame, names, raws = [], [], [], []
+    normal = cands.slice_normal_ras
+    for name, p in plates.items():
+        a, b, c, f = _sample_plate(p, normal, cands.plane_offsets)
+        ras.append(b)
+        frame.append(diagonal_point(system.plates[name], f))
+        names += [name] * len(b)
+        ra, rb, rc = _raw_points(p, min_sep_mm=END_MARGIN_MM + 2.0)
+        if len(ra):
+            rf = np.einsum("ij,ij->i", rb - ra, rc - ra) / np.einsum("ij,ij->i", rc - ra, rc - ra)
+            raws.append((rb, diagonal_point(system.plates[name], rf)))
+    ras, frame = np.concatenate(ras), np.concatenate(frame)
+    if len(ras) < 6:
+        raise ProcessingError(f"no {system.name} N-localizer: too few fiducials on the fitted rods ({len(ras)})")
+    m, keep = robust_rigid_fit(ras, frame)
+    res = np.linalg.norm(apply(m, ras) - frame, axis=1)
+    per_plate = {p: int(sum(1 for n, k in zip(names, keep) if k and n == p)) for p in plates}
+    plates_ok = [p for p, n in per_plate.items() if n >= 3]
     if len(plates_ok) < min_plates:
-        raise ProcessingError(
-            f"Leksell localizer: only {len(plates_ok)} plate(s) found ({', '.join(plates_ok) or 'none'}); "
-            f"at least {min_plates} are needed to fix the frame pose")
+        raise ProcessingError(f"no {system.name} N-localizer: only {len(plates_ok)} of {min_plates} plates fit "
+                              f"({', '.join(plates_ok) or 'none'})")
+    fre_pp = {p: float(np.sqrt(np.mean(res[keep & (np.array(names) == p)] ** 2))) for p in plates_ok}
     fre = float(np.sqrt(np.mean(res[keep] ** 2)))
-    reg = FrameRegistration(m, fre, fre_pp, int(keep.sum()), int((~keep).sum()), per_plate_n,
-                            ras[keep], xyz[keep], names_kept, method=method, **extra)
-    reg.box_measured = _measure_box([t for (t, _), k in zip(assigned, keep) if k], names_kept, m)
+    raw_pts = raw_res = None
+    if raws:
+        rb = np.concatenate([r[0] for r in raws])
+        rf = np.concatenate([r[1] for r in raws])
+        raw_res = np.linalg.norm(apply(m, rb) - rf, axis=1)
+        ok = raw_res <= OUTLIER_MM
+        raw_pts, raw_res = system.native(rf[ok]), raw_res[ok]
+    rods = []
+    for name, p in plates.items():
+        for rod, ln in zip(("first", "diagonal", "second"), (p.first, p.diagonal, p.second)):
+            s, e = ln.ends
+            rods.append({"plate": name, "rod": rod, "start_ras": s, "end_ras": e, "n_points": int(len(ln.points)),
+                         "rms_mm": float(ln.rms_mm)})
+    native_from_ras = system.native_from_ras(m)
+    reg = FrameRegistration(native_from_ras, fre, fre_pp, int(keep.sum()), int((~keep).sum()), per_plate,
+                            ras[keep], system.native(frame[keep]), [n for n, k in zip(names, keep) if k],
+                            method=method, slice_axis=cands.slice_axis, system=system.key,
+                            residuals_mm=res[keep], raw_frame_points_xyz=raw_pts, raw_residuals_mm=raw_res,
+                            rods=rods, **extra)
+    reg.box_measured = _measure_box(system, plates, m)
     if fre > max_fre_mm:
-        raise ProcessingError(f"Leksell localizer fit is poor: FRE {fre:.2f} mm > {max_fre_mm} mm "
-                              f"over {reg.n_points} points")
+        raise ProcessingError(f"{system.name} localizer fit is poor: FRE {fre:.2f} mm > {max_fre_mm} mm over "
+                              f"{reg.n_points} points")
+    bad = [f"{k} {v['rod_spacing']:.2f}" for k, v in reg.box_measured.items()
+           if isinstance(v, dict) and "rod_spacing_nominal" in v
+           and abs(v["rod_spacing"] - v["rod_spacing_nominal"]) > 1.5]
     sep = reg.box_measured.get("lateral_plate_separation")
-    spacing = [v["rod_spacing"] for k, v in reg.box_measured.items() if isinstance(v, dict) and "rod_spacing" in v
-               and k != "nominal"]
-    if (sep is not None and abs(sep - 190.0) > 1.5) or any(abs(x - 120.0) > 1.5 for x in spacing):
-        reg.warnings.append("the localizer box measures differently from the Leksell G model (plates "
-                            f"{sep if sep is None else round(sep, 2)} mm apart, rods "
-                            f"{', '.join(f'{x:.2f}' for x in spacing)} mm apart; nominal 190 / 120): "
-                            "check the box type and the image's voxel size")
-    if fre > 0.7:
-        reg.warnings.append(f"FRE {fre:.2f} mm is high for a Leksell localizer (about 0.35 mm expected)")
+    if bad or (sep is not None and abs(sep - 190.0) > 1.5):
+        reg.warnings.append(f"the localizer measures differently from the {system.name} model (rod spacing "
+                            f"{', '.join(bad) or 'as nominal'}"
+                            + (f", lateral plates {sep:.2f} mm apart, nominal 190" if sep is not None else "")
+                            + "): check the frame type and the image's voxel size")
+    if fre > 0.5:
+        reg.warnings.append(f"FRE {fre:.2f} mm is high for an N-localizer (0.1-0.4 mm expected)")
     if reg.n_rejected > 0.2 * (reg.n_points + reg.n_rejected):
         reg.warnings.append(f"{reg.n_rejected} of {reg.n_points + reg.n_rejected} fiducials rejected")
     return reg
 
 
-def _measure_box(triplets, names, m) -> dict:
-    """Box dimensions seen through the fitted pose (Leksell XYZ mm), against the nominal model: the
-    plates' positions, the lateral plates' separation (nominal 190) and each plate's rod spacing
-    (nominal 120). Real boxes differ by tenths of a mm; millimetres mean a wrong model or pose."""
-    out = {}
-    for plate in sorted(set(names)):
-        sel = [t for t, n in zip(triplets, names) if n == plate]
-        a = apply(m, np.array([t.first for t in sel]))
-        c = apply(m, np.array([t.second for t in sel]))
-        lateral = plate in ("right", "left")
-        plane_axis, spacing_axis = (0, 1) if lateral else (1, 0)
-        out[plate] = {
-            ("X" if lateral else "Y"): float(np.mean(np.r_[a[:, plane_axis], c[:, plane_axis]])),
-            "rod_spacing": float(np.mean(np.abs(c[:, spacing_axis] - a[:, spacing_axis]))),
-        }
-    if "right" in out and "left" in out:
-        out["lateral_plate_separation"] = out["left"]["X"] - out["right"]["X"]
-    out["nominal"] = {"right X": 5.0, "left X": 195.0, "anterior Y": 215.0, "posterior Y": -15.0,
-                      "lateral_plate_separation": 190.0, "rod_spacing": 120.0}
+def fit_candidates(cands: Candidates, system=None, lines=None, max_fre_mm: float = 1.5, **extra) -> FrameRegistration:
+    """Frame pose from rod candidates (``detection.find_candidates``, or synthetic ones): rod lines,
+    N-plates, system and labels, refinement, final fit. ``system`` None tries every system."""
+    systems = list(SYSTEMS.values()) if system is None else [get_system(system)]
+    what = "N-localizer" if system is None else f"{systems[0].name} N-localizer"
+    if lines is None:
+        lines = fit_lines(cands, link_tracks(cands))
+    widths = sorted({float(np.linalg.norm(np.subtract(p.second[0], p.first[0])))
+                     for s in systems for p in s.plates.values()})
+    plates = find_n_plates(lines, widths_mm=widths)
+    if len({id(ln) for p in plates for ln in (p.first, p.second)}) < 6:
+        n = len(_disjoint(plates))
+        raise ProcessingError(f"no {what}: {n} of 3 plates (N-shaped rod triplets) among {len(lines)} straight "
+                              f"rod-like lines")
+    (cost, best_system, labelled, pose), costs = label_plates(plates, systems)
+    if best_system is None or cost > 3.0:
+        fits = ", ".join(f"{SYSTEMS[k].name} {v:.1f} mm" for k, v in costs.items() if np.isfinite(v))
+        raise ProcessingError(f"no {what}: {len(_disjoint(plates))} N-shaped plates fit no frame model "
+                              f"(best RMS misfit: {fits or 'no plates of the right size'})")
+    refined = _refit_rods(cands, best_system, pose)
+    for name, p in labelled:           # keep the tracked lines where refinement found too little
+        refined.setdefault(name, p)
+    return _finish(best_system, refined, cands, extra.pop("method", "automatic"), max_fre_mm,
+                   system_costs_mm=costs, n_lines=len(lines), **extra)
+
+
+def _disjoint(plates) -> list:
+    """Plates that share no line with an earlier one (how many distinct N's were seen)."""
+    seen, out = set(), []
+    for p in plates:
+        ids = {id(p.first), id(p.diagonal), id(p.second)}
+        if not ids & seen:
+            out.append(p)
+            seen |= ids
     return out
 
 
-def fit_triplets(triplets, max_fre_mm: float = 1.5, **extra) -> FrameRegistration:
-    """Frame pose from unlabelled triplets (any plate, any rod order): cluster, label, fit."""
-    if len(triplets) < 9:
-        raise ProcessingError(f"Leksell localizer not found: {len(triplets)} N-localizer hits "
-                              f"(rods on slices); at least 9 are needed")
-    clusters = [c for c in _cluster_triplets(triplets) if len(c) >= 3]
-    if len(clusters) < 3:
-        raise ProcessingError(f"Leksell localizer not found: {len(clusters)} plate(s) seen, 3 needed "
-                              f"(left, right and anterior N-localizers)")
-    m0 = _best_labelling(clusters)
-    assigned = _assign_all(triplets, m0)
-    if len(assigned) < 9:
-        raise ProcessingError("Leksell localizer not found: the rod triplets do not fit the box geometry")
-    m1, _ = robust_rigid_fit(*_pairs(assigned)[:2])
-    assigned = _assign_all(triplets, m1)       # second pass with the refined pose
-    return _result(assigned, m1, extra.pop("method", "automatic"), max_fre_mm=max_fre_mm, **extra)
-
-
 def _default_thresholds(ct: Volume, polarity: str) -> list:
-    """Thresholds to try, best guess first: 400 HU (then 250, 700, 1000) for a CT; then (first for
-    other images, e.g. MR boxes) fractions of the range between the median and the 99.99th
+    """Thresholds to try, best guess first: for a CT in HU (air at -1000) 400, 1000 and 250 HU; for other
+    images (MR boxes, unscaled data) fractions of the range between the median and the 99.99th
     percentile."""
     sign = -1.0 if polarity == "dark" else 1.0
-    sample = sign * np.asarray(ct.data[::3, ::3, ::3], np.float32)
-    lo, hi = np.percentile(sample, [50.0, 99.99])
-    relative = [float(sign * (lo + f * (hi - lo))) for f in (0.4, 0.25, 0.55, 0.7)]
-    if polarity == "bright" and ct.meta.get("modality", "CT") == "CT":
-        return [400.0, 250.0, 700.0, 1000.0] + relative
-    return relative
+    sample = np.asarray(ct.data[::4, ::4, ::4], np.float32)
+    if polarity == "bright" and ct.meta.get("modality", "CT") == "CT" and np.percentile(sample, 5) < -500:
+        return [400.0, 1000.0, 250.0]
+    lo, hi = np.percentile(sign * sample, [50.0, 99.99])
+    return [float(sign * (lo + f * (hi - lo))) for f in (0.4, 0.25, 0.6)]
 
 
-def register_frame(ct: Volume, progress=None, threshold=None, polarity: str = "bright",
+def register_frame(ct: Volume, system=None, progress=None, threshold=None, polarity: str = "bright",
                    max_fre_mm: float = 1.5) -> FrameRegistration:
-    """Register the Leksell G N-localizer in ``ct`` (a CT in HU, or an MR localizer with
-    ``polarity`` 'bright'/'dark'): returns the pose ``xyz_from_ras`` (image RAS mm -> Leksell XYZ
-    mm) with its FRE. ``threshold`` (image units) separates rods from their surroundings; by default
-    several levels are tried until the localizer is found. Raises ``ProcessingError`` if fewer than
-    three plates are found or the fit is poor (FRE > ``max_fre_mm``)."""
+    """Find and register the N-localizer of a Leksell G, CRW or BRW frame in ``ct`` (a CT in HU, or an MR
+    localizer with ``polarity`` 'bright'/'dark'). ``system`` ('leksell', 'crw', 'brw') forces the frame;
+    by default it is recognised from the localizer's geometry. ``threshold`` (image units) separates the
+    rods from their surroundings; by default a few levels are tried. Returns the pose ``xyz_from_ras``
+    (image RAS mm -> native frame coordinates) with its FRE; raises ``ProcessingError`` with one line
+    saying what was found when no localizer fits (fewer than three plates, or FRE > ``max_fre_mm``)."""
     if polarity not in ("bright", "dark"):
         raise InputError(f"polarity must be 'bright' or 'dark', not {polarity!r}")
+    systems = None if system is None else get_system(system)
     progress = as_progress(progress)
     levels = [float(threshold)] if threshold is not None else _default_thresholds(ct, polarity)
-    error = None
-    for n, level in enumerate(levels):
-        part = progress.sub(n / len(levels), (n + 1) / len(levels)) if n else progress.sub(0.0, 0.9)
-        triplets = detect_triplets(ct, threshold=level, polarity=polarity, progress=part.sub(0.0, 0.95))
-        part.update(0.97, "localizer: fitting the frame pose")
-        try:
-            reg = fit_triplets(triplets, max_fre_mm=max_fre_mm, slice_axis=_slice_axis(ct), threshold=level)
-        except ProcessingError as exc:
-            error = exc if error is None else error
-            continue
-        if n:
-            reg.warnings.append(f"rods found at threshold {level:g} (the default level failed: {error})")
-        progress.update(1.0, f"localizer: FRE {reg.fre_mm:.2f} mm over {reg.n_points} points")
-        return reg
-    raise error
+    errors = []
+    try:
+        for n, level in enumerate(levels):
+            part = progress.sub(n / len(levels), (n + 1) / len(levels)) if n else progress.sub(0.0, 0.9)
+            lines, cands = find_rod_lines(ct, level, polarity, part.sub(0.0, 0.9))
+            part.update(0.95, "localizer: fitting the frame pose")
+            try:
+                reg = fit_candidates(cands, systems, lines=lines, max_fre_mm=max_fre_mm, threshold=level)
+            except ProcessingError as exc:
+                errors.append((level, exc))
+                continue
+            if n:
+                reg.warnings.append(f"rods found at threshold {level:g} (the default level failed: {errors[0][1]})")
+            progress.update(1.0, f"localizer: {reg.frame_system.name}, FRE {reg.fre_mm:.2f} mm over "
+                                 f"{reg.n_points} points")
+            return reg
+    except MemoryError:
+        raise ProcessingError("out of memory while looking for the localizer rods") from None
+    level, exc = errors[0]
+    more = f" (also tried thresholds {', '.join(f'{lv:g}' for lv, _ in errors[1:])})" if len(errors) > 1 else ""
+    raise ProcessingError(f"{exc} at threshold {level:g}{more}")
 
 
-def register_frame_manual(clicks, max_fre_mm: float = 1.5) -> FrameRegistration:
-    """Manual fallback: ``clicks`` = {plate: [(first_rod, diagonal, second_rod), ...]} with rod
-    centroids clicked on a few slices (image RAS mm). Plates: right, left, anterior (posterior for
-    MR boxes). ``first_rod`` is the posterior rod (Y = 40) on lateral plates and the patient's right
-    rod (X = 40) on the anterior/posterior plates."""
-    assigned = []
+# ---- manual fallback ----------------------------------------------------------------------------------
+def register_frame_manual(clicks, max_fre_mm: float = 1.5, system="leksell") -> FrameRegistration:
+    """Manual fallback: ``clicks`` = {plate: [(first_rod, diagonal, second_rod), ...]} with rod centroids
+    clicked on a few slices (image RAS mm). Plates and rods as in ``frames.SYSTEMS[system]`` (Leksell G:
+    right, left, anterior, posterior; ``first`` is the posterior rod of a lateral plate and the patient's-
+    right rod of the anterior/posterior plate)."""
+    system = get_system(system)
+    src, dst, names = [], [], []
     for plate, rows in clicks.items():
-        if plate not in ALL_PLATES:
-            raise InputError(f"unknown localizer plate {plate!r}; expected one of {', '.join(ALL_PLATES)}")
+        if plate not in system.plates:
+            raise InputError(f"unknown {system.name} localizer plate {plate!r}; expected one of "
+                             f"{', '.join(system.plates)}")
         for a, b, c in rows:
-            assigned.append((Triplet(np.asarray(a, float), np.asarray(b, float), np.asarray(c, float)),
-                             plate))
-    if len(assigned) < 3:
+            t = Triplet(np.asarray(a, float), np.asarray(b, float), np.asarray(c, float))
+            src.append(t.diagonal)
+            dst.append(diagonal_point(system.plates[plate], t.fraction))
+            names.append(plate)
+    if len(src) < 3:
         raise InputError("at least three clicked slices (rod triplets) are needed")
-    return _result(assigned, None, "manual", max_fre_mm=max_fre_mm)
-
-
-_CLICK_LABEL = None
+    src, dst = np.array(src), np.array(dst)
+    m, keep = robust_rigid_fit(src, dst)
+    res = np.linalg.norm(apply(m, src) - dst, axis=1)
+    per_plate = {p: int(sum(1 for n, k in zip(names, keep) if k and n == p)) for p in clicks}
+    plates_ok = [p for p, n in per_plate.items() if n >= 1]
+    if len(plates_ok) < 3:
+        raise ProcessingError(f"{system.name} localizer: clicks on {len(plates_ok)} plate(s); three are needed")
+    fre = float(np.sqrt(np.mean(res[keep] ** 2)))
+    fre_pp = {p: float(np.sqrt(np.mean(res[keep & (np.array(names) == p)] ** 2))) for p in plates_ok}
+    reg = FrameRegistration(system.native_from_ras(m), fre, fre_pp, int(keep.sum()), int((~keep).sum()), per_plate,
+                            src[keep], system.native(dst[keep]), [n for n, k in zip(names, keep) if k],
+                            method="manual", system=system.key, residuals_mm=res[keep])
+    if fre > max_fre_mm:
+        raise ProcessingError(f"{system.name} localizer fit of the clicks is poor: FRE {fre:.2f} mm > {max_fre_mm} mm")
+    return reg
 
 
 def clicks_from_points(points: dict) -> dict:
     """Group named points (image RAS mm) labelled '<plate> <slice> <rod>' (e.g. 'right 1 first',
-    'right_1_diagonal', 'right-1-second'; plates right/left/anterior/posterior, rods first/diagonal/
-    second) into ``register_frame_manual``'s {plate: [(first, diagonal, second), ...]}."""
+    'right_1_diagonal', 'left-anterior 2 second'; rods first/diagonal/second) into
+    ``register_frame_manual``'s {plate: [(first, diagonal, second), ...]}."""
     import re
-    global _CLICK_LABEL
-    if _CLICK_LABEL is None:
-        _CLICK_LABEL = re.compile(r"^\s*(right|left|anterior|posterior)[\s_:\-]*([0-9A-Za-z]+)[\s_:\-]+"
-                                  r"(first|diagonal|second)\s*$", re.IGNORECASE)
+    label = re.compile(r"^\s*([A-Za-z]+(?:-[A-Za-z]+)?)[\s_:]+([0-9A-Za-z]+)[\s_:\-]+(first|diagonal|second)\s*$",
+                       re.IGNORECASE)
     groups, bad = {}, []
-    for label, p in points.items():
-        m = _CLICK_LABEL.match(str(label))
+    for name, p in points.items():
+        m = label.match(str(name))
         if not m:
-            bad.append(str(label))
-            continue
+            m2 = re.match(r"^\s*([A-Za-z]+)-([0-9A-Za-z]+)-(first|diagonal|second)\s*$", str(name), re.IGNORECASE)
+            if not m2:
+                bad.append(str(name))
+                continue
+            m = m2
         plate, slice_id, rod = m.group(1).lower(), m.group(2), m.group(3).lower()
         groups.setdefault((plate, slice_id), {})[rod] = np.asarray(p, float)
     if bad:

@@ -87,9 +87,9 @@ class RodLine:
 
 # ---- 1. candidates ---------------------------------------------------------------------------------
 def slice_geometry(ct: Volume):
-    """(slice axis, unit slice normal in RAS, slice spacing along the normal mm, in-plane axes)."""
-    sp = ct.voxel_mm
-    axis = int(np.argmax(sp)) if sp.max() > 1.05 * sp.min() else 2
+    """(slice axis, unit slice normal in RAS, slice spacing along the normal mm, in-plane axes). The
+    slices are the image's axial planes (the voxel axis most along S): the rods cross them."""
+    axis = int(np.argmax(np.abs(ct.direction_ras[2])))
     inplane = [a for a in range(3) if a != axis]
     cols = ct.ras_from_ijk[:3, :3]
     n = np.cross(cols[:, inplane[0]], cols[:, inplane[1]])

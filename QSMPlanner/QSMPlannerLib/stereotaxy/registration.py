@@ -402,14 +402,30 @@ class FrameRegistration:
 
     def predicted_tre_mm(self, target_ras=None, target_xyz=None) -> float:
         """Predicted TRE (mm) at a target (image RAS, or native frame coordinates; default the frame's
-        coordinate origin), from the per-slice fiducials and their FLE."""
+        coordinate origin). Two parts added in quadrature: the per-slice fiducials with their FLE
+        (Fitzpatrick, West & Maurer 1998, independent errors), and the rods' own departures from the model,
+        which every point of a rod shares: each plate's fitted diagonal counts as two fiducials (its seen
+        ends) whose FLE is the line fiducials' FRE (corrected for N = 2 per plate)."""
         system = self.frame_system
         if target_xyz is None:
             target_xyz = (system.native(np.zeros(3)) if target_ras is None
                           else apply(self.xyz_from_ras, target_ras))
-        pts = self.raw_frame_points_xyz if self.raw_frame_points_xyz is not None and \
-            len(self.raw_frame_points_xyz) >= 6 else self.frame_points_xyz
-        return predicted_tre_mm(pts, self.fle_mm, target_xyz)
+        raw = self.raw_frame_points_xyz is not None and len(self.raw_frame_points_xyz) >= 6
+        pts = self.raw_frame_points_xyz if raw else self.frame_points_xyz
+        tre2 = predicted_tre_mm(pts, self.fle_mm, target_xyz) ** 2
+        if raw and self.method != "manual":
+            ends = []
+            names = np.array(self.plate_of_point)
+            for p in dict.fromkeys(self.plate_of_point):
+                q = self.frame_points_xyz[names == p]
+                d = q[-1] - q[0]
+                t = (q - q[0]) @ d
+                ends += [q[np.argmin(t)], q[np.argmax(t)]]
+            n = len(ends)
+            if n >= 6:
+                fle_rods = self.fre_mm * np.sqrt(n / (n - 2.0))
+                tre2 += predicted_tre_mm(np.array(ends), fle_rods, target_xyz) ** 2
+        return float(np.sqrt(tre2))
 
     def fiducial_markups(self) -> dict:
         """{label: RAS mm} of the rods' fitted end points and the diagonal fiducials (every 10th), for a

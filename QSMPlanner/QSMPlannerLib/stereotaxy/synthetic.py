@@ -310,7 +310,8 @@ def _streaks(slab, frame_from_ijk, k0, metal, rng_seed):
 # ---- renderer -------------------------------------------------------------------------------------
 def render_frame_ct(ras_from_ijk, shape, frame_from_ras, system="leksell", *, clutter: Clutter | None = None,
                     background=None, noise_hu: float = 8.0, rng=None, plates=None, rod_hu=None,
-                    rod_radius_mm=None, extra_segments=(), dtype=np.float32, slab_slices: int = 8) -> Volume:
+                    rod_radius_mm=None, extra_segments=(), psf_mm: float = 0.0, rod_jitter_mm: float = 0.0,
+                    dtype=np.float32, slab_slices: int = 8) -> Volume:
     """CT in HU on the grid (``ras_from_ijk`` 4x4 voxel -> RAS mm, ``shape`` (I, J, K)) showing the
     N-localizer of ``system`` ('leksell', 'crw', 'brw') at the pose ``frame_from_ras`` (4x4, image RAS mm
     -> frame RAS mm, see ``frames.py``).
@@ -318,8 +319,11 @@ def render_frame_ct(ras_from_ijk, shape, frame_from_ras, system="leksell", *, cl
     ``plates``: which plates (default the system's CT localizer). ``clutter``: a ``Clutter`` (head, vessels,
     dental metal, pins, posts, ring, head holder), or None for rods in air. ``background`` (same grid,
     optional) replaces the analytic background. ``extra_segments``: more capsules (a, b, radius_mm, hu),
-    frame RAS. Gaussian noise of ``noise_hu`` SD; ``rng`` seed or Generator. The CT is built
-    ``slab_slices`` slices at a time along k; ``dtype`` of the output (int16 as scanners store it).
+    frame RAS. ``psf_mm``: in-plane Gaussian blur (SD, mm) of the scanner's point spread function.
+    ``rod_jitter_mm``: each rod end moved by Gaussian noise of this SD (mm, per coordinate), as a real
+    localizer departs from its drawing (the pose ``frame_from_ras`` stays that of the nominal model).
+    Gaussian noise of ``noise_hu`` SD; ``rng`` seed or Generator. The CT is built ``slab_slices`` slices
+    at a time along k; ``dtype`` of the output (int16 as scanners store it).
     """
     system = get_system(system)
     shape = tuple(int(s) for s in shape[:3])
@@ -336,7 +340,8 @@ def render_frame_ct(ras_from_ijk, shape, frame_from_ras, system="leksell", *, cl
         background = np.asarray(getattr(background, "data", background))
         if background.shape[:3] != shape:
             raise ValueError(f"background shape {background.shape} differs from the grid {shape}")
-    segments = [(apply(ras_from_frame, a), apply(ras_from_frame, b), radius, rod_hu)
+    jitter = (lambda p: p + rng.normal(0.0, rod_jitter_mm, 3)) if rod_jitter_mm else (lambda p: p)
+    segments = [(apply(ras_from_frame, jitter(a)), apply(ras_from_frame, jitter(b)), radius, rod_hu)
                 for name in plates for a, b in system.plates[name].rods()]
     metal, ring_radius, s_bottom = [], 0.0, 0.0
     if clutter is not None:
@@ -358,6 +363,10 @@ def render_frame_ct(ras_from_ijk, shape, frame_from_ras, system="leksell", *, cl
         _paint(slab, ras_from_ijk, k0, caps)
         if metal:
             _streaks(slab, frame_from_ijk, k0, metal, streak_seed)
+        if psf_mm:
+            from scipy.ndimage import gaussian_filter
+            pix = np.linalg.norm(ras_from_ijk[:3, :2], axis=0)
+            gaussian_filter(slab, (psf_mm / pix[0], psf_mm / pix[1], 0.0), output=slab, mode="nearest")
         if noise_hu and dtype != np.float32:
             slab += np.float32(noise_hu) * rng.standard_normal(slab.shape, dtype=np.float32)
         if np.issubdtype(np.dtype(dtype), np.integer):
@@ -423,11 +432,12 @@ def frame_ct_grid(system, voxel_mm, shape=None, s_range_mm=None, tilt_deg=0.0, m
 
 
 def analytic_candidates(frame_from_ras, system="leksell", slice_normal_ras=(0.0, 0.0, 1.0), spacing_mm: float = 1.0,
-                        plates=None, noise_mm: float = 0.0, rng=None, n_clutter: int = 0):
+                        plates=None, noise_mm: float = 0.0, rng=None, n_clutter: int = 0, rod_jitter_mm: float = 0.0):
     """Rod candidates as a detector would report them from a CT with slices ``spacing_mm`` apart and
     normal ``slice_normal_ras``: the exact crossings of ``system``'s rods (pose ``frame_from_ras``) with
     every slice plane, moved in-plane by Gaussian noise of ``noise_mm`` SD per coordinate, plus
-    ``n_clutter`` random points per slice within the localizer's reach. Returns a
+    ``n_clutter`` random points per slice within the localizer's reach; ``rod_jitter_mm`` moves each rod
+    end by Gaussian noise of that SD (a localizer departing from its drawing). Returns a
     ``detection.Candidates``."""
     from .detection import Candidates
     system = get_system(system)
@@ -436,7 +446,8 @@ def analytic_candidates(frame_from_ras, system="leksell", slice_normal_ras=(0.0,
     ras_from_frame = np.linalg.inv(np.asarray(frame_from_ras, float))
     n = np.asarray(slice_normal_ras, float)
     n = n / np.linalg.norm(n)
-    rods = [(apply(ras_from_frame, np.asarray(a, float)), apply(ras_from_frame, np.asarray(b, float)))
+    rods = [(apply(ras_from_frame, np.asarray(a, float) + rng.normal(0.0, rod_jitter_mm, 3)),
+             apply(ras_from_frame, np.asarray(b, float) + rng.normal(0.0, rod_jitter_mm, 3)))
             for name in plates for a, b in system.plates[name].rods()]
     ends = np.array([p for rod in rods for p in rod])
     proj = ends @ n

@@ -55,11 +55,15 @@ def test_analytic_fiducials_random_poses(system, tilted, rng):
         assert noisy.fre_mm < 0.15 < noisy.fle_mm < 1.0            # lines average the per-slice noise out
 
 
-def test_predicted_tre_matches_monte_carlo(rng):
-    truth = _random_pose(rng)
+@pytest.mark.parametrize("jitter_mm, noise_mm", [(0.0, 0.3), (0.15, 0.1)])
+def test_predicted_tre_matches_monte_carlo(jitter_mm, noise_mm, rng):
+    """Per-slice noise alone, and rods departing from the model by ``jitter_mm`` (shared by all of a rod's
+    points): the predicted TRE at the STN is within a factor two of the Monte Carlo RMS error."""
     errs, preds = [], []
     for _ in range(16):
-        reg = fit_candidates(analytic_candidates(truth, "leksell", spacing_mm=2.0, noise_mm=0.3, rng=rng))
+        truth = _random_pose(rng)
+        reg = fit_candidates(analytic_candidates(truth, "leksell", spacing_mm=2.0, noise_mm=noise_mm, rng=rng,
+                                                 rod_jitter_mm=jitter_mm))
         errs.append(_target_error(reg.frame_from_ras, truth, STN_FRAME[:1]))
         preds.append(reg.predicted_tre_mm(target_ras=apply(np.linalg.inv(truth), STN_FRAME[0])))
     rms = np.sqrt(np.mean(np.square(errs)))
@@ -129,9 +133,9 @@ def test_cut_rods_and_failures(rng):
 
 def test_speckled_image_is_bounded(rng):
     """Thousands of bright specks per slice: candidates are capped, the answer is a one-line refusal."""
-    data = rng.normal(0.0, 20.0, (160, 160, 40)).astype(np.float32) - 1000.0
-    idx = rng.integers(0, 160, (20000, 3))
-    idx[:, 2] %= 40
+    data = rng.normal(0.0, 20.0, (128, 128, 24)).astype(np.float32) - 1000.0
+    idx = rng.integers(0, 128, (9000, 3))
+    idx[:, 2] %= 24
     data[idx[:, 0], idx[:, 1], idx[:, 2]] = 2000.0
     ct = Volume(data, np.diag([1.0, 1.0, 2.0, 1.0]), "ct", {"modality": "CT"})
     cands = find_candidates(ct, 400.0, max_per_slice=50)

@@ -193,7 +193,7 @@ def _coil_combination(rng, shape, voxel, n_coils: int = 8, rss_magnitude: bool =
 def make_patient(seed: int = 0, small: bool = False, tilt_deg: float = 0.0, voxel_mm=(1, 1, 1),
                  field_t: float = 3.0, n_echoes: int = 5, snr: float = 100.0,
                  veins_on_standard_trajectory: bool = False, slab_mm: float | None = None,
-                 progress=None, variation: HeadVariation | None = None) -> DigitalPatient:
+                 progress=None, variation: HeadVariation | None = None, frame: str = "leksell") -> DigitalPatient:
     """Build the digital patient of ``seed``.
 
     ``small``: twice the voxel size (same field of view) and a 2 mm model: a few seconds, for tests.
@@ -203,6 +203,8 @@ def make_patient(seed: int = 0, small: bool = False, tilt_deg: float = 0.0, voxe
     ``slab_mm``: a thin GRE slab (this thickness instead of 128 mm) centred over the STNs.
     ``variation``: a harder head (``HeadVariation``: chi values, vein density, air cavities, coil
     combination); None is the default patient.
+    ``frame``: the stereotactic frame on the CT ('leksell', 'crw' or 'brw'; its N-localizer, with the
+    frame's pins, posts, ring and the localizer's plates for the CRW and BRW).
     """
     progress = as_progress(progress)
     if n_echoes < 1:
@@ -315,16 +317,28 @@ def make_patient(seed: int = 0, small: bool = False, tilt_deg: float = 0.0, voxe
 
     # ---- CT with the N-localizer ----------------------------------------------------------------------
     progress.update(0.86, "CT and localizer")
+    from ..stereotaxy.synthetic import Clutter, render_frame_ct, render_localizer_ct
+    from ..stereotaxy.frames import get_system
+    system = get_system(frame)
     ct_voxel = CT_VOXEL_MM * (2.0 if small else 1.0)
     box = np.array(CT_BOX_FRAMERAS)
+    if system.key != "leksell":     # the box around this localizer (rods + 20 mm), up to the head's top
+        rods = np.array([p for name in system.required_plates for rod in system.plates[name].rods() for p in rod])
+        box = np.array([[rods[:, 0].min() - 20.0, rods[:, 0].max() + 20.0],
+                        [rods[:, 1].min() - 20.0, rods[:, 1].max() + 20.0],
+                        [rods[:, 2].min() - 8.0, CT_BOX_FRAMERAS[2][1]]])
     shape_ct = tuple(int(np.ceil((b[1] - b[0]) / v)) + 1 for b, v in zip(box, ct_voxel))
     centre_ct = _apply(ct_from_frameras, box.mean(1))[0]
     ct_m = _grid_matrix(ct_voxel, np.eye(3), centre_ct, shape_ct)
     hu = sampler(model.hu, ct_m, shape_ct, pose_ct, fill=-1000.0)
-    from ..stereotaxy.geometry import xyz_from_ras_for_pose
-    from ..stereotaxy.synthetic import render_localizer_ct
-    xyz_from_ct = xyz_from_ras_for_pose(ct_from_frameras)
-    ct = render_localizer_ct(ct_m, shape_ct, xyz_from_ct, head_hu=hu, noise_hu=8.0, rng=rng)
+    frame_from_ct = np.linalg.inv(ct_from_frameras)
+    xyz_from_ct = system.native_from_ras(frame_from_ct)
+    if system.key == "leksell":
+        ct = render_localizer_ct(ct_m, shape_ct, xyz_from_ct, head_hu=hu, noise_hu=8.0, rng=rng)
+    else:
+        hardware = Clutter(head=False, vessels=0, dental_metal=False, head_holder=False)
+        ct = render_frame_ct(ct_m, shape_ct, frame_from_ct, system, background=hu, clutter=hardware,
+                             noise_hu=8.0, rng=rng)
     ct.name = "CT"
     del hu
 
@@ -345,7 +359,8 @@ def make_patient(seed: int = 0, small: bool = False, tilt_deg: float = 0.0, voxe
     t1_from_mni = _fit_affine(deformation.mni_from_anat(g), _apply(pose_t1, g))
     transforms = {"t1_from_gre": pose_t1 @ np.linalg.inv(pose_gre),
                   "t1_from_ct": pose_t1 @ np.linalg.inv(pose_ct),
-                  "xyz_from_ct": xyz_from_ct,
+                  "xyz_from_ct": xyz_from_ct,          # CT RAS -> the frame's native coordinates
+                  "frame_from_ct": frame_from_ct,      # CT RAS -> frame RAS (ct.meta names the frame)
                   "ct_from_frameras": ct_from_frameras,
                   "t1_from_mni": t1_from_mni}
     vein_dicts = [v.to_dict(mni_to_t1(v.points)) for v in veins]

@@ -236,8 +236,8 @@ def label_plates(plates, systems, step_mm: float = 4.0):
     for idx, p in enumerate(plates):
         d = p.first.direction
         lo, hi = _line_overlap(p.first, p.second, d)
-        t = np.arange(lo + 1.0, hi - 1.0, step_mm)
-        samples[idx] = _sample_plate(p, d, p.first.point @ d + t) if len(t) else None
+        t = np.linspace(lo + 1.0, hi - 1.0, int(np.clip((hi - lo) / step_mm, 12, 40)))
+        samples[idx] = _sample_plate(p, d, p.first.point @ d + t) if hi - lo > 2.0 else None
     for system in systems:
         sys_best = np.inf
         for names in itertools.combinations(system.plates, 3):
@@ -636,13 +636,14 @@ def _disjoint(plates) -> list:
 
 
 def _default_thresholds(ct: Volume, polarity: str) -> list:
-    """Thresholds to try, best guess first: for a CT in HU (air at -1000) 400, 1000 and 250 HU; for other
+    """Thresholds to try, best guess first: for a CT in HU (air at -1000) 400, 1000, 250 and 150 HU (faint
+    rods in coarse voxels; acrylic plates are ~120 HU); for other
     images (MR boxes, unscaled data) fractions of the range between the median and the 99.99th
     percentile."""
     sign = -1.0 if polarity == "dark" else 1.0
     sample = np.asarray(ct.data[::4, ::4, ::4], np.float32)
     if polarity == "bright" and ct.meta.get("modality", "CT") == "CT" and np.percentile(sample, 5) < -500:
-        return [400.0, 1000.0, 250.0]
+        return [400.0, 1000.0, 250.0, 150.0]
     lo, hi = np.percentile(sign * sample, [50.0, 99.99])
     return [float(sign * (lo + f * (hi - lo))) for f in (0.4, 0.25, 0.6)]
 

@@ -34,6 +34,7 @@ class Clutter:
     posts: bool = True           # four frame posts
     ring: bool = True            # the frame's base ring
     head_holder: bool = True     # head holder shell and CT table
+    plates: bool = True          # the localizer's acrylic plates around the rods
 
 
 # ---- partial-volume capsules ------------------------------------------------------------------
@@ -204,10 +205,11 @@ def clutter_segments(system, clutter: Clutter, rng) -> tuple:
 
 
 @njit(cache=True)
-def _background_kernel(out, frame_from_ijk, k0, params):  # pragma: no cover (compiled)
+def _background_kernel(out, frame_from_ijk, k0, params, boxes):  # pragma: no cover (compiled)
     """Analytic background into ``out`` (I, J, nk) at frame RAS = frame_from_ijk @ (i, j, k0 + kk).
     params: flags head, ring, holder; head centre (3) and axes (3); scalp, skull mm; ring radius;
-    rods' lower end S."""
+    rods' lower end S. boxes (n, 13): centre (3), three unit axes (9), HU; half sizes in the axes' norms
+    (axis k scaled by 1 / half size k), for the localizer's plastic plates."""
     head, ring, holder = params[0] > 0, params[1] > 0, params[2] > 0
     cr, ca, cs = params[3], params[4], params[5]
     ar, aa, as_ = params[6], params[7], params[8]
@@ -250,18 +252,40 @@ def _background_kernel(out, frame_from_ijk, k0, params):  # pragma: no cover (co
                         v = 250.0
                     elif a < ca - 50.0 and s < cs + 10.0 and abs(np.sqrt(r * r + (a - ca) ** 2) - 100.0) < 2.0:
                         v = 450.0
+                for b in range(boxes.shape[0]):
+                    x, y, z = r - boxes[b, 0], a - boxes[b, 1], s - boxes[b, 2]
+                    if (abs(x * boxes[b, 3] + y * boxes[b, 4] + z * boxes[b, 5]) < 1.0
+                            and abs(x * boxes[b, 6] + y * boxes[b, 7] + z * boxes[b, 8]) < 1.0
+                            and abs(x * boxes[b, 9] + y * boxes[b, 10] + z * boxes[b, 11]) < 1.0):
+                        v = boxes[b, 12]
                 out[i, j, kk] = v
 
 
-def _background_slab(out, frame_from_ijk, k0, clutter: Clutter | None, ring_radius, s_bottom):
+def plate_boxes(system, plates, thickness_mm: float = 8.0, margin_mm: float = 10.0, hu: float = 120.0):
+    """(n, 13) plastic plates holding each N's rods (frame RAS): centre, three axes scaled by the inverse
+    half sizes (rod to rod, vertical, through the plate), HU (acrylic)."""
+    out = []
+    for name in plates:
+        (f0, f1), _, (s0, s1) = system.plates[name].rods()
+        centre = (f0 + f1 + s0 + s1) / 4
+        u, v = s0 - f0, f1 - f0
+        w, h = np.linalg.norm(u), np.linalg.norm(v)
+        u, v = u / w, v / h
+        n = np.cross(u, v)
+        out.append(np.r_[centre, u / (w / 2 + margin_mm), v / (h / 2 + margin_mm), n / (thickness_mm / 2), hu])
+    return np.array(out, np.float64).reshape(-1, 13)
+
+
+def _background_slab(out, frame_from_ijk, k0, clutter: Clutter | None, ring_radius, s_bottom, boxes):
     """Analytic background (HU) of slices k0.. into ``out`` (I, J, nk) float32: air, and with ``clutter``
-    the head (scalp, skull, brain, ventricles, neck), the frame ring, the head holder and the table."""
+    the head (scalp, skull, brain, ventricles, neck), the frame ring, the head holder, the table and the
+    localizer's plastic plates (``boxes``)."""
     if clutter is None:
         out[...] = AIR_HU
         return
     params = np.array([clutter.head, clutter.ring, clutter.head_holder, *HEAD_CENTRE, *HEAD_AXES, SCALP_MM,
                        SKULL_MM, ring_radius, s_bottom], np.float64)
-    _background_kernel(out, np.ascontiguousarray(frame_from_ijk, np.float64), k0, params)
+    _background_kernel(out, np.ascontiguousarray(frame_from_ijk, np.float64), k0, params, boxes)
 
 
 @njit(cache=True)
@@ -351,7 +375,8 @@ def render_frame_ct(ras_from_ijk, shape, frame_from_ras, system="leksell", *, cl
                  for a, b, r, hu in extra_segments]
     frame_from_ijk = frame_from_ras @ ras_from_ijk
     caps = _prepare(segments, ras_from_ijk)
-    streak_seed = int(rng.integers(1 << 30))
+    boxes = plate_boxes(system, plates) if clutter is not None and clutter.plates else np.zeros((0, 13))
+    streak_seed = int(rng.integers(1 << 30)) if metal else 0
     out = np.empty(shape, dtype)
     for k0 in range(0, shape[2], slab_slices):
         k1 = min(k0 + slab_slices, shape[2])
@@ -359,7 +384,7 @@ def render_frame_ct(ras_from_ijk, shape, frame_from_ras, system="leksell", *, cl
             slab = np.array(background[:, :, k0:k1], np.float32)
         else:
             slab = np.empty((shape[0], shape[1], k1 - k0), np.float32)
-            _background_slab(slab, frame_from_ijk, k0, clutter, ring_radius, s_bottom)
+            _background_slab(slab, frame_from_ijk, k0, clutter, ring_radius, s_bottom, boxes)
         _paint(slab, ras_from_ijk, k0, caps)
         if metal:
             _streaks(slab, frame_from_ijk, k0, metal, streak_seed)
@@ -407,7 +432,7 @@ def frame_pose(angles_deg, shift_mm) -> np.ndarray:
     return np.linalg.inv(image_from_frame)
 
 
-def frame_ct_grid(system, voxel_mm, shape=None, s_range_mm=None, tilt_deg=0.0, margin_mm=12.0):
+def frame_ct_grid(system, voxel_mm, shape=None, s_range_mm=None, tilt_deg=0.0, margin_mm=25.0):
     """(ras_from_ijk, shape) of an axial CT grid covering ``system``'s localizer (image RAS = frame RAS
     before the pose): in-plane field of view from the rods plus ``margin_mm``; slices over
     ``s_range_mm`` (default the rods' extent + 15 mm); ``shape`` overrides the size (centred);

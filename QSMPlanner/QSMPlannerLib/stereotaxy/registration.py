@@ -618,6 +618,10 @@ def fit_candidates(cands: Candidates, system=None, lines=None, max_fre_mm: float
         raise ProcessingError(f"no {what}: {len(_disjoint(plates))} N-shaped plates fit no frame model "
                               f"(best RMS misfit: {fits or 'no plates of the right size'})")
     refined = _refit_rods(cands, best_system, pose)
+    labelled_names = {name for name, _ in labelled}
+    refined = {name: p for name, p in refined.items()     # a plate not labelled (an MR box's 4th) needs
+               if name in labelled_names                  # well-seen rods to be believed
+               or min(len(p.first.points), len(p.diagonal.points), len(p.second.points)) >= 20}
     for name, p in labelled:           # keep the tracked lines where refinement found too little
         refined.setdefault(name, p)
     return _finish(best_system, refined, cands, extra.pop("method", "automatic"), max_fre_mm,

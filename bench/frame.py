@@ -30,7 +30,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "QSMPlanner"))
 from QSMPlannerLib.io.volumes import write_volume  # noqa: E402
-from QSMPlannerLib.stereotaxy import Clutter, frame_ct_grid, frame_pose, get_system, render_frame_ct  # noqa: E402
+from QSMPlannerLib.stereotaxy import Clutter, frame_ct_grid, frame_pose, render_frame_ct  # noqa: E402
 from QSMPlannerLib.stereotaxy.geometry import apply  # noqa: E402
 
 STN_FRAME = np.array([[12.0, -2.5, -4.0], [-12.0, -2.5, -4.0]])

@@ -12,8 +12,6 @@ import numpy as np
 
 from ..volume import LPS_FROM_RAS  # noqa: F401  (re-exported: DICOM/LPS exports)
 
-FRAME_CENTER_XYZ = np.array([100.0, 100.0, 100.0])
-
 # frame-aligned RAS (origin at the frame centre) from Leksell XYZ; a proper rotation (det +1)
 FRAMERAS_FROM_XYZ = np.array([[-1.0, 0.0, 0.0, 100.0],
                               [0.0, 1.0, 0.0, -100.0],
@@ -24,11 +22,11 @@ XYZ_FROM_FRAMERAS = np.linalg.inv(FRAMERAS_FROM_XYZ)
 
 @dataclass(frozen=True)
 class LocalizerPlate:
-    """One N of the localizer box, in Leksell XYZ mm.
-
-    ``first`` and ``second`` are the vertical rods (start, end), ``diagonal`` runs from the bottom of
-    ``first`` (Z 40) to the top of ``second`` (Z 160). On an axial slice the diagonal's fraction of
-    the way from ``first`` to ``second`` is (Z - 40) / 120 (Brown's formula).
+    """One N of a localizer: the parallel rods ``first`` and ``second`` (start, end) and the ``diagonal``
+    from an end of ``first`` to the far end of ``second``, in mm of its owner's space (Leksell XYZ in
+    ``PLATES`` here, frame RAS in ``frames.SYSTEMS``). On a plane crossing it, the diagonal's crossing
+    lies the fraction f = |b - a| / |c - a| of the way along it (Brown's formula); here, on an axial
+    slice, f = (Z - 40) / 120.
     """
     name: str
     first: tuple
@@ -39,14 +37,6 @@ class LocalizerPlate:
         """[(start_xyz, end_xyz)] for first, diagonal, second (numpy arrays)."""
         return [(np.asarray(a, float), np.asarray(b, float))
                 for a, b in (self.first, self.diagonal, self.second)]
-
-    @property
-    def normal_xyz(self) -> np.ndarray:
-        """Unit normal of the plate plane (XYZ)."""
-        a, b = np.asarray(self.first[0], float), np.asarray(self.second[0], float)
-        d = np.asarray(self.first[1], float) - a
-        n = np.cross(b - a, d)
-        return n / np.linalg.norm(n)
 
 
 def _plate_lateral(name, x):
@@ -70,14 +60,21 @@ PLATES = {
 }
 POSTERIOR_PLATE = _plate_ap("posterior", -15.0)  # some MR boxes
 ALL_PLATES = dict(PLATES, posterior=POSTERIOR_PLATE)
-ROD_Z_RANGE = (40.0, 160.0)
-ROD_SPACING_MM = 120.0
 
 
 def apply(m: np.ndarray, points) -> np.ndarray:
     """Apply a 4x4 affine to points (..., 3)."""
     p = np.asarray(points, float)
     return p @ np.asarray(m, float)[:3, :3].T + np.asarray(m, float)[:3, 3]
+
+
+def segment_distance(points, a, b) -> np.ndarray:
+    """Distance from points (N, 3) to the segment a-b (same mm space; a point when a == b)."""
+    p, a, b = np.asarray(points, float), np.asarray(a, float), np.asarray(b, float)
+    ab = b - a
+    den = float(ab @ ab)
+    t = np.clip(((p - a) @ ab) / den, 0.0, 1.0) if den > 1e-12 else np.zeros(len(p))
+    return np.linalg.norm(p - (a + t[:, None] * ab), axis=1)
 
 
 def ras_to_xyz(ras, xyz_from_ras=None) -> np.ndarray:
@@ -98,8 +95,3 @@ def ras_to_lps(ras) -> np.ndarray:
     p = np.array(ras, float)
     p[..., :2] *= -1.0
     return p
-
-
-def xyz_from_ras_for_pose(image_from_frameras: np.ndarray) -> np.ndarray:
-    """XYZ-from-image-RAS for a frame whose frame-RAS space sits at ``image_from_frameras`` (4x4)."""
-    return XYZ_FROM_FRAMERAS @ np.linalg.inv(np.asarray(image_from_frameras, float))

@@ -31,7 +31,7 @@ from ..progress import as_progress
 from ..volume import Volume
 from .detection import Candidates, RodLine, fit_lines, find_rod_lines, link_tracks, robust_line
 from .frames import SYSTEMS, FrameSystem, diagonal_point, get_system
-from .geometry import LPS_FROM_RAS, apply
+from .geometry import LPS_FROM_RAS, apply, segment_distance
 
 OUTLIER_MM = 2.0
 END_MARGIN_MM = 3.0          # diagonal points this close to a rod end are left out (blobs merge there)
@@ -277,13 +277,6 @@ def label_plates(plates, systems, step_mm: float = 4.0):
 
 
 # ---- refinement and fiducials -----------------------------------------------------------------------
-def _segment_distance(points, seg):
-    a, b = (np.asarray(p, float) for p in seg)
-    ab = b - a
-    t = np.clip(((points - a) @ ab) / (ab @ ab), 0.0, 1.0)
-    return np.linalg.norm(points - (a + t[:, None] * ab), axis=1)
-
-
 def _refit_rods(cands: Candidates, system: FrameSystem, frame_from_ras, min_points: int = 6,
                 near_mm: float = 2.0, apart_mm: float = 3.5):
     """{plate: NPlate} from the candidates within ``near_mm`` of each model rod (pose
@@ -297,9 +290,9 @@ def _refit_rods(cands: Candidates, system: FrameSystem, frame_from_ras, min_poin
         rods = []
         segs = model.rods()
         for r, rod in enumerate(segs):
-            near = _segment_distance(q, rod) <= near_mm
+            near = segment_distance(q, *rod) <= near_mm
             for other in (segs[x] for x in range(3) if x != r):
-                near &= _segment_distance(q, other) >= apart_mm
+                near &= segment_distance(q, *other) >= apart_mm
             ids = np.flatnonzero(near)
             if len(ids) < min_points:
                 break

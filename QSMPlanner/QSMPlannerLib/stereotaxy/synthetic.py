@@ -15,7 +15,7 @@ from numba import njit
 
 from ..volume import Volume, ras_from_ijk_matrix, rotation_matrix
 from .frames import get_system
-from .geometry import FRAMERAS_FROM_XYZ, apply
+from .geometry import FRAMERAS_FROM_XYZ, apply, segment_distance
 
 AIR_HU = -1000.0
 ROD_HU = 1500.0          # CT localizer rods appear far brighter than bone in most protocols
@@ -38,16 +38,6 @@ class Clutter:
 
 
 # ---- partial-volume capsules ------------------------------------------------------------------
-def _segment_distance(p, a, b):
-    """Distance from points p (N, 3) to the segment a-b (same mm space)."""
-    ab = b - a
-    den = float(ab @ ab)
-    if den < 1e-12:
-        return np.linalg.norm(p - a, axis=1)
-    t = np.clip(((p - a) @ ab) / den, 0.0, 1.0)
-    return np.linalg.norm(p - (a + t[:, None] * ab), axis=1)
-
-
 def _capsule_weights(ras_from_ijk, k0, k1, shape_ij, cap):
     """(flat indices into the (I, J, k1-k0) slab, occupancy 0..1) of capsule ``cap`` (see ``_prepare``).
     Only the voxels within reach are visited; boundary voxels are supersampled."""
@@ -73,7 +63,7 @@ def _capsule_weights(ras_from_ijk, k0, k1, shape_ij, cap):
         return None
     grids = np.meshgrid(*[np.arange(l, h + 1) for l, h in zip(lo, hi)], indexing="ij")
     ijk = np.stack([g.ravel() for g in grids], -1).astype(np.float64)
-    d0 = _segment_distance(apply(ras_from_ijk, ijk), a, b)
+    d0 = segment_distance(apply(ras_from_ijk, ijk), a, b)
     near = d0 <= radius + pad
     ijk, d0 = ijk[near], d0[near]
     if not len(ijk):
@@ -89,7 +79,7 @@ def _capsule_weights(ras_from_ijk, k0, k1, shape_ij, cap):
         step = max(1, 200000 // len(sub))
         for s in range(0, len(e_ijk), step):
             pts = (e_ijk[s:s + step, None, :] + sub[None]).reshape(-1, 3)
-            d = _segment_distance(apply(ras_from_ijk, pts), a, b)
+            d = segment_distance(apply(ras_from_ijk, pts), a, b)
             out[s:s + step] = (d <= radius).reshape(-1, len(sub)).mean(axis=1)
         w[edge] = out
     keep = w > 0

@@ -18,7 +18,7 @@ def register(sub):
                     "frame system, xyz_from_ras (4x4, CT RAS mm -> the frame's coordinates: Leksell X, Y, Z or "
                     "CRW/BRW LAT, AP, VERT), frame_from_ras and image_from_frame, FRE overall, per plate and the "
                     "worst fiducial, points used and rejected, the fitted rods and fiducials, and a predicted "
-                    "TRE (at --target and at the frame's origin). A CT without a recognisable localizer exits "
+                    "TRE (at --target and at the frame's centre, its coordinate origin). A CT without a recognisable localizer exits "
                     "with status 3 and one line saying what was found.")
     p.add_argument("--ct", required=True, help="stereotactic CT: DICOM directory or NIfTI/NRRD file (HU)")
     p.add_argument("--target", type=vec3, metavar="R,A,S",
@@ -74,7 +74,7 @@ def run(args) -> int:
     line = (f"{system.name} frame: FRE {reg.fre_mm:.3f} mm ({per_plate}) over {reg.n_points} points, "
             f"{reg.n_rejected} rejected"
             + (f", worst {worst['residual_mm']:.3f} mm ({worst['plate']})" if worst else "")
-            + f"; predicted TRE at the frame origin {reg.predicted_tre_mm():.3f} mm")
+            + f"; predicted TRE at the frame centre {reg.predicted_tre_mm():.3f} mm")
     if args.target is not None:
         t = doc["target"]
         coords = ", ".join(f"{k} {v:.2f}" for k, v in t["frame"].items())

@@ -465,7 +465,7 @@ class FrameRegistration:
             "plates_found": self.plates_found,
             "slice_axis": int(self.slice_axis),
             "threshold": None if self.threshold is None else float(self.threshold),
-            "predicted_tre_mm_at_frame_origin": self.predicted_tre_mm(),
+            "predicted_tre_mm_at_frame_centre": self.predicted_tre_mm(),
             "box_measured_mm": self.box_measured,
             "system_fit_cost_mm": {k: (None if not np.isfinite(v) else float(v))
                                    for k, v in self.system_costs_mm.items()},

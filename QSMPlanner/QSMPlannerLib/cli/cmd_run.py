@@ -32,6 +32,8 @@ def register(sub):
                    "skips the normalization")
     p.add_argument("--frame", metavar="FRAME.json", help="known frame registration of the CT ('qsmplanner "
                    "frame'); skips the localizer registration")
+    p.add_argument("--frame-system", choices=["leksell", "crw", "brw"], help="the frame on the CT (default: "
+                   "recognised from its localizer)")
     p.add_argument("--mounting", default=defaults.mounting, choices=MOUNTINGS,
                    help=f"arc mounting for ring/arc angles (default {defaults.mounting})")
     p.add_argument("--electrode", default=defaults.electrode, choices=sorted(ELECTRODES),
@@ -66,12 +68,12 @@ def inputs_from_args(args) -> dict:
            "t1_from_gre": read_transform(args.gre_to_t1) if args.gre_to_t1 else None,
            "t1_from_ct": read_transform(args.ct_to_t1) if args.ct_to_t1 else None,
            "t1_to_mni": read_sitk_transform(args.t1_to_mni) if args.t1_to_mni else None,
-           "xyz_from_ct": None}
+           "xyz_from_ct": None, "frame_system": None}
     if args.frame:
         if out["ct"] is None:
             raise InputError("--frame needs the CT it was registered on (--ct)", args.frame)
         from .cmd_plan import read_frame_json
-        out["xyz_from_ct"] = read_frame_json(args.frame)
+        out["xyz_from_ct"], out["frame_system"] = read_frame_json(args.frame)
     if args.ct_to_t1 and out["ct"] is None:
         raise InputError("--ct-to-t1 needs the CT (--ct)", args.ct_to_t1)
     out["targets"] = {s: getattr(args, f"target_{s}") for s in ("left", "right")
@@ -84,14 +86,22 @@ def inputs_from_args(args) -> dict:
 def print_summary(result, paths, seconds):
     """One line per side (target in T1 RAS and frame coordinates, safety), the notes, then a JSON line."""
     from ..workflow.document import peak_memory_mb
+    from ..report.tables import frame_of
     doc = result.document
+    frame = frame_of(doc)
     for side, sp in doc["sides"].items():
         t = sp["target"]
-        xyz = t.get("LeksellXYZ_mm")
+        native = t.get(frame["point_key"])
         fr = sp.get("frame") or {}
-        print(f"{side}: target T1 RAS {['%.1f' % v for v in t['RAS_mm']]}"
-              + (f", Leksell XYZ {['%.1f' % v for v in xyz]}, ring {fr.get('ring_deg', 0):.1f} arc "
-                 f"{fr.get('arc_deg', 0):.1f} ({fr.get('mounting')})" if xyz else "")
+        if isinstance(native, dict):
+            where = ", ".join(f"{a} {native[a]:.1f}" for a in frame["axes"])
+            where = f", {frame['name']} {where} mm (arc settings not provided: set them on the phantom base)"
+        elif native:
+            where = (f", Leksell XYZ {['%.1f' % v for v in native]}, ring {fr.get('ring_deg', 0):.1f} arc "
+                     f"{fr.get('arc_deg', 0):.1f} ({fr.get('mounting')})")
+        else:
+            where = ""
+        print(f"{side}: target T1 RAS {['%.1f' % v for v in t['RAS_mm']]}" + where
               + f"; {sp['safety']['label']}: vessel clearance {sp['safety']['vessel_clearance_mm']} mm, "
               + ("safe" if sp["safety"]["safe"] else "NOT SAFE"))
         print(f"  {sp['statement']}")
@@ -104,7 +114,8 @@ def print_summary(result, paths, seconds):
 def run(args) -> int:
     from ..workflow import PlanSettings, export_plan, plan_patient
     from .common import progress_bar
-    settings = PlanSettings(mounting=args.mounting, electrode=args.electrode, margin_mm=args.margin)
+    settings = PlanSettings(mounting=args.mounting, electrode=args.electrode, margin_mm=args.margin,
+                            frame_system=args.frame_system)
     inputs = inputs_from_args(args)
     t0 = time.perf_counter()
     result = plan_patient(settings=settings, progress=progress_bar("run"), **inputs)

@@ -372,6 +372,11 @@ class PlannerLogic:
             mask_node = self.scene.GetNodeByID(mask_id) if mask_id else None
             if mask_node is not None and mask_node not in nodes:
                 nodes.append(mask_node)
+        # the frame's nodes drawn on a CT go with it (the transform carries the model beneath it)
+        ids = {n.GetID() for n in nodes}
+        nodes += [n for n in mrml.nodes_by_class(self.scene, "vtkMRMLNode")
+                  if n.GetAttribute(P.FRAME_OF_ATTRIBUTE) in ids and n.GetParentTransformNode() is
+                  self.scene.GetNodeByID(n.GetAttribute(P.FRAME_OF_ATTRIBUTE)).GetParentTransformNode()]
         for n in nodes:
             pose = P.frame_pose(n)
             if harden and pose is not None:
@@ -534,18 +539,26 @@ class PlannerLogic:
 
         def apply(frame):
             self.frame_result = frame
-            P.set_frame_pose(ct_node, frame.xyz_from_ras, frame.fre_mm)
+            P.set_frame_pose(ct_node, frame.xyz_from_ras, frame.fre_mm, frame.system)
+            P.show_frame(self.scene, frame, ct_node)
             return frame
-        return self.task("frame registration", "register_frame", {"ct": mrml.volume_from_node(ct_node, copy=False)},
+        return self.task("frame registration", "register_frame",
+                         {"ct": mrml.volume_from_node(ct_node, copy=False), "system": self.settings.frame_system},
                          apply)
 
-    def set_frame(self, ct_node, xyz_from_ct_ras):
-        """A known frame pose (CT RAS -> Leksell XYZ) instead of registering the localizer."""
+    def set_frame(self, ct_node, xyz_from_ct_ras, system: str = "leksell"):
+        """A known frame pose (CT RAS -> the native coordinates of ``system``) instead of registering the
+        localizer."""
         self.frame_result = None
-        P.set_frame_pose(ct_node, xyz_from_ct_ras)
+        P.set_frame_pose(ct_node, xyz_from_ct_ras, system=system)
+
+    def frame_system(self, ct_node) -> str:
+        """The frame registered on ``ct_node`` ("leksell", "crw", "brw")."""
+        return P.frame_system_of(ct_node)
 
     def xyz_from_world(self, ct_node) -> np.ndarray | None:
-        """World (T1) RAS -> Leksell XYZ, through the CT's frame pose and its place in the world."""
+        """World (T1) RAS -> the frame's native coordinates, through the CT's frame pose and its place in the
+        world."""
         pose = P.frame_pose(ct_node)
         return None if pose is None else pose @ np.linalg.inv(mrml.world_from_node_matrix(ct_node))
 
@@ -561,7 +574,7 @@ class PlannerLogic:
         risk = self.risk_map(qsm_node, segmentation_node, t1_node)
         side_plan = stages.plan_side(side, nuclei, risk, mrml.world_from_node_matrix(qsm_node),
                                      self._checked_landmarks(), self.xyz_from_world(ct_node), self.settings,
-                                     target_ras, entry_ras)
+                                     target_ras, entry_ras, self.frame_system(ct_node))
         self.side_plans[side] = side_plan
         nodes = P.show_side_plan(self.scene, side_plan)
         nodes["plan"] = side_plan
@@ -651,10 +664,12 @@ class PlannerLogic:
         t1_from_gre = mrml.world_from_node_matrix(qsm_node) if qsm_node is not None else None
         t1_from_ct = mrml.world_from_node_matrix(ct_node) if ct_node is not None else None
         xyz_from_t1 = self.xyz_from_world(ct_node)
-        sides = {s: stages.update_coordinates(self.side_plans[s], lm or None, xyz_from_t1, self.settings)
+        system = self.frame_system(ct_node)
+        sides = {s: stages.update_coordinates(self.side_plans[s], lm or None, xyz_from_t1, self.settings, system)
                  for s in SIDES if s in self.side_plans}
         return plan_document(sides, self.settings, lm, "given" if lm else "none", t1_from_gre, t1_from_ct,
-                             xyz_from_t1, self.frame_result, self.registration_qc, list(self.messages))
+                             xyz_from_t1, self.frame_result, self.registration_qc, list(self.messages),
+                             frame_system=system if xyz_from_t1 is not None else None)
 
     def coordinates_table(self, ct_node=None, qsm_node=None):
         """The coordinate table of ``document`` as a table node (every column names its system)."""

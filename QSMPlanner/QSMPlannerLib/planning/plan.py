@@ -81,21 +81,24 @@ def safer_target(segmentation, side, target_ras, risk: RiskMap, world_from_segme
 
 
 def coordinates(side, target_ras, entry_ras, xyz_from_world=None, landmarks=None, mounting: str = "lateral-right",
-                mer_spacing_mm: float = 2.0, mer_pattern: str = "cross") -> dict:
+                mer_spacing_mm: float = 2.0, mer_pattern: str = "cross", frame_system: str = "leksell") -> dict:
     """The coordinate part of a side plan (``stereotaxy.plan_to_dict``): target and entry in RAS, AC-PC
-    (with AC, PC, MS) and frame coordinates with ring/arc (with ``xyz_from_world``), MER tracks."""
+    (with AC, PC, MS) and, with ``xyz_from_world`` (world RAS -> the native coordinates of ``frame_system``),
+    the frame's coordinates and settings, and the MER tracks."""
     lm = {k: landmarks[k] for k in ("AC", "PC", "MS")} if landmarks and all(
         k in landmarks for k in ("AC", "PC", "MS")) else None
     return plan_to_dict(target_ras, entry_ras, xyz_from_world, mounting, lm, spacing_mm=mer_spacing_mm,
-                        pattern=mer_pattern, side=side)
+                        pattern=mer_pattern, side=side, system=frame_system)
 
 
 def update_coordinates(side_plan: SidePlan, xyz_from_world=None, landmarks=None, mounting: str = "lateral-right",
-                       mer_spacing_mm: float = 2.0, mer_pattern: str = "cross") -> SidePlan:
+                       mer_spacing_mm: float = 2.0, mer_pattern: str = "cross",
+                       frame_system: str = "leksell") -> SidePlan:
     """``side_plan`` with its coordinates computed again for a frame pose, landmarks or mounting that
     changed after it was planned (the trajectory and its safety stay)."""
     side_plan.plan.update(coordinates(side_plan.side, side_plan.target_ras, side_plan.chosen.entry_ras,
-                                      xyz_from_world, landmarks, mounting, mer_spacing_mm, mer_pattern))
+                                      xyz_from_world, landmarks, mounting, mer_spacing_mm, mer_pattern,
+                                      frame_system))
     return side_plan
 
 
@@ -103,7 +106,7 @@ def plan_side(side, segmentation, risk: RiskMap, world_from_segmentation=None, l
               xyz_from_world=None, mounting: str = "lateral-right", margin_mm: float = 3.0,
               electrode: str = "medtronic_3389", instruments: Instruments | None = None, target_ras=None,
               entry_ras=None, adjust_target_mm: float = 2.5, mer_spacing_mm: float = 2.0,
-              mer_pattern: str = "cross", progress=None) -> SidePlan:
+              mer_pattern: str = "cross", frame_system: str = "leksell", progress=None) -> SidePlan:
     """The plan of ``side`` ("left"/"right"). Target: suggested from ``segmentation`` (label map space,
     moved to the world by ``world_from_segmentation``) unless ``target_ras`` (world RAS) is given; entry:
     the best of the search unless ``entry_ras`` is given (then that trajectory is scored). When no entry
@@ -139,7 +142,8 @@ def plan_side(side, segmentation, risk: RiskMap, world_from_segmentation=None, l
         chosen.label = "suggested (candidate 1)"
     placement = place_electrode(electrode, target, chosen.entry_ras, side, segmentation=segmentation,
                                 world_from_segmentation=w)
-    d = coordinates(side, target, chosen.entry_ras, xyz_from_world, landmarks, mounting, mer_spacing_mm, mer_pattern)
+    d = coordinates(side, target, chosen.entry_ras, xyz_from_world, landmarks, mounting, mer_spacing_mm, mer_pattern,
+                    frame_system)
     d["statement"] = search.statement()
     if adjustment is not None:
         d["statement"] = f"Target {adjustment['reason']}. " + d["statement"]

@@ -1,8 +1,8 @@
 """The planning report: one self-contained HTML file (pictures inlined as base64 PNG, no external files).
 
 Every number names its coordinate system: RAS = world (planning T1) RAS mm; AC-PC = mm from the
-mid-commissural point (+x right, +y anterior, +z superior); Leksell X, Y, Z = frame mm with the ring/arc
-angles of the stated mounting.
+mid-commissural point (+x right, +y anterior, +z superior); frame coordinates are those of the frame that
+was registered (Leksell X, Y, Z with the ring/arc of the stated mounting; CRW/BRW LAT, AP, VERT).
 """
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ import numpy as np
 from ..io.atomic import atomic_path
 from ..volume import Volume
 from . import figures as F
-from .tables import coordinate_table
+from .tables import coordinate_table, frame_of
 
 CSS = """
 body{font-family:system-ui,Segoe UI,Helvetica,Arial,sans-serif;margin:24px;color:#222;max-width:1200px}
@@ -69,15 +69,31 @@ def _table(headers, rows, left_cols=1) -> str:
 
 def coordinate_rows(plan: dict) -> tuple[list, list]:
     """Headers and formatted rows of the coordinate table (``tables.coordinate_table``)."""
+    frame = frame_of(plan)
     headers = ["side", "point", "R (RAS mm)", "A (RAS mm)", "S (RAS mm)",
-               "lateral (AC-PC mm)", "AP (AC-PC mm)", "vertical (AC-PC mm)",
-               "X (Leksell mm)", "Y (Leksell mm)", "Z (Leksell mm)", "ring (deg)", "arc (deg)", "mounting"]
+               "lateral (AC-PC mm)", "AP (AC-PC mm)", "vertical (AC-PC mm)"]
+    headers += [f"{a} ({frame['name']} mm)" for a in frame["axes"]]
+    leksell = frame["key"] == "leksell"
+    if leksell:
+        headers += ["ring (deg)", "arc (deg)", "mounting"]
     rows = []
     for r in coordinate_table(plan):
         values = list(r.values())
-        rows.append([_esc(values[0]), values[1]] + [_num(v, 2) for v in values[2:13]]
-                    + [_esc(values[13] or ("–" if values[1] == "target" else ""))])
+        n = 11 if not leksell else 13
+        row = [_esc(values[0]), values[1]] + [_num(v, 2) for v in values[2:n]]
+        if leksell:
+            row.append(_esc(values[13] or ("–" if values[1] == "target" else "")))
+        rows.append(row)
     return headers, rows
+
+
+def _frame_sentence(plan: dict) -> str:
+    frame = frame_of(plan)
+    systems = plan.get("coordinate_systems") or {}
+    if frame["key"] == "leksell":
+        return (f"Leksell X, Y, Z: {systems.get('LeksellXYZ', 'Leksell frame mm')}, with ring/arc for the stated "
+                f"mounting.")
+    return f"{frame['name']} LAT, AP, VERT: {systems.get(frame['name'], frame['name'] + ' frame mm')}."
 
 
 def _safety_section(side, sp) -> str:
@@ -131,8 +147,8 @@ def write_report(path, plan: dict, *, qsm: Volume | None = None, world_from_qsm=
              f"<style>{CSS}</style></head><body><h1>{_esc(title)}</h1>"]
     parts.append(f"<p class='note'>Generated {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} by QSMPlanner. "
                  "World coordinates are RAS mm of the planning T1 (as in 3D Slicer). AC-PC coordinates are mm from "
-                 "the mid-commissural point (+x right, +y anterior, +z superior). Leksell X, Y, Z are frame mm "
-                 "(+X left, +Y anterior, +Z inferior, centre 100/100/100) with ring/arc for the stated mounting. "
+                 "the mid-commissural point (+x right, +y anterior, +z superior). "
+                 f"{_esc(_frame_sentence(plan))} "
                  "Veins: Frangi vesselness on QSM χ plus bright R2* tubes from the GRE magnitude decay; safety "
                  "clearances are measured from the lead and microelectrode (Ben-gun) surfaces. Veins outside the "
                  "QSM brain mask (on the cortical surface at the entry, dural sinuses) are not mapped: check the "
@@ -147,6 +163,13 @@ def write_report(path, plan: dict, *, qsm: Volume | None = None, world_from_qsm=
     parts.append("<h2>Coordinates</h2>")
     h, rows = coordinate_rows(plan)
     parts.append(_table(h, rows, left_cols=2))
+    for side, sp in sides.items():
+        settings = sp.get("frame") or {}
+        if settings.get("arc_settings") and not settings["arc_settings"].get("provided", True):
+            base = settings.get("phantom_base") or {}
+            parts.append(f"<p>{_esc(side)}: {_esc(settings.get('system'))} arc settings "
+                         f"{_esc(settings['arc_settings'].get('reason', 'not provided'))}. Phantom base: AP "
+                         f"{_num(base.get('AP'), 2)}, LAT {_num(base.get('LAT'), 2)}, VERT {_num(base.get('VERT'), 2)} mm.</p>")
     fr = plan.get("frame_registration")
     if fr:
         parts.append("<p>Frame registration: " + ", ".join(

@@ -28,7 +28,9 @@ TARGETS_NAME = "Targets"
 ENTRIES_NAME = "Entries"
 TABLE_NAME = "Coordinates"
 VEINS_NAME = "Veins"
-FRAME_ATTRIBUTE = "QSMPlanner.LeksellXYZ_from_CT"
+FRAME_ATTRIBUTE = "QSMPlanner.FrameFromCT"           # CT RAS -> the frame's native coordinates, 4x4
+FRAME_SYSTEM_ATTRIBUTE = "QSMPlanner.FrameSystem"    # "leksell", "crw" or "brw"
+FRAME_OF_ATTRIBUTE = "QSMPlanner.FrameOf"            # on the frame's nodes: the CT node they belong to
 SIDE_LETTERS = {"left": "L", "right": "R"}
 
 
@@ -172,9 +174,10 @@ def show_coordinates(scene, document: dict, name: str = TABLE_NAME):
     return node
 
 
-def set_frame_pose(ct_node, xyz_from_ct_ras, fre_mm: float | None = None):
-    """Store the frame pose (CT RAS -> Leksell XYZ, 4x4) on the CT node."""
+def set_frame_pose(ct_node, xyz_from_ct_ras, fre_mm: float | None = None, system: str = "leksell"):
+    """Store the frame pose (CT RAS -> the native coordinates of ``system``, 4x4) on the CT node."""
     ct_node.SetAttribute(FRAME_ATTRIBUTE, json.dumps(np.asarray(xyz_from_ct_ras, float).tolist()))
+    ct_node.SetAttribute(FRAME_SYSTEM_ATTRIBUTE, system)
     if fre_mm is not None:
         ct_node.SetAttribute("QSMPlanner.FRE_mm", repr(float(fre_mm)))
 
@@ -182,6 +185,43 @@ def set_frame_pose(ct_node, xyz_from_ct_ras, fre_mm: float | None = None):
 def frame_pose(ct_node) -> np.ndarray | None:
     text = ct_node.GetAttribute(FRAME_ATTRIBUTE) if ct_node is not None else None
     return None if not text else np.array(json.loads(text), float)
+
+
+def frame_system_of(ct_node) -> str:
+    return (ct_node.GetAttribute(FRAME_SYSTEM_ATTRIBUTE) if ct_node is not None else None) or "leksell"
+
+
+def show_frame(scene, frame, ct_node) -> dict:
+    """The registered frame on the CT: the transform node ``<System> frame`` (frame RAS -> CT RAS, under the
+    CT's own transform) with the localizer's rods as a model beneath it (where the frame says the rods are:
+    they must sit on the CT's rods), and the rods' fitted end points and Brown fiducials (with their
+    residuals) as the point list ``Localizer fiducials`` in CT RAS. Returns the nodes."""
+    import vtk
+    system = frame.frame_system
+    parent = ct_node.GetParentTransformNode()
+    transform = mrml.add_transform(scene, frame.image_from_frame, f"{system.name} frame", parent_transform=parent)
+    rods = vtk.vtkAppendPolyData()
+    for plate in system.plates.values():
+        for start, end in plate.rods():
+            line = vtk.vtkLineSource()
+            line.SetPoint1(*start)
+            line.SetPoint2(*end)
+            tube = vtk.vtkTubeFilter()
+            tube.SetInputConnection(line.GetOutputPort())
+            tube.SetRadius(1.0)
+            tube.SetNumberOfSides(12)
+            tube.Update()
+            rods.AddInputData(tube.GetOutput())
+    rods.Update()
+    poly = vtk.vtkPolyData()
+    poly.DeepCopy(rods.GetOutput())
+    model = mrml.add_model(scene, poly, f"{system.name} localizer (model)", color=(0.2, 0.9, 0.9), opacity=0.5,
+                           parent_transform=transform)
+    fiducials = mrml.add_fiducials(scene, frame.fiducial_markups(), "Localizer fiducials", color=(0.9, 0.9, 0.2),
+                                   locked=True, parent_transform=parent)
+    for node in (transform, model, fiducials):
+        node.SetAttribute(FRAME_OF_ATTRIBUTE, ct_node.GetID())
+    return {"transform": transform, "model": model, "fiducials": fiducials}
 
 
 def plan_scene(result, scene=None):
@@ -195,8 +235,11 @@ def plan_scene(result, scene=None):
         t_ct = mrml.add_transform(scene, result.t1_from_ct, T1_FROM_CT) if result.t1_from_ct is not None else None
         ct_node = mrml.add_volume(scene, result.ct, CT_NAME, window=(-100.0, 1500.0), parent_transform=t_ct)
         if result.xyz_from_t1 is not None and result.t1_from_ct is not None:
+            system = result.frame_system
             set_frame_pose(ct_node, np.asarray(result.xyz_from_t1) @ np.asarray(result.t1_from_ct),
-                           None if result.frame is None else result.frame.fre_mm)
+                           None if result.frame is None else result.frame.fre_mm, system)
+        if result.frame is not None:
+            show_frame(scene, result.frame, ct_node)
     qsm_node = show_qsm(scene, result.qsm, t_gre)
     seg = result.segmentation
     show_segmentation(scene, seg.labelmap, seg.names, reference_node=qsm_node, parent_transform=t_gre)

@@ -38,10 +38,11 @@ def _matrix(m):
 def plan_document(sides: dict, settings: PlanSettings, landmarks: dict | None, landmarks_source: str,
                   t1_from_gre=None, t1_from_ct=None, xyz_from_t1=None, frame=None,
                   registration_qc: dict | None = None, messages: list | None = None,
-                  timings: dict | None = None) -> dict:
+                  timings: dict | None = None, frame_system: str | None = None) -> dict:
     """The plan as a JSON-ready dict. ``sides``: {side: SidePlan}; transforms are RAS 4x4 into the planning
-    T1 (``xyz_from_t1``: T1 RAS -> Leksell XYZ); ``frame``: the FrameRegistration (or None when the pose
-    was given or there is no CT)."""
+    T1 (``xyz_from_t1``: T1 RAS -> the native coordinates of ``frame_system``, the frame on the CT);
+    ``frame``: the FrameRegistration (or None when the pose was given or there is no CT)."""
+    from ..stereotaxy import get_system
     from ..stereotaxy import acpc_coordinates
     lm = {k: [float(x) for x in v] for k, v in (landmarks or {}).items()}
     doc = {
@@ -50,6 +51,7 @@ def plan_document(sides: dict, settings: PlanSettings, landmarks: dict | None, l
         "settings": settings.to_dict(),
         "mounting": settings.mounting, "margin_mm": settings.margin_mm, "electrode": settings.electrode,
         "landmarks_RAS_mm": lm, "landmarks_source": landmarks_source,
+        "frame_system": None if frame_system is None else get_system(frame_system).name,
         "transforms": {"t1_from_gre": _matrix(t1_from_gre), "t1_from_ct": _matrix(t1_from_ct),
                        "xyz_from_t1": _matrix(xyz_from_t1)},
         "registration_qc": registration_qc or {},
@@ -61,7 +63,7 @@ def plan_document(sides: dict, settings: PlanSettings, landmarks: dict | None, l
         doc["landmarks_ACPC_mm"] = {k: [float(x) for x in acpc_coordinates(v, lm["AC"], lm["PC"], lm["MS"])]
                                     for k, v in lm.items()}
     if xyz_from_t1 is not None and lm:
-        doc["landmarks_LeksellXYZ_mm"] = {k: [float(x) for x in apply(xyz_from_t1, v)] for k, v in lm.items()}
+        doc["landmarks_frame_mm"] = {k: [float(x) for x in apply(xyz_from_t1, v)] for k, v in lm.items()}
     if timings is not None:
         doc["timings_s"] = dict(timings)
         doc["peak_memory_mb"] = peak_memory_mb()

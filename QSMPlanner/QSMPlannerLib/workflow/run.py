@@ -40,13 +40,14 @@ class PatientPlan:
     sides: dict                      # {side: SidePlan}
     document: dict
     normalization: object | None = None
+    frame_system: str = "leksell"    # the frame the coordinates are in ("leksell", "crw", "brw")
     messages: list = field(default_factory=list)
     timings_s: dict = field(default_factory=dict)
 
 
 def plan_patient(gre, t1: Volume, ct: Volume | None = None, landmarks: dict | None = None,
                  settings: PlanSettings | None = None, progress=None, *, t1_from_gre=None, t1_from_ct=None,
-                 t1_to_mni=None, prior_labels: Volume | None = None, xyz_from_ct=None,
+                 t1_to_mni=None, prior_labels: Volume | None = None, xyz_from_ct=None, frame_system: str | None = None,
                  targets: dict | None = None, entries: dict | None = None, seeds: dict | None = None) -> PatientPlan:
     """Plan both sides for one patient.
 
@@ -54,7 +55,8 @@ def plan_patient(gre, t1: Volume, ct: Volume | None = None, landmarks: dict | No
     there are no frame coordinates); ``landmarks``: {"AC","PC","MS"} T1 RAS mm (else estimated from the
     atlas and flagged). Known results skip their stage: ``t1_from_gre`` / ``t1_from_ct`` (RAS 4x4),
     ``t1_to_mni`` (AtlasNormalization or its SimpleITK transform), ``prior_labels`` (CIT168 labels on
-    the GRE grid), ``xyz_from_ct`` (CT RAS -> Leksell XYZ). The surgeon's ``targets`` / ``entries``
+    the GRE grid), ``xyz_from_ct`` (CT RAS -> the native coordinates of ``frame_system``, default that of
+    ``settings``, else Leksell G). The surgeon's ``targets`` / ``entries``
     ({side: T1 RAS mm}) replace the suggestion / the searched entry; ``seeds`` {name: T1 RAS point or
     box} place nuclei (semi-automatic segmentation)."""
     settings = settings or PlanSettings()
@@ -123,25 +125,27 @@ def plan_patient(gre, t1: Volume, ct: Volume | None = None, landmarks: dict | No
 
     frame = None
     xyz_from_t1 = None
+    frame_system = frame_system or settings.frame_system or "leksell"
     if ct is not None and xyz_from_ct is not None:
         xyz_from_t1 = stages.xyz_from_t1(xyz_from_ct, t1_from_ct)
-        messages.append("frame pose given (not registered here)")
+        messages.append(f"frame pose given ({frame_system}; not registered here)")
     elif ct is not None:
         try:
-            frame = stages.register_frame(ct, progress=sub["frame"])
+            frame = stages.register_frame(ct, settings.frame_system, progress=sub["frame"])
             xyz_from_t1 = stages.xyz_from_t1(frame.xyz_from_ras, t1_from_ct)
+            frame_system = frame.system
         except ProcessingError as exc:
             messages.append(f"FRAME REGISTRATION FAILED: {exc} — no frame coordinates in this plan")
     tick("frame")
 
     sides = stages.plan_sides(seg.labelmap, risk, t1_from_gre, landmarks, xyz_from_t1, settings, targets,
-                              entries, progress=sub["plan"])
+                              entries, frame_system, progress=sub["plan"])
     tick("planning")
     timings["total"] = round(time.perf_counter() - t_all, 2)
     doc = plan_document(sides, settings, landmarks, landmarks_source, t1_from_gre, t1_from_ct, xyz_from_t1,
-                        frame, reg_qc, messages, timings)
+                        frame, reg_qc, messages, timings, frame_system if xyz_from_t1 is not None else None)
     return PatientPlan(settings, t1, ct, qsm, t1_from_gre, t1_from_ct, xyz_from_t1, landmarks, landmarks_source,
-                       seg, vessels, risk, frame, sides, doc, norm, messages, timings)
+                       seg, vessels, risk, frame, sides, doc, norm, frame_system, messages, timings)
 
 
 def export_plan(result: PatientPlan, out_dir, scene: bool = True, render_3d: bool = True, progress=None) -> dict:

@@ -22,7 +22,8 @@ class PlanSettings:
     margin_mm: required clearance (mm) from the lead and microelectrode surfaces to vessels;
     target_kinds: {"left"|"right": kind}; bfr / inversion: QSM background removal and dipole inversion;
     mer_spacing_mm / mer_pattern: microelectrode tracks; adjust_target_mm: how far a suggested target may
-    move inside the nucleus when a vein blocks every entry (0: never)."""
+    move inside the nucleus when a vein blocks every entry (0: never); frame_system: the frame on the CT
+    ("leksell", "crw", "brw"; None: found from its localizer)."""
     mounting: str = "lateral-right"
     electrode: str = "medtronic_3389"
     margin_mm: float = 3.0
@@ -32,6 +33,7 @@ class PlanSettings:
     mer_spacing_mm: float = 2.0
     mer_pattern: str = "cross"
     adjust_target_mm: float = 2.5
+    frame_system: str | None = None
 
     def __post_init__(self):
         self.validate()
@@ -46,6 +48,9 @@ class PlanSettings:
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise InputError(f"unknown {name} {getattr(self, name)!r}; valid: {', '.join(allowed)}")
+        from ..stereotaxy import SYSTEMS
+        if self.frame_system is not None and self.frame_system not in SYSTEMS:
+            raise InputError(f"unknown frame system {self.frame_system!r}; valid: {', '.join(SYSTEMS)}")
         kinds = dict(self.target_kinds or {})
         for side, kind in kinds.items():
             if side not in SIDES:

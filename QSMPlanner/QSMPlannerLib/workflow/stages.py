@@ -161,46 +161,51 @@ def risk_map(chi: Volume, brain: Volume | None, nuclei: Volume | None, t1: Volum
     return risk, vessels
 
 
-def register_frame(ct: Volume, progress=None):
-    """The localizer on the CT: ``FrameRegistration`` (CT RAS -> frame coordinates)."""
+def register_frame(ct: Volume, system: str | None = None, progress=None):
+    """The localizer on the CT: ``FrameRegistration`` (CT RAS -> the frame's coordinates; ``system``:
+    "leksell", "crw", "brw", or None to recognise it)."""
     from ..stereotaxy import register_frame as register
-    return register(ct, progress=progress)
+    return register(ct, system=system, progress=progress)
 
 
 def xyz_from_t1(xyz_from_ct, t1_from_ct) -> np.ndarray:
-    """Planning T1 RAS -> Leksell XYZ, through the CT."""
+    """Planning T1 RAS -> the frame's native coordinates (Leksell XYZ, CRW/BRW LAT, AP, VERT), through the CT."""
     return np.asarray(xyz_from_ct, float) @ np.linalg.inv(np.asarray(t1_from_ct, float))
 
 
-def _plan_options(settings: PlanSettings) -> dict:
+def _plan_options(settings: PlanSettings, frame_system: str | None) -> dict:
     return {"mounting": settings.mounting, "margin_mm": settings.margin_mm, "electrode": settings.electrode,
             "adjust_target_mm": settings.adjust_target_mm, "mer_spacing_mm": settings.mer_spacing_mm,
-            "mer_pattern": settings.mer_pattern}
+            "mer_pattern": settings.mer_pattern, "frame_system": frame_system or "leksell"}
 
 
 def plan_side(side: str, nuclei: Volume, risk, t1_from_gre, landmarks: dict | None, xyz_from_world,
-              settings: PlanSettings, target_ras=None, entry_ras=None, progress=None):
+              settings: PlanSettings, target_ras=None, entry_ras=None, frame_system: str | None = None,
+              progress=None):
     """One side's plan (``planning.plan.SidePlan``): target (suggested from ``nuclei``, the label map on
     the QSM grid, unless ``target_ras``), entry (the safest of the search unless ``entry_ras``), electrode,
-    and every coordinate (RAS, AC-PC, Leksell with ring/arc) in ``.plan``."""
+    and every coordinate (RAS, AC-PC, the frame's with its settings) in ``.plan``. ``xyz_from_world``: world
+    RAS -> the native coordinates of ``frame_system`` (the registered frame; None: Leksell G)."""
     from ..planning.plan import plan_side as plan
     if side not in SIDES:
         raise InputError(f"side must be one of {', '.join(SIDES)}, got {side!r}")
     return plan(side, nuclei, risk, t1_from_gre, landmarks, xyz_from_world, target_ras=target_ras,
-                entry_ras=entry_ras, progress=progress, **_plan_options(settings))
+                entry_ras=entry_ras, progress=progress, **_plan_options(settings, frame_system))
 
 
-def update_coordinates(side_plan, landmarks: dict | None, xyz_from_world, settings: PlanSettings):
+def update_coordinates(side_plan, landmarks: dict | None, xyz_from_world, settings: PlanSettings,
+                       frame_system: str | None = None):
     """A side plan's coordinates for the current frame pose, landmarks and mounting (``planning.plan``)."""
     from ..planning.plan import update_coordinates as update
     return update(side_plan, xyz_from_world, landmarks, settings.mounting, settings.mer_spacing_mm,
-                  settings.mer_pattern)
+                  settings.mer_pattern, frame_system or "leksell")
 
 
 def plan_sides(nuclei: Volume, risk, t1_from_gre, landmarks, xyz_from_world, settings: PlanSettings,
-               targets: dict | None = None, entries: dict | None = None, progress=None) -> dict:
+               targets: dict | None = None, entries: dict | None = None, frame_system: str | None = None,
+               progress=None) -> dict:
     """{side: SidePlan} for both sides (``plan_side``), with the surgeon's ``targets`` / ``entries``
     ({side: T1 RAS mm}) where given."""
     from ..planning.plan import plan_both_sides
     return plan_both_sides(nuclei, risk, t1_from_gre, landmarks, xyz_from_world, targets, entries, progress,
-                           **_plan_options(settings))
+                           **_plan_options(settings, frame_system))

@@ -22,6 +22,7 @@ from QSMPlannerLib.io.gre import GAMMA_HZ_PER_T, MultiEchoGRE, b0_dir_from_geome
 from QSMPlannerLib.panel.logic import PlannerLogic  # noqa: E402
 from QSMPlannerLib.progress import Cancelled  # noqa: E402
 from QSMPlannerLib.scene import mrml  # noqa: E402
+from QSMPlannerLib.scene import present as P  # noqa: E402
 from QSMPlannerLib.volume import Volume, apply, rotation_matrix  # noqa: E402
 from QSMPlannerLib.workflow import PlanSettings, stages  # noqa: E402
 
@@ -290,7 +291,7 @@ def test_coordinate_table_with_a_known_frame_pose(patient, planned):
         assert set(doc["sides"]) == {"left", "right"} and doc["settings"] == PlanSettings().to_dict()
         assert doc["sides"]["left"]["frame"]["mounting"] == "lateral-right"
     finally:
-        ct.RemoveAttribute("QSMPlanner.LeksellXYZ_from_CT")
+        ct.RemoveAttribute(P.FRAME_ATTRIBUTE)
 
 
 def test_stage_runs_in_a_worker_process_as_in_this_one(patient):
@@ -350,7 +351,7 @@ def test_scene_saved_as_mrb_reads_back_with_transforms_observed(patient, planned
     assert mrml.node_by_name(fresh, "Electrode_L", "vtkMRMLModelNode").GetPolyData().GetNumberOfPoints() > 0
     ct = mrml.node_by_name(fresh, "CT", "vtkMRMLScalarVolumeNode")
     np.testing.assert_allclose(back.xyz_from_world(ct), logic.xyz_from_world(planned.nodes["CT"]), atol=1e-9)
-    planned.nodes["CT"].RemoveAttribute("QSMPlanner.LeksellXYZ_from_CT")
+    planned.nodes["CT"].RemoveAttribute(P.FRAME_ATTRIBUTE)
 
 
 def test_offscreen_slice_and_3d_pictures_show_qsm_nuclei_and_trajectory(planned, tmp_path):
@@ -431,8 +432,14 @@ def test_stage_results_become_nodes_observed_or_hardened(patient):
     with pytest.raises(InputError):
         logic.segmentation_task(qsm)                                            # neither T1 nor prior
 
-    frame = logic.frame_task(ct).apply_result(SimpleNamespace(xyz_from_ras=xyz_from_t1, fre_mm=0.3))
+    from QSMPlannerLib.stereotaxy import get_system
+    leksell = get_system("leksell")
+    image_from_frame = np.linalg.inv(leksell.frameras_from_native @ xyz_from_t1)
+    frame = logic.frame_task(ct).apply_result(SimpleNamespace(
+        xyz_from_ras=xyz_from_t1, fre_mm=0.3, system="leksell", frame_system=leksell,
+        image_from_frame=image_from_frame, fiducial_markups=lambda: {"right first start": [1.0, 2.0, 3.0]}))
     assert frame.fre_mm == 0.3 and ct.GetAttribute("QSMPlanner.FRE_mm") == "0.3"
+    assert logic.frame_system(ct) == "leksell" and logic.node("Leksell G frame") is not None
     p = np.array([-12.0, -2.0, -4.0])
     np.testing.assert_allclose(apply(logic.xyz_from_world(ct), p), apply(xyz_from_t1, p), atol=1e-9)
 
@@ -522,3 +529,43 @@ def test_seeded_segmentation_puts_the_nucleus_at_the_surgeons_point(patient):
     bad = mrml.add_fiducials(scene, {"STN": seed_t1}, "bad seeds")
     with pytest.raises(InputError, match="bad seeds"):
         logic.segmentation_task(qsm, prior_node=prior, seeds_node=bad)
+
+
+def test_registered_frame_shows_on_the_ct_and_follows_it():
+    """A CRW frame registered on its CT becomes a transform node whose localizer model sits on the rods the
+    CT shows (the fitted rod end points lie on the model's rods), a point list of the fiducials, and the
+    plan's coordinates are CRW LAT, AP, VERT; hardening the CT into the T1 takes all of it along."""
+    from QSMPlannerLib.stereotaxy import frame_ct_grid, frame_pose, render_frame_ct
+    ras_from_ijk, shape = frame_ct_grid("crw", (1.0, 1.0, 2.0))
+    ct = render_frame_ct(ras_from_ijk, shape, frame_pose((3.0, -2.0, 4.0), (2.0, -3.0, 1.0)), "crw",
+                         rng=np.random.default_rng(0))
+    scene = mrml.new_scene()
+    logic = PlannerLogic(scene)
+    ct_node = mrml.add_volume(scene, ct, "CT")
+    frame = logic.run(logic.frame_task(ct_node))
+    assert frame.system == "crw" and logic.frame_system(ct_node) == "crw"
+    transform = logic.node("CRW frame", "vtkMRMLLinearTransformNode")
+    np.testing.assert_allclose(mrml.transform_matrix(transform), frame.image_from_frame, atol=1e-9)
+    model = logic.node("CRW localizer (model)", "vtkMRMLModelNode")
+    assert model.GetParentTransformNode() is transform
+    rods_ct = [(apply(frame.image_from_frame, a), apply(frame.image_from_frame, b))
+               for plate in frame.frame_system.plates.values() for a, b in plate.rods()]
+
+    def to_model(p):
+        return min(np.linalg.norm(np.cross(b - a, p - a)) / np.linalg.norm(b - a) for a, b in rods_ct)
+    fid = mrml.fiducials_to_dict(logic.node("Localizer fiducials", "vtkMRMLMarkupsFiducialNode"))
+    ends = [p for label, p in fid.items() if label.endswith(("start", "end"))]
+    assert len(ends) >= 12 and max(to_model(p) for p in ends) < 0.5
+    # the CT registered to the T1 and hardened: the frame's transform and fiducials go with it
+    t1_from_ct = np.eye(4)
+    t1_from_ct[:3, :3] = rotation_matrix([2.0, 0.0, -3.0])
+    t1_from_ct[:3, 3] = [5.0, -4.0, 2.0]
+    p_ct = np.array([10.0, 20.0, 30.0])
+    before = apply(logic.xyz_from_world(ct_node), p_ct)
+    fid_before = mrml.fiducials_to_dict(logic.node("Localizer fiducials", "vtkMRMLMarkupsFiducialNode"), world=True)
+    logic.set_transform(ct_node, t1_from_ct, "T1_from_CT", harden=True)
+    np.testing.assert_allclose(apply(logic.xyz_from_world(ct_node), apply(t1_from_ct, p_ct)), before, atol=1e-9)
+    np.testing.assert_allclose(mrml.world_from_node_matrix(model), t1_from_ct @ frame.image_from_frame, atol=1e-6)
+    fid_after = mrml.fiducials_to_dict(logic.node("Localizer fiducials", "vtkMRMLMarkupsFiducialNode"), world=True)
+    for label, p in fid_before.items():
+        np.testing.assert_allclose(fid_after[label], apply(t1_from_ct, p), atol=1e-6)

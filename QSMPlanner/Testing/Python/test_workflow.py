@@ -279,3 +279,31 @@ def test_packages_only_import_downwards_and_never_in_a_circle():
         for b in bs:
             assert a not in edges.get(b, set()), f"{a} <-> {b}"
     assert "slicer" not in {m.split(".")[0] for ms in modules.values() for m in ms}
+
+
+@pytest.mark.slow
+def test_a_crw_frame_gives_crw_coordinates_in_every_output(tmp_path):
+    """The frame recognised on the CT is the frame of every output: the CRW's LAT, AP, VERT (not Leksell
+    X, Y, Z) in plan.json, plan.csv and the report, which says its arc settings are not provided."""
+    from QSMPlannerLib.workflow import export_plan, plan_patient
+    p = phantom.make_patient(seed=3, small=True, frame="crw")
+    tr = p.transforms
+    res = plan_patient(p.gre, p.t1, p.ct, p.landmarks, t1_from_gre=tr["t1_from_gre"], t1_from_ct=tr["t1_from_ct"],
+                       prior_labels=p.truth["labels_gre"])
+    assert res.frame is not None and res.frame.system == "crw" and res.frame_system == "crw"
+    export_plan(res, tmp_path, scene=False)
+    doc = json.loads((tmp_path / "plan.json").read_text())
+    assert doc["frame_system"] == "CRW"
+    truth = np.asarray(tr["frame_from_ct"], float) @ np.linalg.inv(np.asarray(tr["t1_from_ct"], float))
+    for side, sp in doc["sides"].items():
+        assert sp["frame"]["system_key"] == "crw" and not sp["frame"]["arc_settings"]["provided"]
+        assert "LeksellXYZ_mm" not in sp["target"] and "ring_deg" not in sp["frame"]
+        crw = sp["target"]["CRW_mm"]
+        expected = truth[:3, :3] @ np.array(sp["target"]["RAS_mm"]) + truth[:3, 3]      # LAT, AP, VERT = frame R, A, S
+        np.testing.assert_allclose([crw["LAT"], crw["AP"], crw["VERT"]], expected, atol=0.3)
+        assert sp["frame"]["phantom_base"]["AP"] == pytest.approx(crw["AP"])
+    rows = list(csv.DictReader(open(tmp_path / "plan.csv")))
+    assert {"LAT_CRW_mm", "AP_CRW_mm", "VERT_CRW_mm"} <= set(rows[0]) and "X_Leksell_mm" not in rows[0]
+    assert float(rows[0]["AP_CRW_mm"]) == pytest.approx(doc["sides"]["left"]["target"]["CRW_mm"]["AP"], abs=1e-3)
+    report = (tmp_path / "report.html").read_text()
+    assert "LAT (CRW mm)" in report and "CRW arc settings not provided" in report and "Phantom base" in report

@@ -560,6 +560,15 @@ class QSMPlannerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.statusLabel.text = "Saved: " + ", ".join(pathlib.Path(x).name for x in paths.values())
 
 
+def dicomFilesOf(node) -> list:
+    """The files of Slicer's DICOM database behind a volume its DICOM module loaded."""
+    database = getattr(slicer, "dicomDatabase", None)
+    if database is None:
+        return []
+    uids = (node.GetAttribute("DICOM.instanceUIDs") or "").split()
+    return [f for f in (database.fileForInstance(uid) for uid in uids) if f]
+
+
 #
 # Logic
 #
@@ -579,7 +588,8 @@ class QSMPlannerLogic(ScriptedLoadableModuleLogic):
         if self._planner is None or self._planner.scene is not slicer.mrmlScene:
             from QSMPlannerLib.panel.logic import PlannerLogic
             python = shutil.which("PythonSlicer")
-            self._planner = PlannerLogic(slicer.mrmlScene, python=[python] if python else None)
+            self._planner = PlannerLogic(slicer.mrmlScene, python=[python] if python else None,
+                                         dicom_files=dicomFilesOf)
         return self._planner
 
     def applySettings(self, parameterNode) -> None:

@@ -157,14 +157,17 @@ class StageTask:
 
 class PlannerLogic:
     """MRML nodes <-> workflow calls, on ``scene``. ``python``: the interpreter command for worker
-    processes (inside Slicer: PythonSlicer; default: this interpreter)."""
+    processes (inside Slicer: PythonSlicer; default: this interpreter). ``dicom_files``: node -> the DICOM
+    files behind a volume loaded by Slicer's DICOM module (inside Slicer: from its DICOM database), for
+    echo times, magnitude/phase and phase scaling from the headers."""
 
-    def __init__(self, scene=None, python=None):
+    def __init__(self, scene=None, python=None, dicom_files=None):
         if scene is None:
             import slicer
             scene = getattr(slicer, "mrmlScene", None) or mrml.new_scene()
         self.scene = scene
         self.python = python
+        self.dicom_files = dicom_files
         self.settings = PlanSettings()
         self.messages: list[str] = []
         self.reset()
@@ -198,7 +201,7 @@ class PlannerLogic:
     # ---- inputs ----------------------------------------------------------------------------------
     def gre_series_nodes(self, any_echo_node, part: str) -> list:
         """All echo nodes of ``part`` in the series of ``any_echo_node``, by echo index."""
-        series = any_echo_node.GetAttribute("QSMPlanner.GRESeries")
+        series = any_echo_node.GetAttribute("QSMPlanner.GRESeries") if any_echo_node is not None else None
         if not series:
             return [any_echo_node]
         found = [n for n in mrml.nodes_by_class(self.scene, "vtkMRMLScalarVolumeNode")
@@ -211,10 +214,13 @@ class PlannerLogic:
     def echo_volumes(self, magnitude_node, phase_node, te_ms=None, b0_tesla=None):
         """The echo nodes as ``io.gre.EchoVolumes`` (read-only views of the nodes' voxels, no copy; stacked
         where a stage needs them). Nodes tagged by ``present.show_gre`` bring their whole series, TEs and
-        field; plain volumes (e.g. one echo loaded from a file) need ``te_ms`` (list) and ``b0_tesla``."""
+        field; volumes loaded by Slicer's DICOM module bring theirs from the DICOM headers (``dicom_gre``);
+        plain volumes (e.g. one echo loaded from a file) need ``te_ms`` (list) and ``b0_tesla``."""
         from ..io.gre import EchoVolumes, b0_dir_from_geometry
         if magnitude_node is None or phase_node is None:
             raise InputError("select a magnitude and a phase echo volume", "Inputs")
+        if not magnitude_node.GetAttribute("QSMPlanner.GRESeries") and self._from_dicom(magnitude_node):
+            return self.dicom_gre(magnitude_node, phase_node, te_ms, b0_tesla)
         mags = self.gre_series_nodes(magnitude_node, "magnitude")
         phases = self.gre_series_nodes(phase_node, "phase")
         if len(mags) != len(phases):
@@ -241,10 +247,40 @@ class PlannerLogic:
         return EchoVolumes([v.data for v in mag_vols], [v.data for v in pha_vols], te_s, float(b0_tesla),
                            ref.ras_from_ijk.copy(), b0_dir, "radians (from Slicer volumes)", magnitude_node.GetName())
 
+    def _from_dicom(self, node) -> bool:
+        return self.dicom_files is not None and bool(node.GetAttribute("DICOM.instanceUIDs"))
+
+    def dicom_gre(self, magnitude_node, phase_node, te_ms=None, b0_tesla=None):
+        """``MultiEchoGRE`` from volumes loaded by Slicer's DICOM module (one volume per echo and part): every
+        DICOM-loaded volume on the selected volumes' grid joins, its echo time, part (magnitude/phase) and
+        field strength read from the DICOM files behind it (``io.dicom_echo_info``); the phase is scaled
+        to radians and the GE sign handled (``io.gre_from_echo_volumes``)."""
+        from ..io import dicom_echo_info, gre_from_echo_volumes
+        ref = mrml.volume_from_node(magnitude_node, copy=False)
+        candidates = [n for n in mrml.nodes_by_class(self.scene, "vtkMRMLScalarVolumeNode") if self._from_dicom(n)]
+        infos, parts = {}, {"magnitude": [], "phase": []}
+        for node in candidates:
+            vol = mrml.volume_from_node(node, copy=False)
+            if not vol.same_geometry(ref):
+                continue
+            files = list(self.dicom_files(node))
+            if not files:
+                raise InputError("the DICOM files behind this volume are not in the DICOM database", node.GetName())
+            info = dicom_echo_info(files)
+            part = info.part or ("magnitude" if node is magnitude_node else "phase" if node is phase_node else None)
+            if part in parts:
+                parts[part].append(vol.with_data(np.asarray(vol.data, np.float32)))
+                infos.setdefault(part, []).append(info)
+        if not parts["magnitude"] or not parts["phase"]:
+            raise InputError("no magnitude and phase echoes loaded from DICOM on this grid", magnitude_node.GetName())
+        te = None if not te_ms else [float(t) / 1000.0 for t in te_ms]
+        return gre_from_echo_volumes(parts["magnitude"], parts["phase"], infos["magnitude"], infos["phase"],
+                                     b0=b0_tesla, te=te)
+
     def gre_from_nodes(self, magnitude_node, phase_node, te_ms=None, b0_tesla=None):
-        """``MultiEchoGRE`` from echo volume nodes (own scanner geometry, phase in radians): the stacked
-        ``echo_volumes``."""
-        return self.echo_volumes(magnitude_node, phase_node, te_ms, b0_tesla).stacked()
+        """``MultiEchoGRE`` from echo volume nodes (own scanner geometry, phase in radians)."""
+        from ..io.gre import as_multi_echo
+        return as_multi_echo(self.echo_volumes(magnitude_node, phase_node, te_ms, b0_tesla))
 
     def gre_files_task(self, directory=None, mag=None, phase=None, te_ms=None, b0_tesla=None,
                        series: str = P.GRE_SERIES) -> StageTask:
@@ -314,13 +350,16 @@ class PlannerLogic:
         the echoes' transform."""
         gre = self.echo_volumes(magnitude_node, phase_node, te_ms, b0_tesla)
         parent = magnitude_node.GetParentTransformNode()
-        series = magnitude_node.GetAttribute("QSMPlanner.GRESeries") or ""
         settings = self.settings
+        source = {"QSMPlanner.MagnitudeNodeID": magnitude_node.GetID(), "QSMPlanner.PhaseNodeID": phase_node.GetID(),
+                  "QSMPlanner.EchoTimes_ms": json.dumps([1000.0 * float(t) for t in gre.te_s]),
+                  "QSMPlanner.B0_T": repr(float(gre.b0_tesla))}
 
         def apply(result):
             node = yield from P.show_qsm_steps(self.scene, result, parent, output_name,
                                                f"{settings.bfr}+{settings.inversion}")
-            node.SetAttribute("QSMPlanner.GRESeries", series)
+            for key, value in source.items():   # the echoes it came from (R2* for the vein map)
+                node.SetAttribute(key, value)
             for m in result.messages or []:
                 self.messages.append(f"QSM: {m}")
             return node
@@ -337,9 +376,8 @@ class PlannerLogic:
             raise InputError("select the fixed and moving volumes", "Registration")
         fixed = mrml.volume_from_node(fixed_node, world=True, copy=False)
         moving = mrml.volume_from_node(moving_node, copy=False)
-        series = moving_node.GetAttribute("QSMPlanner.GRESeries")
-        if series:
-            qsm_node = self._qsm_of_series(series)
+        qsm_node = self._qsm_from(moving_node)
+        if qsm_node is not None or moving_node.GetAttribute("QSMPlanner.GRESeries"):
             mask = P.brain_mask_of(qsm_node) if qsm_node is not None else None
             mask = mask.with_data(np.asarray(mask.data, np.uint8)) if mask is not None and mask.same_geometry(moving) else None
             stage, kwargs = "register_gre_to_t1", {"t1": fixed, "gre_magnitude": moving, "gre_brain_mask": mask}
@@ -353,10 +391,14 @@ class PlannerLogic:
             return node
         return self.task(f"registration {transform_name}", stage, kwargs, apply)
 
-    def _qsm_of_series(self, series: str):
+    def _qsm_from(self, echo_node):
+        """The QSM node computed from the echoes of ``echo_node`` (the same node, or its series), or None."""
+        series = echo_node.GetAttribute("QSMPlanner.GRESeries")
         for n in mrml.nodes_by_class(self.scene, "vtkMRMLScalarVolumeNode"):
-            if n.GetAttribute("QSMPlanner.Quantity") == "susceptibility_ppm" and \
-                    n.GetAttribute("QSMPlanner.GRESeries") == series:
+            if n.GetAttribute("QSMPlanner.Quantity") != "susceptibility_ppm":
+                continue
+            source = self.scene.GetNodeByID(n.GetAttribute("QSMPlanner.MagnitudeNodeID") or "")
+            if source is echo_node or (source is not None and series and source.GetAttribute("QSMPlanner.GRESeries") == series):
                 return n
         return None
 
@@ -494,14 +536,7 @@ class PlannerLogic:
         brain = P.brain_mask_of(qsm_node)
         brain = None if brain is None else brain.with_data(np.asarray(brain.data, np.uint8))
         t1 = mrml.volume_from_node(t1_node, world=True, copy=False) if t1_node is not None else None
-        gre = None
-        series = qsm_node.GetAttribute("QSMPlanner.GRESeries")
-        mags = [n for n in mrml.nodes_by_class(self.scene, "vtkMRMLScalarVolumeNode")
-                if series and n.GetAttribute("QSMPlanner.GRESeries") == series
-                and n.GetAttribute("QSMPlanner.Part") == "magnitude"]
-        phases = self.gre_series_nodes(mags[0], "phase") if mags else []
-        if mags and phases and phases[0] is not mags[0]:
-            gre = self.echo_volumes(mags[0], phases[0])
+        gre = self._echoes_of(qsm_node)
         world = mrml.world_from_node_matrix(qsm_node)
 
         def apply(result):
@@ -511,6 +546,16 @@ class PlannerLogic:
         return self.task("risk map", "risk_map",
                          {"chi": qsm, "brain": brain, "nuclei": nuclei, "t1": t1, "t1_from_gre": world,
                           "gre": gre}, apply)
+
+    def _echoes_of(self, qsm_node):
+        """The echoes a QSM node was computed from (for R2*), or None when they are gone."""
+        ids = [qsm_node.GetAttribute(k) for k in ("QSMPlanner.MagnitudeNodeID", "QSMPlanner.PhaseNodeID")]
+        mag, phase = (self.scene.GetNodeByID(i) if i else None for i in ids)
+        if mag is None or phase is None:
+            return None
+        te_ms = json.loads(qsm_node.GetAttribute("QSMPlanner.EchoTimes_ms") or "null")
+        b0 = qsm_node.GetAttribute("QSMPlanner.B0_T")
+        return self.echo_volumes(mag, phase, te_ms, float(b0) if b0 else None)
 
     def risk_map(self, qsm_node, segmentation_node, t1_node=None):
         """The cached risk map for these nodes (computed here, in this thread, if missing: scripts, tests)."""

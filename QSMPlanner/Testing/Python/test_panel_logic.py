@@ -6,7 +6,9 @@ worker processes (same results as in this process, cancel, errors), the scene sa
 and offscreen pictures. The real stages on the digital patient: test_panel_flow.py.
 """
 import os
+import sys
 import time
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -569,3 +571,53 @@ def test_registered_frame_shows_on_the_ct_and_follows_it():
     fid_after = mrml.fiducials_to_dict(logic.node("Localizer fiducials", "vtkMRMLMarkupsFiducialNode"), world=True)
     for label, p in fid_before.items():
         np.testing.assert_allclose(fid_after[label], apply(t1_from_ct, p), atol=1e-6)
+
+
+def test_echoes_loaded_by_slicers_dicom_module_bring_their_echo_times(tmp_path):
+    """Magnitude and phase echoes loaded as separate volumes by Slicer's DICOM module (each with its
+    DICOM.instanceUIDs): the echo times, parts, field and the phase scaling come from the DICOM headers of
+    the files behind them, whichever echo the user selected; the QSM remembers its echoes (R2*)."""
+    import pydicom
+    from pydicom.uid import generate_uid
+    sys_path = str(Path(__file__).resolve().parent)
+    if sys_path not in sys.path:
+        sys.path.insert(0, sys_path)
+    from test_io_dicom import RAS_FROM_IJK, TE_MS, phase_error, truth, write_slices
+    from QSMPlannerLib.io import read_volume
+    rng = np.random.default_rng(7)
+    mag, phase = truth(rng)
+    scene = mrml.new_scene()
+    files = {}
+
+    def load_series(directory, stored, header):
+        write_slices(directory, stored, RAS_FROM_IJK, header, rng, series_uid=generate_uid())
+        uids = []
+        for f in sorted(directory.iterdir()):
+            uid = str(pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID)
+            files[uid] = str(f)
+            uids.append(uid)
+        node = mrml.add_volume(scene, read_volume(directory), directory.name)
+        node.SetAttribute("DICOM.instanceUIDs", " ".join(uids))      # as Slicer's DICOM module sets it
+        return node
+
+    nodes = {}
+    for e in (2, 0, 1):                                                 # loaded in any order
+        common = {"Manufacturer": "SIEMENS", "MagneticFieldStrength": 2.89362, "EchoTime": TE_MS[e],
+                  "EchoNumbers": e + 1}
+        nodes[("m", e)] = load_series(tmp_path / f"mag{e}", mag[..., e],
+                                      {**common, "ImageType": ["ORIGINAL", "PRIMARY", "M", "ND"]})
+        stored = np.mod(np.round((phase[..., e] + np.pi) * 4096 / (2 * np.pi)), 4096)
+        nodes[("p", e)] = load_series(tmp_path / f"pha{e}", stored,
+                                      {**common, "ImageType": ["ORIGINAL", "PRIMARY", "P", "ND"],
+                                       "RescaleSlope": 2, "RescaleIntercept": -4096})
+    logic = PlannerLogic(scene, dicom_files=lambda node: [files[u] for u in node.GetAttribute("DICOM.instanceUIDs").split()])
+    gre = logic.gre_from_nodes(nodes[("m", 1)], nodes[("p", 2)])
+    assert gre.n_echoes == 3 and np.allclose(gre.te_s, np.array(TE_MS) / 1000.0)
+    assert gre.b0_tesla == pytest.approx(2.89362)
+    np.testing.assert_array_equal(gre.magnitude, np.moveaxis(np.stack([mag[..., e] for e in range(3)]), 0, -1))
+    assert phase_error(gre.phase_rad, phase) < np.pi / 4096 + 1e-5
+    task = logic.qsm_task(nodes[("m", 0)], nodes[("p", 0)])
+    assert np.allclose(task.kwargs["gre"].te_s, np.array(TE_MS) / 1000.0)
+    # without the database the echo times are asked for, naming the volume
+    with pytest.raises(InputError, match="echo times"):
+        PlannerLogic(scene).gre_from_nodes(nodes[("m", 0)], nodes[("p", 0)])

@@ -133,13 +133,16 @@ class HeadVariation:
     sinus_scale: float = 1.0             # paranasal sinuses / mastoids enlarged by this (semi-axes)
     coil_combination: str = "ideal"      # "ideal" | "phase-of-sum": 8 coils, RSS magnitude, phase of their
     #                                      sum | "sum": magnitude and phase of the plain sum (dropouts)
+    chi_texture_ppm: float = 0.0         # fine chi texture in the brain (SD, ppm; ~1 mm correlation):
+    #                                      microstructure that no piecewise-smooth prior recovers
 
 
 EAR_CANALS_MNI = (((-63.0, -22.0, -46.0), (12.0, 3.5, 3.5)), ((63.0, -22.0, -46.0), (12.0, 3.5, 3.5)))
 
 
 def _vary_model(model, variation: HeadVariation, rng):
-    """chi of nuclei, WM and GM; air in ear canals and larger sinuses (outside the brain only)."""
+    """chi of nuclei, WM and GM, fine chi texture in the brain; air in ear canals and larger sinuses
+    (outside the brain only)."""
     lab = model.labels
     if variation.chi_scale_nuclei != 1.0:
         nuclei = (lab > 0) & (lab < 200)            # CIT168 labels 1..16 and 101..116
@@ -148,6 +151,11 @@ def _vary_model(model, variation: HeadVariation, rng):
                                   (anatomy.GM, variation.chi_gm_ppm, anatomy.TISSUE["gm"][0])):
         if value is not None:
             model.chi[lab == label] += np.float32(value - default)
+    if variation.chi_texture_ppm:
+        brain = (model.brain > 127) & (lab != anatomy.CSF)
+        noise = anatomy.smooth_noise(rng, lab.shape, 1.0 / model.grid.spacing)
+        model.chi[brain] += np.float32(variation.chi_texture_ppm) * noise[brain]
+        del noise
     cavities = []
     if variation.ear_canals:
         cavities += list(EAR_CANALS_MNI)

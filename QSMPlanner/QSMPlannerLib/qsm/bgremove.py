@@ -269,9 +269,8 @@ def pdf_fit(field: np.ndarray, mask: np.ndarray, voxel_mm=(1, 1, 1), b0_dir_ijk=
             sources0: np.ndarray | None = None, harmonic_order: int = 2) -> PDFFit:
     """Projection onto dipole fields (Liu T et al., NMR Biomed 2011;24:1129): the background field is
     the field, inside the mask, of sources outside it: min_chi || W M (f - D (1-M) chi) ||^2,
-    conjugate gradients on the normal equations, zero-padded grid (default 1/10 of each size per side,
-    at least 8 voxels: with the harmonic terms below holding the far field, about the accuracy of 1/6
-    without them on the digital patient, at 3/4 of the FFT cost).
+    conjugate gradients on the normal equations, zero-padded grid (default 8 voxels per side: the
+    harmonic terms below hold the far field that wider padding would).
     ``coarse``: first solve on a 2x coarser grid (1/8 of the voxels; sources only where a whole 2x2x2
     block is outside the mask) and start the full-resolution CG from its sources: fewer full-size
     iterations for the same tolerance.
@@ -289,7 +288,7 @@ def pdf_fit(field: np.ndarray, mask: np.ndarray, voxel_mm=(1, 1, 1), b0_dir_ijk=
     mask = np.asarray(mask, bool)
     vox = np.asarray(voxel_mm, float)
     if pad is None:
-        pad = tuple(max(8, s // 10) for s in mask.shape)
+        pad = (8, 8, 8)
     shape = _even_fast_shape(mask.shape, pad)
     f, sl = pad_to(np.where(mask, field, 0).astype(np.float32), shape)
     m, _ = pad_to(mask, shape)

@@ -108,8 +108,8 @@ def reconstruct_qsm(gre, mask: Volume | None = None, bfr: str = "pdf", inversion
     ``keep_dir``: write intermediates (NIfTI) there. ``reference``: "mean" (whole brain) | "csf".
     ``bfr_passes`` (PDF only): > 1 alternates background fit and inversion: the background is fitted
     again after the field of the chi found so far (CG started from the earlier background sources),
-    and the inversion restarts from that chi, at most 16 TV iterations per pass (closer deep-nuclei
-    values and lower NRMSE). Each refit TV pass is a Bregman step: its data is the refitted local
+    and the inversion restarts from that chi, at most 16 TV iterations in the first pass and 12 in
+    the later ones (closer deep-nuclei values and lower NRMSE). Each refit TV pass is a Bregman step: its data is the refitted local
     field plus the residual the earlier chi left in it (contrast lost to TV restored).
     TV fits the local field inside the mask only (the field outside it is unknown, not 0).
     Returns ``QSMResult`` (chi in ppm on the GRE grid, referenced as ``reference``).
@@ -245,10 +245,14 @@ def _field_to_chi(field_ppm, m, vox, b0_dir, *, bfr, inversion, magnitude, tv_la
     # PDF refits the background between passes; a given local field gets the same Bregman passes
     n_passes = max(1, int(bfr_passes)) if (pdf_fit is not None or (local_given and inversion == "tv")) else 1
     sources = pdf_fit.sources if (n_passes > 1 and pdf_fit is not None) else None
-    # alternating passes share about the iteration budget of one converged TV solve
+    # alternating passes share about the iteration budget of one converged TV solve; the later ones
+    # start from the chi found so far
     tv_iter = 40 if n_passes == 1 else 16
+    tv_iter_refit = 12
     timings["inversion"] = 0.0
     mag_b = magnitude[box] if (inversion != "tkd" and magnitude is not None) else None
+    # the TV edge weights, once for all passes (the mask does not change between them)
+    edges = inv_mod.magnitude_edge_weights(mag_b, m_local_b, vox) if mag_b is not None else None
     for n in range(n_passes):
         if n and local_given:  # Bregman step on the given field: what chi leaves unexplained added back
             from .dipole import forward_field
@@ -275,8 +279,9 @@ def _field_to_chi(field_ppm, m, vox, b0_dir, *, bfr, inversion, magnitude, tv_la
         else:
             sub = prog.sub(0.6 + 0.38 * n / n_passes, 0.6 + 0.38 * (n + 1) / n_passes)
             chi[box], tv_iterations = inv_mod.tv_admm_fit(data_b, m_local_b, vox, b0_dir, lam=tv_lambda,
-                                                          progress=sub, magnitude=mag_b,
-                                                          chi0=chi[box] if n else None, max_iter=tv_iter,
+                                                          progress=sub, edge_weights=edges,
+                                                          chi0=chi[box] if n else None,
+                                                          max_iter=tv_iter_refit if n else tv_iter,
                                                           fit_in_mask=True)
             messages.append(f"TV-ADMM: {tv_iterations} iterations")
         timings["inversion"] += time.perf_counter() - t

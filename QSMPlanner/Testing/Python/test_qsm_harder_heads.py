@@ -12,7 +12,7 @@ def heads():
     base = make_patient(seed=5, small=True)
     varied = make_patient(seed=5, small=True, variation=HeadVariation(
         "hard", chi_scale_nuclei=1.5, chi_wm_ppm=-0.05, extra_cortical_veins=4, ear_canals=True,
-        coil_combination="phase-of-sum"))
+        coil_combination="phase-of-sum", chi_texture_ppm=0.02))
     return base, varied
 
 
@@ -31,6 +31,8 @@ def test_each_departure_shows_in_the_truth_and_the_signal(heads):
     assert chi_v[gp].mean() == pytest.approx(1.5 * chi_b[gp].mean(), rel=0.05)
     wm = (lab == 203) & (varied.truth["labels_gre"].data == 203) & m
     assert chi_v[wm].mean() - chi_b[wm].mean() == pytest.approx(-0.02, abs=0.004)
+    # fine texture: WM chi spread grows by about the texture SD (in quadrature)
+    assert np.sqrt(chi_v[wm].var() - chi_b[wm].var()) == pytest.approx(0.02, rel=0.35)
     veins_b = (lab == 210).sum()
     veins_v = (varied.truth["labels_gre"].data == 210).sum()
     assert veins_v > 1.1 * veins_b                                   # denser venous tree

@@ -13,6 +13,7 @@ Real crop (../shared/data/real-phase): residual 2*pi jumps, agreement with skima
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 import threading
 import time
@@ -58,6 +59,29 @@ class PeakRSS:
         self._stop.set()
         self._t.join()
         self.peak = max(self.peak, self._rss())
+
+
+@contextlib.contextmanager
+def previous_defaults():
+    """Our pipeline as it was before the speed change of 2026-12-07 (same code, older settings): PDF
+    padded by 1/10 of each size (>= 8 voxels), TV padded by 8 voxels, rho = 100 lam, 16 TV iterations
+    in every pass. For the table's 'ours (before)' rows: speed at equal accuracy, in the same run."""
+    from QSMPlannerLib.qsm import pipeline
+    saved = bgremove.pdf_fit, inversion.tv_admm_fit, pipeline.TV_ITERATIONS_REFIT
+
+    def pdf_fit(field, mask, *a, **k):
+        k.setdefault("pad", tuple(max(8, n // 10) for n in np.shape(mask)))
+        return saved[0](field, mask, *a, **k)
+
+    def tv_admm_fit(*a, **k):
+        lam = k.get("lam") or 2e-3
+        k.update(pad=8, rho=100 * lam)
+        return saved[1](*a, **k)
+    bgremove.pdf_fit, inversion.tv_admm_fit, pipeline.TV_ITERATIONS_REFIT = pdf_fit, tv_admm_fit, 16
+    try:
+        yield
+    finally:
+        bgremove.pdf_fit, inversion.tv_admm_fit, pipeline.TV_ITERATIONS_REFIT = saved
 
 
 def baseline(gre):
@@ -210,6 +234,8 @@ def main(argv=None):
     ap.add_argument("--also", nargs="*", default=["vsharp:tv", "pdf:tv:1"],
                     help="extra configs of ours, bfr:inversion[:passes] (passes: PDF background refits)")
     ap.add_argument("--real", type=Path, default=REAL_DIR, help="real 3-echo crop directory ('' to skip)")
+    ap.add_argument("--no-before", dest="before", action="store_false",
+                    help="skip the 'ours (before 12-07)' rows (the settings before the speed change)")
     args = ap.parse_args(argv)
     from QSMPlannerLib.phantom import make_patient
 
@@ -222,12 +248,16 @@ def main(argv=None):
                   f"({time.perf_counter() - t:.0f} s to simulate)", file=sys.stderr, flush=True)
             case = f"s{seed} {'axial' if tilt == 0 else f'{tilt:g}deg'}"
             configs = [(f"ours {args.bfr}+tv default", dict(bfr=args.bfr, inversion="tv"))]  # pdf: x2 refit
+            if args.before:
+                configs.append(("ours (before 12-07)", dict(bfr=args.bfr, inversion="tv", before=True)))
             for c in args.also:
                 parts = c.split(":")
                 kw = dict(bfr=parts[0], inversion=parts[1], bfr_passes=int(parts[2]) if len(parts) > 2 else 1)
                 configs.append((f"ours {parts[0]}+{parts[1]}" + (f" x{parts[2]}" if len(parts) > 2 else ""), kw))
             for name, kw in configs:
-                with PeakRSS() as mem:
+                kw = dict(kw)
+                with (previous_defaults() if kw.pop("before", False) else contextlib.nullcontext()), \
+                        PeakRSS() as mem:
                     t = time.perf_counter()
                     res = reconstruct_qsm(patient.gre, **kw)
                     wall = time.perf_counter() - t  # the whole call: checks and copies included

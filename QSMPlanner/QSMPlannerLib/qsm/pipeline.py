@@ -18,6 +18,10 @@ from ..progress import as_progress
 from ..volume import Volume
 
 BFR_METHODS = ("vsharp", "pdf", "lbv", "resharp")
+# alternating background fits and TV passes share about the iteration budget of one converged TV
+# solve (40); the refit passes start from the chi found so far
+TV_ITERATIONS_FIRST_PASS = 16
+TV_ITERATIONS_REFIT = 12
 INVERSION_METHODS = ("tkd", "tv")
 UNWRAP_METHODS = ("romeo", "laplacian")
 
@@ -245,10 +249,7 @@ def _field_to_chi(field_ppm, m, vox, b0_dir, *, bfr, inversion, magnitude, tv_la
     # PDF refits the background between passes; a given local field gets the same Bregman passes
     n_passes = max(1, int(bfr_passes)) if (pdf_fit is not None or (local_given and inversion == "tv")) else 1
     sources = pdf_fit.sources if (n_passes > 1 and pdf_fit is not None) else None
-    # alternating passes share about the iteration budget of one converged TV solve; the later ones
-    # start from the chi found so far
-    tv_iter = 40 if n_passes == 1 else 16
-    tv_iter_refit = 12
+    tv_iter = 40 if n_passes == 1 else TV_ITERATIONS_FIRST_PASS
     timings["inversion"] = 0.0
     mag_b = magnitude[box] if (inversion != "tkd" and magnitude is not None) else None
     # the TV edge weights, once for all passes (the mask does not change between them)
@@ -281,7 +282,7 @@ def _field_to_chi(field_ppm, m, vox, b0_dir, *, bfr, inversion, magnitude, tv_la
             chi[box], tv_iterations = inv_mod.tv_admm_fit(data_b, m_local_b, vox, b0_dir, lam=tv_lambda,
                                                           progress=sub, edge_weights=edges,
                                                           chi0=chi[box] if n else None,
-                                                          max_iter=tv_iter_refit if n else tv_iter,
+                                                          max_iter=TV_ITERATIONS_REFIT if n else tv_iter,
                                                           fit_in_mask=True)
             messages.append(f"TV-ADMM: {tv_iterations} iterations")
         timings["inversion"] += time.perf_counter() - t

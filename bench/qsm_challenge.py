@@ -36,9 +36,11 @@ TARGET_RATIO = 0.8
 DGM_TOL_PPM = 0.03
 PHANTOM_REGIONS = "GP=5+6+105+106,SN=7+9+107+109,RN=8+108"   # CIT168 labels of the digital patient
 # The challenge paper's RMSE table (TKD 0.19 baseline and best submissions) could not be retrieved with
-# the tools of this workplace (only the abstracts of Langkammer 2018 and Milovic 2020 were reachable); the
-# ratio to the TKD baseline computed here on the same data is the target's own definition. What the
-# abstracts state is printed beside the table.
+# the tools of this workplace: the stored copies of Langkammer 2018 (PMC5777305) and Milovic 2020
+# (PMC7526054) reach only their abstracts and introductions, and the public code that evaluates on the
+# challenge data (e.g. the FANSI toolbox's challenge example, which also uses TKD at 0.19) computes the
+# RMSE without recording its values. The ratio to the TKD baseline computed here on the same data is the
+# target's own definition. What the papers' abstracts state is printed beside the table.
 PUBLISHED = ()
 PUBLISHED_METHODS = (
     "Langkammer et al. 2018: 27 submissions on one 3 T single-orientation GRE (1.06 mm); reference chi33 "
@@ -46,7 +48,10 @@ PUBLISHED_METHODS = (
     "ill-conditioned k-space region with compressed-sensing (sparsity) priors; top-10 maps had similar "
     "RMSE but over-smoothed vessels.",
     "Milovic et al. 2020: chi33 holds anisotropic contributions the single-orientation data cannot "
-    "explain, so every submission's RMSE has a floor; submissions were generally over-regularised.")
+    "explain, so every submission's RMSE has a floor; submissions were generally over-regularised.",
+    "Data (as the challenge distributed it): phs_tissue is the local field in ppm (LBV background removal, "
+    "brain mask eroded by 5 voxels), 1.06 x 1.06 x 1.07 mm, B0 along k; not on any package registry "
+    "reachable here (PyPI nextqsm 1.0.6, qsm-forward 0.32, phase-unwrap 2.0.0 checked: code only).")
 
 
 def write_synthetic(directory: Path, seed: int, small: bool, noise_ppm: float) -> str:

@@ -174,7 +174,7 @@ def tv_admm_fit(local_field_ppm: np.ndarray, mask: np.ndarray, voxel_mm=(1, 1, 1
                 lam: float | None = None, rho: float | None = None, max_iter: int = 40, tol: float = 1e-2,
                 pad: int = 4, progress=None, magnitude: np.ndarray | None = None,
                 chi0: np.ndarray | None = None, fit_in_mask: bool = False,
-                edge_weights: list | None = None) -> tuple[np.ndarray, int]:
+                edge_weights: list | None = None, data_mask: np.ndarray | None = None) -> tuple[np.ndarray, int]:
     """Total-variation regularised dipole inversion by ADMM (Bilgic B et al., MRM 2014;72:1444;
     Milovic C et al., FANSI, MRM 2018;80:814):  min_chi 1/2 ||D chi - f||^2 + lam ||W grad chi||_1.
 
@@ -190,7 +190,8 @@ def tv_admm_fit(local_field_ppm: np.ndarray, mask: np.ndarray, voxel_mm=(1, 1, 1
     ``fit_in_mask``: the data term only inside the mask, || M (D chi - f) ||^2 (as MEDI/TFI): the field
     outside the mask is unknown rather than 0, so sources near the mask edge need not cancel their
     field outside it. Solved by alternating minimisation: before each chi-update the field outside
-    the mask is set to D chi (2 more FFTs per iteration).
+    the mask is set to D chi (2 more FFTs per iteration). ``data_mask`` (with ``fit_in_mask``): the
+    voxels of the mask whose field is trusted; the field elsewhere in the mask is unknown as well.
     Returns (chi (ppm) in ``mask``, 0 outside; iterations run).
     """
     mask = np.asarray(mask, bool)
@@ -212,7 +213,9 @@ def tv_admm_fit(local_field_ppm: np.ndarray, mask: np.ndarray, voxel_mm=(1, 1, 1
     # chi spectrum = rho/denom * F[G^T v] + D/denom * F[field to fit]
     w_div = (np.float32(rho) * inv_denom).astype(np.float32)
     w_field = (d * inv_denom).astype(np.float32)
-    inside = pad_to(mb, shape)[0] if fit_in_mask else None
+    inside = None
+    if fit_in_mask:
+        inside = pad_to(mb if data_mask is None else mb & np.asarray(data_mask, bool)[box], shape)[0]
     inv_h = (1.0 / vox).astype(np.float32)
     if edge_weights is not None:  # TV weight 1 (else 0: strong magnitude edges and the padding)
         on = [pad_to(np.asarray(w)[box] != 0, shape)[0] for w in edge_weights]

@@ -100,6 +100,48 @@ def brain_mask(magnitude: np.ndarray, voxel_mm=(1, 1, 1), opening_mm: float = 4.
     return out
 
 
+def extend_into_dropouts(mask: np.ndarray, magnitude: np.ndarray, noise_sigma: float, voxel_mm,
+                         closing_mm: float = 20.0, min_snr: float = 6.0, min_depth_mm: float = 8.0) -> np.ndarray:
+    """``mask`` grown into signal dropouts deep inside the head: voxels more than ``min_depth_mm``
+    inside the morphological closing of ``mask`` by a ``closing_mm`` ball (the brain's outline without
+    its notches; on a ~4 mm grid) whose ``magnitude`` exceeds ``min_snr`` x ``noise_sigma``, connected
+    to ``mask``; holes filled. A magnitude threshold loses brain where receive coils cancel (an
+    uncombined coil sum): background removal would then fit sources there, next to deep nuclei. The
+    depth keeps the outline's own concavities (sulci, the skull base) out."""
+    mask = np.asarray(mask, bool)
+    mag = np.asarray(magnitude, np.float32)
+    vox = np.asarray(voxel_mm, float)
+    if not mask.any():
+        return mask.copy()
+    f = max(1, int(round(4.0 / vox.min())))
+    coarse = _block_any(mask, f) > 0
+    pad = int(np.ceil(closing_mm / (vox.min() * f))) + 1
+    closed = ndimage.binary_closing(np.pad(coarse, pad), _ball(closing_mm, vox * f))
+    closed = fill_holes(closed[pad:-pad, pad:-pad, pad:-pad])
+    deep = ndimage.distance_transform_edt(np.pad(closed, 1), sampling=vox * f)[1:-1, 1:-1, 1:-1] > min_depth_mm
+    if f > 1:
+        deep = np.repeat(np.repeat(np.repeat(deep, f, 0), f, 1), f, 2)
+    deep = deep[:mask.shape[0], :mask.shape[1], :mask.shape[2]]
+    if not (deep & ~mask).any():
+        return mask.copy()
+    box = mask_box(mask | deep, 1)
+    candidates = mask[box] | (deep[box] & (mag[box] > np.float32(min_snr * noise_sigma)))
+    out = np.zeros(mask.shape, bool)
+    out[box] = fill_holes(ndimage.binary_propagation(mask[box], mask=candidates))
+    return out
+
+
+def reliable_field(noise_hz: np.ndarray, mask: np.ndarray, max_noise_ratio: float = 5.0) -> np.ndarray:
+    """Voxels of ``mask`` whose expected field noise is at most ``max_noise_ratio`` x its median in the
+    mask: the field elsewhere (late-echo signal lost at air and bone boundaries, coil dropouts) is left
+    out of the data terms of background removal and inversion, as unknown rather than wrong."""
+    mask = np.asarray(mask, bool)
+    if not mask.any():
+        return mask.copy()
+    noise = np.asarray(noise_hz)
+    return mask & (noise <= np.float32(max_noise_ratio) * np.float32(np.median(noise[mask])))
+
+
 def quality_mask(mask: np.ndarray, residual_rad: np.ndarray, max_residual_rad: float | None = None) -> np.ndarray:
     """Phase-quality masking: drop voxels of ``mask`` whose echo-fit residual (rad, magnitude-weighted
     RMS) exceeds ``max_residual_rad`` (default max(0.25, 8 x the median residual in the mask)) —

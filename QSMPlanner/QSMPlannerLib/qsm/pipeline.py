@@ -115,12 +115,15 @@ def reconstruct_qsm(gre, mask: Volume | None = None, bfr: str = "pdf", inversion
     and the inversion restarts from that chi, at most 16 TV iterations in the first pass and 12 in
     the later ones (closer deep-nuclei values and lower NRMSE). Each refit TV pass is a Bregman step: its data is the refitted local
     field plus the residual the earlier chi left in it (contrast lost to TV restored).
-    TV fits the local field inside the mask only (the field outside it is unknown, not 0).
+    TV fits the local field inside the mask only (the field outside it is unknown, not 0), and, with
+    the magnitude-derived mask, only where the field noise is at most 5 x its median (``reliable_field``);
+    PDF weighs the field the same way. The magnitude mask is grown into signal dropouts deep inside the
+    head (``extend_into_dropouts``).
     Returns ``QSMResult`` (chi in ppm on the GRE grid, referenced as ``reference``).
     """
     from .dipole import hz_to_ppm
-    from .echo import combine_echoes
-    from .mask import brain_mask, quality_mask
+    from .echo import _noise_sigma, combine_echoes
+    from .mask import brain_mask, extend_into_dropouts, quality_mask, reliable_field
 
     if bfr not in BFR_METHODS:
         raise InputError(f"unknown background removal {bfr!r} (choose from {', '.join(BFR_METHODS)})")
@@ -159,11 +162,14 @@ def reconstruct_qsm(gre, mask: Volume | None = None, bfr: str = "pdf", inversion
         m = brain_mask(rss, vox)
         if not m.any():
             raise ProcessingError("no brain found in the magnitude (empty mask)")
+        # signal dropouts deep inside the head (receive coils cancelling) belong to the brain
+        m = extend_into_dropouts(m, rss, _noise_sigma(mag[..., 0], m) * np.sqrt(mag.shape[3]), vox)
     timings["mask"] = time.perf_counter() - t
     keep(m.astype(np.uint8), "mask_magnitude")
 
     t = time.perf_counter()
     prog.update(0.05, "echo combination")
+    data_mask = None   # voxels whose field enters the data terms (None: the whole mask)
     if unwrap == "romeo":
         fit = combine_echoes(mag, ph, te, m, vox)
         field_hz, noise_hz = fit.field_hz, fit.noise_hz
@@ -174,6 +180,7 @@ def reconstruct_qsm(gre, mask: Volume | None = None, bfr: str = "pdf", inversion
             else:
                 messages.append("phase-quality masking would remove half the brain: skipped")
         keep(fit.residual_rad, "fit_residual_rad")
+        data_mask = reliable_field(noise_hz, m)
     else:
         from .unwrap import laplacian_unwrap
         unwrapped = np.stack([laplacian_unwrap(ph[..., e], vox) for e in range(ph.shape[3])], axis=3)
@@ -198,7 +205,7 @@ def reconstruct_qsm(gre, mask: Volume | None = None, bfr: str = "pdf", inversion
     local, m_local, chi = _field_to_chi(
         total_ppm, m, vox, b0_dir, bfr=bfr, inversion=inversion, magnitude=rss, tv_lambda=tv_lambda,
         bfr_passes=bfr_passes, reference=reference, csf_from=(mag, te), prog=prog, timings=timings,
-        messages=messages, keep=keep)
+        messages=messages, keep=keep, data_mask=data_mask)
     timings["total"] = sum(timings.values())
     prog.update(1.0, "done")
     return QSMResult(vol(chi, "QSM"), vol(m_local.astype(np.uint8), "qsm_mask"),
@@ -209,15 +216,18 @@ def reconstruct_qsm(gre, mask: Volume | None = None, bfr: str = "pdf", inversion
 
 
 def _field_to_chi(field_ppm, m, vox, b0_dir, *, bfr, inversion, magnitude, tv_lambda, bfr_passes,
-                  reference, csf_from, prog, timings, messages, keep, local_given=False):
+                  reference, csf_from, prog, timings, messages, keep, local_given=False, data_mask=None):
     """Background removal (skipped when ``local_given``) + dipole inversion + referencing, on the
-    mask's bounding box. ``magnitude``: TV edge prior or None. ``csf_from``: (echo magnitudes, TEs)
+    mask's bounding box. ``data_mask``: the voxels whose field is trusted (PDF weight 1, else 0; TV data
+    term), None for the whole mask. ``magnitude``: TV edge prior or None. ``csf_from``: (echo magnitudes, TEs)
     for a CSF reference, or None. Returns (local field ppm, mask of chi, chi ppm)."""
     from . import bgremove, inversion as inv_mod
     from ..volume import mask_box
     shape = m.shape
     box = mask_box(m, 2)
     mb, fb = m[box], field_ppm[box]
+    db = None if data_mask is None else data_mask[box] & mb
+    wb = None if db is None else db.astype(np.float32)
     t = time.perf_counter()
     pdf_fit = None
     if local_given:
@@ -229,7 +239,7 @@ def _field_to_chi(field_ppm, m, vox, b0_dir, *, bfr, inversion, magnitude, tv_la
         elif bfr == "resharp":
             local_b, m_local_b = bgremove.resharp(fb, mb, vox)
         elif bfr == "pdf":
-            pdf_fit = bgremove.pdf_fit(fb, mb, vox, b0_dir)
+            pdf_fit = bgremove.pdf_fit(fb, mb, vox, b0_dir, weight=wb)
             local_b, m_local_b = pdf_fit.local, pdf_fit.mask
         else:
             local_b, m_local_b = bgremove.lbv(fb, mb, vox)
@@ -265,7 +275,8 @@ def _field_to_chi(field_ppm, m, vox, b0_dir, *, bfr, inversion, magnitude, tv_la
             prog.update(0.6, f"background removal ({bfr}), pass {n + 1}")
             # from the earlier background sources, to a tight tolerance: the Bregman step below adds
             # back whatever background the refit leaves
-            pdf_fit = bgremove.pdf_fit(fb, mb, vox, b0_dir, chi_local=chi[box], sources0=sources, tol=2e-3)
+            pdf_fit = bgremove.pdf_fit(fb, mb, vox, b0_dir, weight=wb, chi_local=chi[box], sources0=sources,
+                                       tol=2e-3)
             local_b, m_local_b, sources = pdf_fit.local, pdf_fit.mask, pdf_fit.sources
             local[box] = local_b
             # Bregman step (Osher et al. 2005) for TV: the residual of the chi so far is added back
@@ -283,7 +294,7 @@ def _field_to_chi(field_ppm, m, vox, b0_dir, *, bfr, inversion, magnitude, tv_la
                                                           progress=sub, edge_weights=edges,
                                                           chi0=chi[box] if n else None,
                                                           max_iter=TV_ITERATIONS_REFIT if n else tv_iter,
-                                                          fit_in_mask=True)
+                                                          fit_in_mask=True, data_mask=db)
             messages.append(f"TV-ADMM: {tv_iterations} iterations")
         timings["inversion"] += time.perf_counter() - t
     if n_passes > 1:

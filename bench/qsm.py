@@ -63,9 +63,9 @@ class PeakRSS:
 
 @contextlib.contextmanager
 def previous_defaults():
-    """Our pipeline as it was before the speed change of 2026-12-07 (same code, older settings): PDF
+    """Our pipeline with the speed settings it had before 2026-12-07 (the rest of the code as now): PDF
     padded by 1/10 of each size (>= 8 voxels), TV padded by 8 voxels, rho = 100 lam, 16 TV iterations
-    in every pass. For the table's 'ours (before)' rows: speed at equal accuracy, in the same run."""
+    in every pass. For the table's 'ours, old speed settings' rows: speed at equal accuracy, one run."""
     from QSMPlannerLib.qsm import pipeline
     saved = bgremove.pdf_fit, inversion.tv_admm_fit, pipeline.TV_ITERATIONS_REFIT
 
@@ -235,7 +235,7 @@ def main(argv=None):
                     help="extra configs of ours, bfr:inversion[:passes] (passes: PDF background refits)")
     ap.add_argument("--real", type=Path, default=REAL_DIR, help="real 3-echo crop directory ('' to skip)")
     ap.add_argument("--no-before", dest="before", action="store_false",
-                    help="skip the 'ours (before 12-07)' rows (the settings before the speed change)")
+                    help="skip the 'ours, old speed settings' rows (speed settings before 2026-12-07)")
     args = ap.parse_args(argv)
     from QSMPlannerLib.phantom import make_patient
 
@@ -249,7 +249,7 @@ def main(argv=None):
             case = f"s{seed} {'axial' if tilt == 0 else f'{tilt:g}deg'}"
             configs = [(f"ours {args.bfr}+tv default", dict(bfr=args.bfr, inversion="tv"))]  # pdf: x2 refit
             if args.before:
-                configs.append(("ours (before 12-07)", dict(bfr=args.bfr, inversion="tv", before=True)))
+                configs.append(("ours, old speed settings", dict(bfr=args.bfr, inversion="tv", before=True)))
             for c in args.also:
                 parts = c.split(":")
                 kw = dict(bfr=parts[0], inversion=parts[1], bfr_passes=int(parts[2]) if len(parts) > 2 else 1)

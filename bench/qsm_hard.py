@@ -51,7 +51,7 @@ def main(argv=None):
     ap.add_argument("--seed", type=int, default=2)
     ap.add_argument("--cases", nargs="+", default=list(CASES), choices=list(CASES))
     ap.add_argument("--no-before", dest="before", action="store_false",
-                    help="skip the 'ours (before 12-07)' rows (the settings before the speed change)")
+                    help="skip the 'ours, old speed settings' rows (speed settings before 2026-12-07)")
     args = ap.parse_args(argv)
     from QSMPlannerLib.phantom import make_patient
     rows = []
@@ -73,7 +73,7 @@ def main(argv=None):
                 t = time.perf_counter()
                 res = reconstruct_qsm(patient.gre)
                 wall = time.perf_counter() - t
-            rows.append((name, "ours (before 12-07)", bench_qsm.score(res.chi_ppm.data, patient), wall,
+            rows.append((name, "ours, old speed settings", bench_qsm.score(res.chi_ppm.data, patient), wall,
                          mem.peak, os.getloadavg()[0]))
         with bench_qsm.PeakRSS() as mem:
             t = time.perf_counter()
@@ -92,15 +92,15 @@ def main(argv=None):
         roi = [met[f"{r}_{s}"] for r in rois for s in "LR"]
         print(f"{case:<12} {name:<24} {met['nrmse']:7.1f} {met['hfen']:7.1f} {met['xsim']:6.3f} "
               + " ".join(f"{x:+7.3f}" for x in roi) + f" {np.nanmax(np.abs(roi)):8.4f} {wall:7.1f} {peak:7.2f} {load:5.1f}")
-    print("\nours / baseline per case: NRMSE ratio, time ratio (same run, same load); ours / ours before 12-07:"
-          " NRMSE ratio, time ratio")
+    print("\nours / baseline per case: NRMSE ratio, time ratio (same run, same load); ours / ours with the old "
+          "speed settings: NRMSE ratio, time ratio")
     by = {(c, n): (m, w) for c, n, m, w, *_ in rows}
     for case in args.cases:
         (o, wo), (b, wb) = by[(case, "ours (default)")], by[(case, "baseline lap+vsharp+tkd")]
         line = f"{case:<12} NRMSE x{o['nrmse'] / b['nrmse']:.3f}   time x{wo / wb:.2f}"
-        if (case, "ours (before 12-07)") in by:
-            p, wp = by[(case, "ours (before 12-07)")]
-            line += f"   | vs before: NRMSE x{o['nrmse'] / p['nrmse']:.3f}   time x{wo / wp:.2f}"
+        if (case, "ours, old speed settings") in by:
+            p, wp = by[(case, "ours, old speed settings")]
+            line += f"   | vs old settings: NRMSE x{o['nrmse'] / p['nrmse']:.3f}   time x{wo / wp:.2f}"
         print(line)
     return 0
 

@@ -163,7 +163,11 @@ def reconstruct_qsm(gre, mask: Volume | None = None, bfr: str = "pdf", inversion
         if not m.any():
             raise ProcessingError("no brain found in the magnitude (empty mask)")
         # signal dropouts deep inside the head (receive coils cancelling) belong to the brain
+        n_magnitude = int(m.sum())
         m = extend_into_dropouts(m, rss, _noise_sigma(mag[..., 0], m) * np.sqrt(mag.shape[3]), vox)
+        if m.sum() > n_magnitude:
+            messages.append(f"brain mask grown into signal dropouts inside the head: {int(m.sum()) - n_magnitude} "
+                            f"voxels (+{100.0 * (m.sum() / n_magnitude - 1):.1f} %)")
     timings["mask"] = time.perf_counter() - t
     keep(m.astype(np.uint8), "mask_magnitude")
 
@@ -181,6 +185,8 @@ def reconstruct_qsm(gre, mask: Volume | None = None, bfr: str = "pdf", inversion
                 messages.append("phase-quality masking would remove half the brain: skipped")
         keep(fit.residual_rad, "fit_residual_rad")
         data_mask = reliable_field(noise_hz, m)
+        messages.append(f"{100.0 * (1 - data_mask.sum() / max(int(m.sum()), 1)):.1f} % of the mask voxels have a "
+                        "field noise > 5 x the median: left out of the data terms")
     else:
         from .unwrap import laplacian_unwrap
         unwrapped = np.stack([laplacian_unwrap(ph[..., e], vox) for e in range(ph.shape[3])], axis=3)

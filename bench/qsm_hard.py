@@ -54,6 +54,7 @@ def main(argv=None):
                     help="skip the 'ours, old speed settings' rows (speed settings before 2026-12-07)")
     args = ap.parse_args(argv)
     from QSMPlannerLib.phantom import make_patient
+    bench_qsm.warm_up()
     rows = []
     for name in args.cases:
         variation, snr, tilt = CASES[name]

@@ -8,12 +8,14 @@ Scores: the ``qsm-ci`` challenge metrics (NRMSE %, HFEN %, XSIM, correlation) ov
 Real crop (../shared/data/real-phase): residual 2*pi jumps, agreement with skimage up to a global 2*pi*k.
 
     .venv/bin/python bench/qsm.py                  # default-size patient, seeds 0 1, tilts 0 15
+    .venv/bin/python bench/qsm.py --also --repeat 3  # the default config vs the old speed settings, fastest of 3
     .venv/bin/python bench/qsm.py --small --seeds 0 --tilts 0
 """
 from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import sys
 import threading
 import time
@@ -245,6 +247,8 @@ def main(argv=None):
     ap.add_argument("--also", nargs="*", default=["vsharp:tv", "pdf:tv:1"],
                     help="extra configs of ours, bfr:inversion[:passes] (passes: PDF background refits)")
     ap.add_argument("--real", type=Path, default=REAL_DIR, help="real 3-echo crop directory ('' to skip)")
+    ap.add_argument("--repeat", type=int, default=1,
+                    help="run every config this many times (interleaved) and keep the fastest run")
     ap.add_argument("--no-before", dest="before", action="store_false",
                     help="skip the 'ours, old speed settings' rows (speed settings before 2026-12-07)")
     args = ap.parse_args(argv)
@@ -266,21 +270,30 @@ def main(argv=None):
                 parts = c.split(":")
                 kw = dict(bfr=parts[0], inversion=parts[1], bfr_passes=int(parts[2]) if len(parts) > 2 else 1)
                 configs.append((f"ours {parts[0]}+{parts[1]}" + (f" x{parts[2]}" if len(parts) > 2 else ""), kw))
-            for name, kw in configs:
-                kw = dict(kw)
-                with (previous_defaults() if kw.pop("before", False) else contextlib.nullcontext()), \
-                        PeakRSS() as mem:
+            best = {}   # name -> (wall, chi, timings, peak RSS): the fastest of the repeats
+            for _ in range(args.repeat):   # configs interleaved: load changes hit them alike
+                for name, kw in configs:
+                    kw = dict(kw)
+                    with (previous_defaults() if kw.pop("before", False) else contextlib.nullcontext()), \
+                            PeakRSS() as mem:
+                        t = time.perf_counter()
+                        res = reconstruct_qsm(patient.gre, **kw)
+                        wall = time.perf_counter() - t  # the whole call: checks and copies included
+                    if name not in best or wall < best[name][0]:
+                        best[name] = (wall, res.chi_ppm.data, dict(res.timings, total=wall), mem.peak)
+                    print(f"#   {name}: {wall:.1f} s (load {os.getloadavg()[0]:.1f})", file=sys.stderr, flush=True)
+                with PeakRSS() as mem:
                     t = time.perf_counter()
-                    res = reconstruct_qsm(patient.gre, **kw)
-                    wall = time.perf_counter() - t  # the whole call: checks and copies included
-                timings = dict(res.timings, total=wall)
-                rows.append((case, name, score(res.chi_ppm.data, patient), timings, mem.peak))
-                print(f"#   {name}: {wall:.1f} s", file=sys.stderr, flush=True)
-            with PeakRSS() as mem:
-                t = time.perf_counter()
-                chi, timings = baseline(patient.gre)
-                timings["total"] = time.perf_counter() - t
-            rows.append((case, "baseline lap+vsharp+tkd", score(chi, patient), timings, mem.peak))
+                    chi, timings = baseline(patient.gre)
+                    timings["total"] = wall = time.perf_counter() - t
+                if "baseline" not in best or wall < best["baseline"][0]:
+                    best["baseline"] = (wall, chi, timings, mem.peak)
+            for name, _ in configs:
+                _, chi, timings, peak = best[name]
+                rows.append((case, name, score(chi, patient), timings, peak))
+            _, chi, timings, peak = best["baseline"]
+            rows.append((case, "baseline lap+vsharp+tkd", score(chi, patient), timings, peak))
+            del best
             mask = res.brain_mask.data > 0
             for name, (dt, frac) in unwrap_stage(patient, mask).items():
                 unwrap_rows.append((case, name, dt, frac))
@@ -318,7 +331,7 @@ def main(argv=None):
         for e, n, jw, jo, js, jf, jt, agree, to, ts in real_crop_stage(Path(args.real)):
             print(f"{e:>4} {n:>8} {jw:>8} {jo:>5} {js:>7} {jf:>8} {jt:>9} {agree:8.5f} {to:7.2f} {ts:7.2f}")
 
-    print("\nratios per config of ours: NRMSE ours/baseline (target <= 0.6), time ours/baseline and ours/20 s, "
+    print("\nratios per config of ours: NRMSE ours/baseline (target <= 0.6), time ours/baseline and ours/15 s, "
           "max |ROI error| (target <= 0.01 ppm)")
     by = {(c, n): (m, t) for c, n, m, t, _ in rows}
     base = "baseline lap+vsharp+tkd"
@@ -327,8 +340,8 @@ def main(argv=None):
         b, tb = by[(case, base)]
         for name in ours_names:
             o, to = by[(case, name)]
-            print(f"{case:<10} {name:<20} NRMSE x{o['nrmse'] / b['nrmse']:.3f}   time {to['total']:5.1f} s "
-                  f"(x{to['total'] / tb['total']:.2f} of baseline, x{to['total'] / 20:.2f} of 20 s)   "
+            print(f"{case:<10} {name:<24} NRMSE x{o['nrmse'] / b['nrmse']:.3f}   time {to['total']:5.1f} s "
+                  f"(x{to['total'] / tb['total']:.2f} of baseline, x{to['total'] / 15:.2f} of 15 s)   "
                   f"max |ROI| {max(abs(o[f'{r}_{s}']) for r in ROIS for s in 'LR'):.4f} ppm")
     for seed in args.seeds:
         ax, ob = f"s{seed} axial", next((c for c in by if c[0].startswith(f"s{seed} ") and "deg" in c[0]), None)

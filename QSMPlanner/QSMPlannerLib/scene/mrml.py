@@ -220,6 +220,8 @@ def add_volume(scene, vol: Volume, name: str | None = None, *, kind: str = "scal
     else:
         if data.dtype == np.float64:
             data = data.astype(np.float32)
+        if kind == "scalar" and _int16_exact(data):
+            data = data.astype(np.int16)  # as Slicer holds a CT or MR series; halves the bundle
         node = _new_node(scene, "vtkMRMLScalarVolumeNode", name, replace)
     node.SetAndObserveImageData(_image_from_array(data))
     node.SetIJKToRASMatrix(vtk_matrix(vol.ras_from_ijk))
@@ -246,6 +248,18 @@ def add_volume(scene, vol: Volume, name: str | None = None, *, kind: str = "scal
     if parent_transform is not None:
         node.SetAndObserveTransformNodeID(parent_transform.GetID())
     return node
+
+
+def _int16_exact(data: np.ndarray) -> bool:
+    """True for floating data of whole numbers within int16 (scanner intensities, CT HU): int16 is exact."""
+    if not np.issubdtype(data.dtype, np.floating) or data.size == 0:
+        return False
+    sample = data.ravel()[:: max(1, data.size // 100_000)]   # fractional data is told apart in ~1 ms
+    if not np.array_equal(sample, np.round(sample)):
+        return False
+    low, high = np.nanmin(data), np.nanmax(data)
+    return bool(np.isfinite(low) and np.isfinite(high) and -32768 <= low and high <= 32767
+                and np.array_equal(data, np.round(data)))
 
 
 def volume_from_node(node, world: bool = False, copy: bool = True) -> Volume:
@@ -736,8 +750,8 @@ def save_mrb(scene, path) -> Path:
 
     Nodes are written compressed into a temporary folder ``<stem>/Data/`` (gzip NRRD volumes, .seg.nrrd
     segmentations, .mrk.json markups, .h5 transforms, .vtk models, .tsv tables) beside ``<stem>/<stem>.mrml``,
-    which is then zipped (deflate) as Slicer's own bundles are laid out. Outside the Slicer application the
-    scene file header names ``SLICER_SCENE_VERSION`` (see there)."""
+    which is then zipped as Slicer's own bundles are laid out (deflate for what is not compressed yet).
+    Outside the Slicer application the scene file header names ``SLICER_SCENE_VERSION`` (see there)."""
     path = Path(path).resolve()
     if path.suffix.lower() != ".mrb":
         raise InputError("a Slicer bundle must end in .mrb", path)
@@ -779,11 +793,26 @@ def save_mrb(scene, path) -> Path:
 
 
 def _zip_folder(folder: Path, zip_path: Path) -> None:
-    """Zip ``folder`` as ``<folder name>/...`` (deflate; the volumes inside are gzip NRRD already)."""
+    """Zip ``folder`` as ``<folder name>/...``: deflate, except files compressed already (gzip NRRD volumes
+    and segmentations, .gz, PNG), which are stored as they are."""
     with zipfile.ZipFile(zip_path, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=6) as archive:
         archive.write(folder, folder.name + "/")
-        for file in sorted(p for p in folder.rglob("*")):
-            archive.write(file, str(Path(folder.name) / file.relative_to(folder)))
+        for file in sorted(folder.rglob("*")):
+            stored = file.is_file() and _compressed_already(file)
+            archive.write(file, str(Path(folder.name) / file.relative_to(folder)),
+                          compress_type=zipfile.ZIP_STORED if stored else None)
+
+
+def _compressed_already(file: Path) -> bool:
+    with open(file, "rb") as f:
+        head = f.read(4096)
+    if head.startswith((b"\x1f\x8b", b"\x89PNG")):
+        return True
+    if head.startswith(b"NRRD"):
+        header = head.split(b"\n\n", 1)[0]
+        return any(line.strip() in (b"encoding: gzip", b"encoding: gz", b"encoding: bzip2", b"encoding: bz2")
+                   for line in header.splitlines())
+    return False
 
 
 def load_mrb(path, scene=None):

@@ -244,10 +244,29 @@ def test_bundle_is_compressed_with_slicers_scene_header(results, tmp_path):
     assert scene.GetVersion() != header  # slicer-core's own version is left on the open scene
 
     for info in archive.infolist():
-        if not info.is_dir():
+        if info.is_dir():
+            continue
+        data = archive.read(info)
+        if info.filename.endswith(".nrrd"):   # volumes and segmentations: gzip NRRD, stored as they are
+            assert b"\nencoding: gzip\n" in data[:2000], info.filename
+            assert info.compress_type == zipfile.ZIP_STORED, info.filename
+        else:
             assert info.compress_type == zipfile.ZIP_DEFLATED, info.filename
-    qsm_file = archive.read("plan/Data/QSM.nrrd")
-    assert b"encoding: gzip" in qsm_file[:1000]
     raw_bytes = sum(np.asarray(v.data).nbytes for v in results["volumes"].values())
     raw_bytes += sum(np.asarray(v.data).astype(np.int16).nbytes for v in results["labelmaps"].values())
     assert (tmp_path / "plan.mrb").stat().st_size < 0.5 * raw_bytes
+
+
+def test_whole_number_scalar_volumes_are_held_as_int16(results):
+    """A T1 or CT of whole numbers (as scanners store them) becomes an int16 node, exactly; other data keeps
+    its type: fractional scalars, and the QSM (ppm) whatever its values."""
+    scene = mrml.new_scene()
+    qsm = results["volumes"]["QSM"]
+    whole = qsm.with_data(np.round(qsm.data * 1000.0).astype(np.float32))
+    node = mrml.add_volume(scene, whole, "T1")
+    assert node.GetImageData().GetScalarTypeAsString() == "short"
+    np.testing.assert_array_equal(mrml.volume_from_node(node).data, whole.data)
+    assert mrml.add_volume(scene, qsm, "fractional").GetImageData().GetScalarTypeAsString() == "float"
+    assert mrml.add_volume(scene, whole, "QSM", kind="qsm").GetImageData().GetScalarTypeAsString() == "float"
+    too_big = whole.with_data(np.full(whole.shape3, 40000.0, np.float32))
+    assert mrml.add_volume(scene, too_big, "bright").GetImageData().GetScalarTypeAsString() == "float"

@@ -35,8 +35,7 @@ syspkgs:
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing >/dev/null; \
 	fi
 
-$(STAMP): pyproject.toml
-	$(MAKE) syspkgs
+$(STAMP): pyproject.toml | syspkgs
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q -e ".[test]"
 	touch $(STAMP)
@@ -44,8 +43,8 @@ $(STAMP): pyproject.toml
 setup: $(STAMP)
 
 # A Slicer leg's venv is rebuilt whenever a pin changes, so it holds exactly the pinned versions.
-.venv-%/.installed: pyproject.toml QSMPlanner/Resources/requirements.txt ci/requirements-slicer58.txt ci/requirements-slicer512.txt
-	$(MAKE) syspkgs
+.venv-%/.installed: pyproject.toml QSMPlanner/Resources/requirements.txt ci/requirements-slicer58.txt \
+                    ci/requirements-slicer512.txt | syspkgs
 	@test -x "$(PYTHON_$*)" || { echo "error: no Python for the $* leg (pyenv version $*, or set PY39=/PY312=);" \
 	  "make test MATRIX= skips the Slicer Pythons"; exit 2; }
 	rm -rf .venv-$*
@@ -57,7 +56,10 @@ setup: $(STAMP)
 demo: setup
 	$(BIN)/qsmplanner demo $(DEMO_OUT)
 
-test: test-main $(addprefix test-,$(MATRIX))
+# The Slicer legs' venvs are built (mostly download and unpacking) while the main suite runs; then the legs.
+test:
+	$(MAKE) -j --output-sync=target test-main $(foreach leg,$(MATRIX),.venv-$(leg)/.installed)
+	$(if $(MATRIX),$(MAKE) $(addprefix test-,$(MATRIX)))
 
 test-main: setup
 	$(BIN)/python -m pytest $(PYTEST_ARGS) --durations=15

@@ -9,6 +9,7 @@ import importlib.util
 import os
 import pkgutil
 import re
+import shlex
 import sys
 import sysconfig
 from pathlib import Path
@@ -103,6 +104,15 @@ def test_requirements_pin_one_version_per_slicer_python():
     names = {name for name, _, _ in requirements}
     for python in SLICER_PYTHONS:
         assert set(_pins_for(requirements, python)) == names, f"not every package is pinned for Python {python}"
+
+
+def test_each_requirement_survives_the_modules_quoting():
+    """QSMPlanner.ensureDependencies passes each line double-quoted to slicer.util.pip_install, which splits
+    like a shell: the line must come through whole (markers quote their versions with single quotes)."""
+    for line in REQUIREMENTS.read_text().splitlines():
+        line = line.split("#", 1)[0].strip()
+        if line:
+            assert shlex.split(f'"{line}"') == [line], line
 
 
 def test_requirements_agree_with_pyproject():

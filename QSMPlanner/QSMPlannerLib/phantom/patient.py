@@ -339,7 +339,7 @@ def make_patient(seed: int = 0, small: bool = False, tilt_deg: float = 0.0, voxe
         hardware = Clutter(head=False, vessels=0, dental_metal=False, head_holder=False)
         ct = render_frame_ct(ct_m, shape_ct, frame_from_ct, system, background=hu, clutter=hardware,
                              noise_hu=8.0, rng=rng)
-    ct = ct.with_data(np.round(ct.data), "CT")  # whole HU, as CT series store them
+    ct.name = "CT"
     del hu
 
     # ---- truth: landmarks, transforms, centroids, veins ---------------------------------------------------

@@ -320,7 +320,7 @@ def make_patient(seed: int = 0, small: bool = False, tilt_deg: float = 0.0, voxe
     s_t1 = np.float32(12.0)
     t1w += s_t1 * rng.standard_normal(shape_t1, dtype=np.float32)
     t1w = np.hypot(t1w, s_t1 * rng.standard_normal(shape_t1, dtype=np.float32))
-    t1 = Volume(t1w, t1_m, "T1", {"modality": "T1w"})
+    t1 = Volume(np.round(t1w), t1_m, "T1", {"modality": "T1w"})  # whole numbers, as a scanner stores them
     labels_t1 = Volume(sampler(model.labels, t1_m, shape_t1, pose_t1, nearest=True), t1_m, "labels_t1")
 
     # ---- CT with the N-localizer ----------------------------------------------------------------------

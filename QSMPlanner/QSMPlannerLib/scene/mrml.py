@@ -14,6 +14,7 @@ import os
 import shutil
 import tempfile
 import weakref
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +25,13 @@ from vtkmodules.util import numpy_support
 
 from ..errors import InputError, ProcessingError
 from ..volume import Volume
+
+# The scene file header (<MRML version="...">) that Slicer itself writes: vtkMRMLScene's constructor sets
+# "<application> <major>.<minor>.<patch> <revision>" from MRML_APPLICATION_NAME/VERSION/REVISION
+# (Libs/MRML/Core/vtkMRMLScene.cxx); slicer-core says "slicer-core 4.0.0 0". On loading, Slicer warns when
+# the application differs ("The scene file was saved with ... application", qSlicerSceneReader) or the version
+# is newer than its own, so the oldest Slicer QSMPlanner supports is named: 5.8.1, revision 33241.
+SLICER_SCENE_VERSION = "Slicer 5.8.1 33241"
 
 # Display defaults: QSM in grey, window -0.15..0.25 ppm (deep nuclei bright, veins brightest).
 QSM_WINDOW_PPM = (-0.15, 0.25)
@@ -212,6 +220,8 @@ def add_volume(scene, vol: Volume, name: str | None = None, *, kind: str = "scal
     else:
         if data.dtype == np.float64:
             data = data.astype(np.float32)
+        if kind == "scalar" and _int16_exact(data):
+            data = data.astype(np.int16)  # as Slicer holds a CT or MR series; halves the bundle
         node = _new_node(scene, "vtkMRMLScalarVolumeNode", name, replace)
     node.SetAndObserveImageData(_image_from_array(data))
     node.SetIJKToRASMatrix(vtk_matrix(vol.ras_from_ijk))
@@ -238,6 +248,18 @@ def add_volume(scene, vol: Volume, name: str | None = None, *, kind: str = "scal
     if parent_transform is not None:
         node.SetAndObserveTransformNodeID(parent_transform.GetID())
     return node
+
+
+def _int16_exact(data: np.ndarray) -> bool:
+    """True for floating data of whole numbers within int16 (scanner intensities, CT HU): int16 is exact."""
+    if not np.issubdtype(data.dtype, np.floating) or data.size == 0:
+        return False
+    sample = data.ravel()[:: max(1, data.size // 100_000)]   # fractional data is told apart in ~1 ms
+    if not np.array_equal(sample, np.round(sample)):
+        return False
+    low, high = np.nanmin(data), np.nanmax(data)
+    return bool(np.isfinite(low) and np.isfinite(high) and -32768 <= low and high <= 32767
+                and np.array_equal(data, np.round(data)))
 
 
 def volume_from_node(node, world: bool = False, copy: bool = True) -> Volume:
@@ -670,58 +692,127 @@ def _default_extension(node, storage) -> str:
     return "." + ext if ext else ".dat"
 
 
-def save_mrb(scene, path) -> Path:
-    """Write every storable node and the scene to a Slicer bundle ``path`` (.mrb), atomically.
+def _eligible_for_bundle(node) -> bool:
+    if node.GetHideFromEditors() and not node.IsA("vtkMRMLTransformNode"):
+        return False
+    if not node.GetSaveWithScene():
+        return False
+    if node.IsA("vtkMRMLVolumeNode") and node.GetImageData() is None:
+        return False
+    return not (node.IsA("vtkMRMLTransformNode") and node.GetName() == "")
 
-    Nodes are written into a temporary directory (NRRD volumes, .seg.nrrd segmentations, .mrk.json
-    markups, .h5 transforms, .vtk models, .tsv tables), then zipped by MRML's ``WriteToMRB``."""
+
+def _file_names(storage) -> tuple:
+    """(file name, additional file names) of a storage node."""
+    return storage.GetFileName(), tuple(storage.GetNthFileName(i) for i in range(storage.GetNumberOfFileNames()))
+
+
+class _SceneSaveState:
+    """What writing a bundle changes in the open scene, recorded so that it can be put back: the scene URL,
+    root directory and version, every storage node's file name(s) and compression, and the storage nodes
+    added for nodes that had none (removed again)."""
+
+    def __init__(self, scene):
+        self.scene = scene
+        self.url, self.root, self.version = scene.GetURL(), scene.GetRootDirectory(), scene.GetVersion()
+        self.storage = {}
+        for storage in nodes_by_class(scene, "vtkMRMLStorageNode"):
+            self.storage[storage.GetID()] = (storage, _file_names(storage), storage.GetUseCompression())
+        self.added = []  # (storable node, storage node it got)
+
+    def storage_for(self, node):
+        storage = node.GetStorageNode()
+        if storage is None:
+            node.AddDefaultStorageNode()
+            storage = node.GetStorageNode()
+            if storage is not None:
+                self.added.append((node, storage))
+        return storage
+
+    def restore(self):
+        for node, storage in self.added:
+            node.SetAndObserveStorageNodeID(None)
+            self.scene.RemoveNode(storage)
+        for storage, (file_name, file_names), compression in self.storage.values():
+            storage.ResetFileNameList()
+            storage.SetFileName(file_name)
+            for name in file_names:
+                storage.AddFileName(name)
+            storage.SetUseCompression(compression)
+        self.scene.SetURL(self.url)
+        self.scene.SetRootDirectory(self.root)
+        self.scene.SetVersion(self.version)
+
+
+def save_mrb(scene, path) -> Path:
+    """Write every storable node and the scene to a Slicer bundle ``path`` (.mrb), atomically, and leave the
+    open scene as it was (URL, root directory, storage nodes and their file names).
+
+    Nodes are written compressed into a temporary folder ``<stem>/Data/`` (gzip NRRD volumes, .seg.nrrd
+    segmentations, .mrk.json markups, .h5 transforms, .vtk models, .tsv tables) beside ``<stem>/<stem>.mrml``,
+    which is then zipped as Slicer's own bundles are laid out (deflate for what is not compressed yet).
+    Outside the Slicer application the scene file header names ``SLICER_SCENE_VERSION`` (see there)."""
     path = Path(path).resolve()
     if path.suffix.lower() != ".mrb":
         raise InputError("a Slicer bundle must end in .mrb", path)
     path.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{path.stem}.", suffix=".part", dir=path.parent))
+    state = _SceneSaveState(scene)
     try:
-        data_dir = work / "Data"
-        data_dir.mkdir()
+        bundle_dir = work / path.stem
+        data_dir = bundle_dir / "Data"
+        data_dir.mkdir(parents=True)
         used: set = set()
         for node in nodes_by_class(scene, "vtkMRMLStorableNode"):
-            if node.GetHideFromEditors() and not node.IsA("vtkMRMLTransformNode"):
+            if not _eligible_for_bundle(node):
                 continue
-            if not node.GetSaveWithScene():
-                continue
-            if node.IsA("vtkMRMLVolumeNode") and node.GetImageData() is None:
-                continue
-            if node.IsA("vtkMRMLTransformNode") and node.GetName() == "":
-                continue
-            storage = node.GetStorageNode()
-            if storage is None:
-                node.AddDefaultStorageNode()
-                storage = node.GetStorageNode()
+            storage = state.storage_for(node)
             if storage is None:
                 continue
             file_path = data_dir / _file_name(node, used, _default_extension(node, storage))
+            storage.ResetFileNameList()
             storage.SetFileName(str(file_path))
-            if hasattr(storage, "SetUseCompression"):
-                storage.SetUseCompression(0)
+            storage.SetUseCompression(1)
             if not storage.WriteData(node):
                 raise ProcessingError(f"could not write node {node.GetName()!r} to {file_path}")
-        mrml_path = work / (path.stem + ".mrml")
-        scene.SetRootDirectory(str(work))
+        mrml_path = bundle_dir / (path.stem + ".mrml")
+        scene.SetRootDirectory(str(bundle_dir))
         scene.SetURL(str(mrml_path))
+        if not str(scene.GetVersion()).startswith("Slicer "):
+            scene.SetVersion(SLICER_SCENE_VERSION)
         if not scene.Commit():
             raise ProcessingError(f"could not write the MRML scene file {mrml_path}")
-        # WriteToMRB names the bundle's folder after the file: write "<stem>.mrb" in the work
-        # directory (beside the target, same file system), then rename onto the target.
-        bundle = work / path.name
-        if not scene.WriteToMRB(str(bundle)):
-            raise ProcessingError(f"could not write the Slicer bundle {path}")
-        if not bundle.exists() or bundle.stat().st_size == 0:
-            raise ProcessingError(f"the Slicer bundle {path} is empty")
-        os.chmod(bundle, 0o644)
-        os.replace(bundle, path)
+        part = work / path.name
+        _zip_folder(bundle_dir, part)
+        os.chmod(part, 0o644)
+        os.replace(part, path)
     finally:
+        state.restore()
         shutil.rmtree(work, ignore_errors=True)
     return path
+
+
+def _zip_folder(folder: Path, zip_path: Path) -> None:
+    """Zip ``folder`` as ``<folder name>/...``: deflate, except files compressed already (gzip NRRD volumes
+    and segmentations, .gz, PNG), which are stored as they are."""
+    with zipfile.ZipFile(zip_path, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=6) as archive:
+        archive.write(folder, folder.name + "/")
+        for file in sorted(folder.rglob("*")):
+            stored = file.is_file() and _compressed_already(file)
+            archive.write(file, str(Path(folder.name) / file.relative_to(folder)),
+                          compress_type=zipfile.ZIP_STORED if stored else None)
+
+
+def _compressed_already(file: Path) -> bool:
+    with open(file, "rb") as f:
+        head = f.read(4096)
+    if head.startswith((b"\x1f\x8b", b"\x89PNG")):
+        return True
+    if head.startswith(b"NRRD"):
+        header = head.split(b"\n\n", 1)[0]
+        return any(line.strip() in (b"encoding: gzip", b"encoding: gz", b"encoding: bzip2", b"encoding: bz2")
+                   for line in header.splitlines())
+    return False
 
 
 def load_mrb(path, scene=None):

@@ -2,6 +2,7 @@
 pydicom (oblique, shuffled files) and read back: echoes, magnitude/phase, TE, B0, phase scaling and
 sign, and the voxel-to-RAS geometry."""
 import numpy as np
+import pydicom
 import pytest
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, MRImageStorage, generate_uid
@@ -14,6 +15,15 @@ from QSMPlannerLib.volume import LPS_FROM_RAS, ras_from_ijk_matrix, rotation_mat
 SHAPE = (14, 11, 6)   # i (columns), j (rows), k (slices)
 TE_MS = (4.0, 9.5, 15.0)
 RAS_FROM_IJK = ras_from_ijk_matrix([0.8, 0.9, 1.6], rotation_matrix([18.0, -11.0, 25.0]), [-30.0, 12.5, -8.0])
+
+
+def save_dicom(ds, path):
+    """Write ``ds`` as a conformant DICOM file (pydicom 3 keyword; pydicom 2.4, bundled by Slicer 5.8, spells
+    it ``write_like_original=False``)."""
+    if int(pydicom.__version__.split(".")[0]) >= 3:
+        ds.save_as(path, enforce_file_format=True)
+    else:
+        ds.save_as(path, write_like_original=False)
 
 
 def write_slices(directory, stored, ras_from_ijk, header, rng, sop_class=MRImageStorage, signed=False,
@@ -51,7 +61,7 @@ def write_slices(directory, stored, ras_from_ijk, header, rng, sop_class=MRImage
             else:
                 setattr(ds, key, value)
         ds.PixelData = np.ascontiguousarray(stored[:, :, k].T).astype("<i2" if signed else "<u2").tobytes()
-        ds.save_as(directory / f"IM{rng.integers(1e9):09d}", enforce_file_format=True)
+        save_dicom(ds, directory / f"IM{rng.integers(1e9):09d}")
 
 
 def truth(rng):
@@ -268,7 +278,7 @@ def write_enhanced(path, frames, ras_from_ijk, shared_header, rng):
     ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
     ds.PixelData = np.stack(pixels).tobytes()
     path.parent.mkdir(parents=True, exist_ok=True)
-    ds.save_as(path, enforce_file_format=True)
+    save_dicom(ds, path)
 
 
 def test_enhanced_multiframe_siemens_xa(tmp_path, rng):

@@ -1,5 +1,6 @@
 """MRML scene round trips on the slicer-core wheel: nodes built from QSMPlanner results, saved as a Slicer
 bundle (.mrb), read into a fresh scene: same nodes, names and geometry."""
+import re
 import zipfile
 
 import numpy as np
@@ -185,3 +186,87 @@ def test_build_scene_shortcuts(results):
     assert mrml.node_by_name(scene, "T1") is not None
     assert mrml.segment_names(mrml.node_by_name(scene, "Nuclei")) == [names[v] for v in sorted(names)]
     assert list(mrml.fiducials_to_dict(mrml.node_by_name(scene, "AC-PC-MS"))) == ["AC", "PC", "MS"]
+
+
+def _save_state(scene):
+    """Everything a bundle save could repoint: scene URL, root directory and version, the node list, and
+    each storable node's storage node, file name(s) and compression."""
+    nodes = []
+    for node in mrml.nodes_by_class(scene, "vtkMRMLNode"):
+        storage = node.GetStorageNode() if node.IsA("vtkMRMLStorableNode") else None
+        files = None
+        if storage is not None:
+            files = (storage.GetID(), storage.GetFileName(),
+                     tuple(storage.GetNthFileName(i) for i in range(storage.GetNumberOfFileNames())),
+                     storage.GetUseCompression())
+        nodes.append((node.GetID(), node.GetName(), files))
+    return scene.GetURL(), scene.GetRootDirectory(), scene.GetVersion(), nodes
+
+
+def test_saving_a_bundle_leaves_the_open_scene_unchanged(results, tmp_path):
+    scene = mrml.build_scene(results)
+    # the scene as it is after opening it from disk: QSM and the trajectory have files in ``opened/``
+    opened = tmp_path / "opened"
+    opened.mkdir()
+    for name, file_name in (("QSM", "QSM.nrrd"), ("Trajectory_L", "Trajectory_L.mrk.json")):
+        node = mrml.node_by_name(scene, name)
+        node.AddDefaultStorageNode()
+        node.GetStorageNode().SetFileName(str(opened / file_name))
+        node.GetStorageNode().SetUseCompression(0)
+        assert node.GetStorageNode().WriteData(node)
+    scene.SetRootDirectory(str(opened))
+    scene.SetURL(str(opened / "opened.mrml"))
+    assert scene.Commit()
+    before = _save_state(scene)
+    assert sum(files is not None for _, _, files in before[3]) == 2
+
+    mrml.save_mrb(scene, tmp_path / "first.mrb")
+    assert _save_state(scene) == before
+    # the open scene still points at its own files, reads them and saves again
+    qsm_node = mrml.node_by_name(scene, "QSM")
+    assert qsm_node.GetStorageNode().ReadData(qsm_node)
+    np.testing.assert_array_equal(mrml.volume_from_node(qsm_node).data, results["volumes"]["QSM"].data)
+    assert scene.Commit() and (opened / "opened.mrml").is_file()
+    mrml.save_mrb(scene, tmp_path / "second.mrb")
+    assert _save_state(scene) == before
+    assert _summary(mrml.load_mrb(tmp_path / "second.mrb")) == _summary(scene)
+
+
+def test_bundle_is_compressed_with_slicers_scene_header(results, tmp_path):
+    scene = mrml.build_scene(results, tmp_path / "plan.mrb")
+    archive = zipfile.ZipFile(tmp_path / "plan.mrb")
+    mrml_text = archive.read("plan/plan.mrml").decode()
+    header = re.search(r'<MRML\s+version="([^"]*)"', mrml_text).group(1)
+    assert header == mrml.SLICER_SCENE_VERSION
+    application, major, minor, patch, revision = re.fullmatch(r"(\S+) (\d+)\.(\d+)\.(\d+) (\d+)", header).groups()
+    assert application == "Slicer" and (int(major), int(minor)) >= (5, 8) and int(revision) > 0
+    assert mrml.load_mrb(tmp_path / "plan.mrb").GetLastLoadedVersion() == header
+    assert scene.GetVersion() != header  # slicer-core's own version is left on the open scene
+
+    for info in archive.infolist():
+        if info.is_dir():
+            continue
+        data = archive.read(info)
+        if info.filename.endswith(".nrrd"):   # volumes and segmentations: gzip NRRD, stored as they are
+            assert b"\nencoding: gzip\n" in data[:2000], info.filename
+            assert info.compress_type == zipfile.ZIP_STORED, info.filename
+        else:
+            assert info.compress_type == zipfile.ZIP_DEFLATED, info.filename
+    raw_bytes = sum(np.asarray(v.data).nbytes for v in results["volumes"].values())
+    raw_bytes += sum(np.asarray(v.data).astype(np.int16).nbytes for v in results["labelmaps"].values())
+    assert (tmp_path / "plan.mrb").stat().st_size < 0.5 * raw_bytes
+
+
+def test_whole_number_scalar_volumes_are_held_as_int16(results):
+    """A T1 or CT of whole numbers (as scanners store them) becomes an int16 node, exactly; other data keeps
+    its type: fractional scalars, and the QSM (ppm) whatever its values."""
+    scene = mrml.new_scene()
+    qsm = results["volumes"]["QSM"]
+    whole = qsm.with_data(np.round(qsm.data * 1000.0).astype(np.float32))
+    node = mrml.add_volume(scene, whole, "T1")
+    assert node.GetImageData().GetScalarTypeAsString() == "short"
+    np.testing.assert_array_equal(mrml.volume_from_node(node).data, whole.data)
+    assert mrml.add_volume(scene, qsm, "fractional").GetImageData().GetScalarTypeAsString() == "float"
+    assert mrml.add_volume(scene, whole, "QSM", kind="qsm").GetImageData().GetScalarTypeAsString() == "float"
+    too_big = whole.with_data(np.full(whole.shape3, 40000.0, np.float32))
+    assert mrml.add_volume(scene, too_big, "bright").GetImageData().GetScalarTypeAsString() == "float"

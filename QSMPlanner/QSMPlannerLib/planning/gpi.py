@@ -19,6 +19,7 @@ import numpy as np
 from scipy import ndimage
 
 from ..errors import ProcessingError
+from ..volume import mask_box
 from .kinds import TargetSuggestion, _apply, acpc_frame, describe_acpc, estimate
 from .target import labelmap_of, side_letter, side_name
 
@@ -68,8 +69,9 @@ def suggest_gpi(seg, side, landmarks=None, world_from_segmentation=None,
     ras = _apply(world_from_ijk, ijk)
     c = _apply(axes, ras)
     pv = posteroventral(c)
-    # depth: distance from a voxel centre to the nearest voxel face of the border
-    edt = ndimage.distance_transform_edt(mask, sampling=lab.voxel_mm)[mask]
+    # depth: distance from a voxel centre to the nearest voxel face of the border (on the GPi's box)
+    box = mask_box(mask, 2)
+    edt = ndimage.distance_transform_edt(mask[box], sampling=lab.voxel_mm)[mask[box]]
     depth = edt - 0.5 * float(np.mean(lab.voxel_mm))
     need = min(float(depth_mm), float(depth[pv].max()))
     deep = pv & (depth >= need - 1e-6)

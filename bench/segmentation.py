@@ -11,10 +11,11 @@ through the phantom's true t1_from_gre (registration error kept out of this benc
   localized  our first stage only (prior moved, scaled, then affine-fitted onto the QSM)
   ours       the full method (localization + region competition + guard rails)
   ours/labels  the full method given only the nearest-label prior (the atlas resampled twice)
-The GPi and GPe (``segmentation.pallidum``) are segmented in the same call; their own wall time is reported
-beside the whole call's. Metrics per structure: Dice, 95% Hausdorff distance (mm; voxel-quantized, so masks within about a
-voxel of the truth all score one voxel), average symmetric surface distance (ASSD, mm), centroid
-error (mm); wall time of segment_nuclei (beyond the registrations). Ratios: Dice ours/prior (>1
+The GPi and GPe (``segmentation.pallidum``) are segmented in the same call; their own wall time is
+reported beside the whole call's. Metrics per structure: Dice, 95% Hausdorff distance (mm;
+voxel-quantized, so masks within about a voxel of the truth all score one voxel), average symmetric
+surface distance (ASSD, mm), centroid error (mm); wall time of segment_nuclei (beyond the
+registrations). Ratios: Dice ours/prior (>1
 better), ASSD and centroid error prior/ours (>1 better).
 
     .venv/bin/python bench/segmentation.py [--patients 5] [--small] [--cache DIR] [--qsm truth|recon|both]
@@ -139,7 +140,8 @@ def print_robustness(robust: dict) -> None:
         gpi, gpe = get("ours", "GPi", 0), get("ours", "GPe", 0)
         print(f"| {v} | {dp.mean():.3f} [{dp.min():.3f}] | {do.mean():.3f} [{do.min():.3f}] | "
               f"{do.mean() / base:.2f}x | {co.mean():.2f} [{co.max():.2f}] | {sn.mean():.3f} [{sn.min():.3f}] | "
-              f"{rn.mean():.3f} [{rn.min():.3f}] | {gpi.mean():.3f} [{gpi.min():.3f}] | {gpe.mean():.3f} [{gpe.min():.3f}] |")
+              f"{rn.mean():.3f} [{rn.min():.3f}] | {gpi.mean():.3f} [{gpi.min():.3f}] | "
+              f"{gpe.mean():.3f} [{gpe.min():.3f}] |")
     print()
 
 

@@ -1,5 +1,6 @@
-"""Trajectory planning: target suggestion per kind (STN, GPi, VIM; ``TARGET_KINDS``), risk structures (veins from QSM, ventricles, sulci),
-safe-entry search, electrode models and probe's-eye views. World coordinates are RAS mm.
+"""Trajectory planning: target suggestion per kind (STN, GPi, VIM; ``TARGET_KINDS``, ``suggest_target_of_kind``),
+risk structures (veins from QSM, ventricles, sulci), safe-entry search, electrode models and probe's-eye
+views. World coordinates are RAS mm.
 """
 from .electrodes import (ELECTRODES, Contact, ElectrodeModel, ElectrodePlacement, electrode_model,
                          electrode_polydata, place_electrode)
@@ -15,8 +16,8 @@ from .vim import ThirdVentricle, measure_third_ventricle, suggest_vim, vim_acpc
 
 __all__ = ["TARGET_KINDS", "Estimate", "TargetSuggestion", "check_target_kind", "suggest_target_of_kind",
            "suggest_stn", "suggest_gpi", "posteroventral", "suggest_vim", "vim_acpc", "ThirdVentricle",
-           "measure_third_ventricle", "RiskMap", "csf_structures", "NUCLEI_VALUES", "acpc_axes", "side_letter", "side_name",
-           "suggest_target", "Admissible", "EntrySearch", "Instruments", "TrajectoryScore",
+           "measure_third_ventricle", "RiskMap", "csf_structures", "NUCLEI_VALUES", "acpc_axes", "side_letter",
+           "side_name", "suggest_target", "Admissible", "EntrySearch", "Instruments", "TrajectoryScore",
            "angles_from_direction", "direction_from_angles", "score_trajectory", "search_entries",
            "standard_trajectory", "vessel_mask", "vesselness", "r2star_map", "ELECTRODES", "Contact", "ElectrodeModel",
            "ElectrodePlacement", "electrode_model", "electrode_polydata", "place_electrode", "Reslice",

@@ -7,7 +7,7 @@ it that still lies ``GPI_TARGET_DEPTH_MM`` inside the GPi's border (mean of the 
 ``GPI_VENTRAL_BAND_MM`` of the lowest one): as ventral as possible, a few mm above the GPi's ventral
 border, below which the optic tract runs (the posteroventral pallidotomy target of Laitinen et al. 1992,
 kept above the optic tract). QSM shows the GPi and its border with the GPe (the medial medullary
-lamina) directly (Wei et al., J Neurosurg 2019; Ide et al., Magn Reson Med Sci 2017; docs/targets.md).
+lamina) directly (segmentation.pallidum; docs/targets.md).
 
 Indirect (cross-check). The classic coordinates from the mid-commissural point (MCP): 20-22 mm lateral,
 2-3 mm anterior, 4-6 mm inferior (Laitinen, Bergenheim & Hariz, J Neurosurg 76:53-61, 1992; Starr, Vitek

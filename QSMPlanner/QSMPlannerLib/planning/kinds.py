@@ -44,7 +44,7 @@ def _apply(m, p) -> np.ndarray:
     return np.asarray(p, float) @ m[:3, :3].T + m[:3, 3]
 
 
-def describe_acpc(c, side: str | None = None) -> str:
+def describe_acpc(c) -> str:
     """'21.0 mm lateral, AP +2.5 mm, vertical -5.0 mm' from signed AC-PC mm (x + right)."""
     c = np.asarray(c, float)
     return f"{abs(c[0]):.1f} mm lateral, AP {c[1]:+.1f} mm, vertical {c[2]:+.1f} mm"

@@ -46,9 +46,10 @@ LOCALIZE_SMOOTH = 0.0    # smoothing of χ (voxels) for the localization
 class NucleiSegmentation:
     """Result of ``segment_nuclei``.
 
-    labelmap: uint8 Volume on the QSM grid, values 1..6 = STN_L, STN_R, SN_L, SN_R, RN_L, RN_R.
-    names: {value: name}. source: {name: "refined" | "prior" | "localized prior" | "empty"}.
-    qsm: the χ map (ppm) the statistics are taken from. prior: the prior on the QSM grid (values 1..6).
+    labelmap: uint8 Volume on the QSM grid, values ``structures.NAMES``: 1..6 = STN_L, STN_R, SN_L, SN_R,
+    RN_L, RN_R, 7..10 = GPi_L, GPi_R, GPe_L, GPe_R. names: {value: name}. source: {name: "refined" |
+    "prior" | "localized prior" | "empty"}. qsm: the χ map (ppm) the statistics are taken from. prior:
+    the prior on the QSM grid (the same values).
     """
     labelmap: Volume
     names: dict

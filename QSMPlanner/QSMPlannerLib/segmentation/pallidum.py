@@ -4,10 +4,12 @@ outer border by region competition, and the GPi/GPe border on the medial medulla
 The globus pallidus is among the most iron-rich structures of the brain, so QSM shows it with a
 contrast T1 and T2 lack: its borders with the internal capsule and the putamen, and the thin
 myelinated medial medullary lamina between its internal (GPi) and external (GPe) segments, a darker
-line on QSM/susceptibility-weighted phase (Ide et al., Magn Reson Med Sci 16:304, 2017: the lamina
-delineated on phase-difference-enhanced imaging in 84 % of controls and 90 % of Parkinson's patients,
-never on T2w; Wei et al., J Neurosurg 2019, "Precise targeting of the globus pallidus internus with
-quantitative susceptibility mapping for deep brain stimulation surgery"; see docs/targets.md).
+line on susceptibility contrast. QSM separated GPi from GPe with clearer borders than T2*w, R2*, SWI
+or phase (NMR Biomed 33:e4382, 2020, doi:10.1002/nbm.4382); the lamina was delineated on phase
+(PADRE) imaging in 84 % of controls and 90 % of Parkinson's patients and never on T2w (Ide et al.,
+Magn Reson Med Sci 16:304-310, 2017, doi:10.2463/mrms.mp.2015-0091); susceptibility-sensitive
+contrasts showed the pallidal laminae best at 7 T (Front Hum Neurosci 8:876, 2014,
+doi:10.3389/fnhum.2014.00876). See docs/targets.md for these and the contrary evidence.
 
 Per side, on a crop of the QSM grid around the prior (RAS mm; χ in ppm):
 
@@ -178,7 +180,7 @@ def segment_pallidum(qsm: Volume, prior_labels: Volume | AtlasPrior, seeds: dict
         loc_region = localized[crop]
         for v in values:
             loc_region[loc[v] & (loc_region == 0)] = v
-    _symmetry(labelmap, names, messages, source, voxel_mm)
+    _symmetry(labelmap, messages)
     prog.update(1.0, "pallidum done")
     return NucleiSegmentation(qsm.with_data(labelmap, name="pallidum"), names, messages, source, qsm,
                               qsm.with_data(prior_full, name="prior"),
@@ -230,7 +232,7 @@ def _checked(v, m, loc, prior, chi, bg_level, sigma_noise, voxel_mm):
     return prior, problems, "prior"
 
 
-def _symmetry(labelmap, names, messages, source, voxel_mm) -> None:
+def _symmetry(labelmap, messages) -> None:
     """Left/right volume ratio of GPi and of GPe: only reported (either side may be the odd one)."""
     for kind in ("GPi", "GPe"):
         a = int((labelmap == S.VALUES[f"{kind}_L"]).sum())

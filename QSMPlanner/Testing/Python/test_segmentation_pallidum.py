@@ -39,14 +39,15 @@ def test_pallidum_beats_the_prior_on_an_atlas_shaped_case(case):
 
 
 def _lamina_case(lamina_x_mm: float, lamina_chi: float = -0.03, seed: int = 0):
-    """A right pallidum (ellipsoid 8 x 18 x 10 mm semi-axes... halved: 8, 9, 5) at (18, -2, -2) RAS, split
-    by the plane x = 18 + ``lamina_x_mm``: GPi medial (x smaller), GPe lateral, both at 0.17 ppm (only the
-    lamina, a 1 mm sheet of ``lamina_chi`` on that plane, tells them apart). The prior splits it at x = 18."""
+    """A right pallidum (ellipsoid, semi-axes 8, 9, 5 mm) centred at (18, -2, -2) RAS, split by the plane
+    x = 18 + ``lamina_x_mm``: GPi medial (x smaller), GPe lateral, both at 0.17 ppm (only the lamina, a 1 mm
+    sheet of ``lamina_chi`` on that plane, tells them apart). The prior splits it at x = 18."""
     rng = np.random.default_rng(seed)
     shape = (40, 36, 28)
     m = ras_from_ijk_matrix([1.0] * 3, origin=(-2.0, -20.0, -16.0))
     ras = Volume(np.zeros(shape, np.uint8), m).voxel_ras_grid()
-    inside = ((ras[..., 0] - 18.0) / 8.0) ** 2 + ((ras[..., 1] + 2.0) / 9.0) ** 2 + ((ras[..., 2] + 2.0) / 5.0) ** 2 <= 1
+    inside = (((ras[..., 0] - 18.0) / 8.0) ** 2 + ((ras[..., 1] + 2.0) / 9.0) ** 2
+              + ((ras[..., 2] + 2.0) / 5.0) ** 2) <= 1
     x = ras[..., 0] - 18.0
     truth = np.where(inside, np.where(x < lamina_x_mm, 106, 105), 0)
     prior = np.where(inside, np.where(x < 0.0, 106, 105), 0)

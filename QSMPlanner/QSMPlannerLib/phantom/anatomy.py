@@ -547,19 +547,24 @@ THIRD_VENTRICLE_PROPS = (0.0, 3.0, 1.00, 0.10, 8.0)      # CSF
 OPTIC_TRACT_LEFT_MNI = ((-6.0, 4.0, -13.0), (-12.0, 0.0, -12.5), (-16.0, -4.0, -12.5), (-19.0, -8.0, -11.5),
                         (-21.0, -13.0, -10.0), (-22.0, -19.0, -7.5), (-22.0, -24.0, -5.5))
 OPTIC_TRACT_RADIUS_MM = 1.5
-# third ventricle: a slit between the thalami (and hypothalami), |x| <= width/2, over these y and z
+# third ventricle: a slit between the thalami (and hypothalami), |x| <= width/2, over these y and z; its
+# floor rises from the hypothalamus (front) to the aqueduct's entrance above the midbrain (back)
 THIRD_VENTRICLE_Y_MNI = (-24.0, 0.5)     # from behind the AC to before the PC
-THIRD_VENTRICLE_Z_MNI = (-10.0, 10.0)
+THIRD_VENTRICLE_Z_MNI = (-12.0, 10.0)    # floor at the front, roof
+THIRD_VENTRICLE_FLOOR_BACK_MNI = -3.0    # floor at the back (above the red nuclei)
 THIRD_VENTRICLE_WIDTH_MM = (4.5, 8.5)    # drawn per patient (adults of DBS age)
+HYPOTHALAMUS = (14, 114)                 # the only CIT168 nucleus the ventricle may border and replace
 
 
-def _box_occupancy(axes_mm, lo_hi, h):
-    """Soft occupancy (partial volume over one voxel h) of an axis-aligned box on a grid given by its
-    three coordinate axes (mm)."""
+def _ventricle_occupancy(axes_mm, width_mm, h):
+    """Soft occupancy (partial volume over one voxel h) of the third ventricle on a grid given by its three
+    coordinate axes (MNI mm): |x| <= width/2 between ``THIRD_VENTRICLE_Y_MNI``, below the roof and above a
+    floor rising linearly from the front to the back."""
     x, y, z = np.meshgrid(*axes_mm, indexing="ij", sparse=True)
-    d = np.maximum(np.maximum(np.abs(x - sum(lo_hi[0]) / 2) - (lo_hi[0][1] - lo_hi[0][0]) / 2,
-                              np.abs(y - sum(lo_hi[1]) / 2) - (lo_hi[1][1] - lo_hi[1][0]) / 2),
-                   np.abs(z - sum(lo_hi[2]) / 2) - (lo_hi[2][1] - lo_hi[2][0]) / 2)
+    (y0, y1), (floor_front, roof) = THIRD_VENTRICLE_Y_MNI, THIRD_VENTRICLE_Z_MNI
+    floor = floor_front + (y1 - y) / (y1 - y0) * (THIRD_VENTRICLE_FLOOR_BACK_MNI - floor_front)
+    d = np.maximum(np.maximum(np.abs(x) - width_mm / 2.0, np.abs(y - (y0 + y1) / 2) - (y1 - y0) / 2),
+                   np.maximum(floor - z, z - roof))
     return np.clip(0.5 - d / h, 0.0, 1.0).astype(np.float32)
 
 
@@ -590,20 +595,24 @@ def lamina_occupancy(cit: np.ndarray, h: float) -> np.ndarray:
     d_gpi = ndimage.distance_transform_edt(~gpi[box]) * h
     half_gap = np.abs(d_gpe - d_gpi) / 2.0        # distance to the sheet midway between the two segments
     occ = np.clip(0.5 - (half_gap - LAMINA_THICKNESS_MM / 2.0) / h, 0.0, 1.0)
-    out[box] = np.where((d_gpe <= 2.0) & (d_gpi <= 2.0), occ, 0.0)
+    pallidal = np.isin(cit[box], (0, 5, 6, 105, 106))     # never into another nucleus
+    out[box] = np.where((d_gpe <= 2.0) & (d_gpi <= 2.0) & pallidal, occ, 0.0)
     return out
 
 
 def target_structures(cit: np.ndarray, grid: ModelGrid, v3_width_mm: float) -> dict:
     """Soft occupancies on ``grid`` (the deep box; ``cit`` its CIT168 labels): {"lamina", "optic_tract",
-    "third_ventricle"} -> (label value, occupancy, properties)."""
+    "third_ventricle"} -> (label value, occupancy, properties). None of them replaces a CIT168 nucleus
+    (the ventricle only the hypothalamus, which forms its lower walls): the nuclei's truth is unchanged."""
     h = grid.spacing
     axes = grid.axes()
+    nuclei = cit > 0
     tract = np.maximum(_polyline_occupancy(axes, OPTIC_TRACT_LEFT_MNI, OPTIC_TRACT_RADIUS_MM, h),
                        _polyline_occupancy(axes, np.asarray(OPTIC_TRACT_LEFT_MNI) * [-1.0, 1.0, 1.0],
                                            OPTIC_TRACT_RADIUS_MM, h))
-    v3 = _box_occupancy(axes, ((-v3_width_mm / 2, v3_width_mm / 2), THIRD_VENTRICLE_Y_MNI,
-                               THIRD_VENTRICLE_Z_MNI), h)
+    tract[ndimage.binary_dilation(nuclei)] = 0.0
+    v3 = _ventricle_occupancy(axes, v3_width_mm, h)
+    v3[ndimage.binary_dilation(nuclei & ~np.isin(cit, HYPOTHALAMUS))] = 0.0
     return {"third_ventricle": (THIRD_VENTRICLE, v3, THIRD_VENTRICLE_PROPS),
             "optic_tract": (OPTIC_TRACT, tract, OPTIC_TRACT_PROPS),
             "lamina": (LAMINA, lamina_occupancy(cit, h), LAMINA_PROPS)}

@@ -612,7 +612,7 @@ def target_structures(cit: np.ndarray, grid: ModelGrid, v3_width_mm: float) -> d
                                            OPTIC_TRACT_RADIUS_MM, h))
     tract[ndimage.binary_dilation(nuclei)] = 0.0
     v3 = _ventricle_occupancy(axes, v3_width_mm, h)
-    v3[ndimage.binary_dilation(nuclei & ~np.isin(cit, HYPOTHALAMUS))] = 0.0
+    v3[nuclei & ~np.isin(cit, HYPOTHALAMUS)] = 0.0     # not dilated: no notch in the walls above the nuclei
     return {"third_ventricle": (THIRD_VENTRICLE, v3, THIRD_VENTRICLE_PROPS),
             "optic_tract": (OPTIC_TRACT, tract, OPTIC_TRACT_PROPS),
             "lamina": (LAMINA, lamina_occupancy(cit, h), LAMINA_PROPS)}

@@ -57,8 +57,11 @@ def _cached(path: Path | None, make):
 
 
 def _tag(seed: int, small: bool) -> str:
-    from QSMPlannerLib.phantom.anatomy import _cache_file
-    return f"{seed}_{int(small)}_{_cache_file(2.0 if small else 1.0).stem[-12:]}"   # a new phantom: new files
+    """Cache file tag: the seed, the size and a hash of the phantom's source (a changed phantom: new files)."""
+    import hashlib
+    phantom = Path(__file__).resolve().parents[1] / "QSMPlanner" / "QSMPlannerLib" / "phantom"
+    digest = hashlib.sha1(b"".join(f.read_bytes() for f in sorted(phantom.glob("*.py")))).hexdigest()[:12]
+    return f"{seed}_{int(small)}_{digest}"
 
 
 def load_patient(seed: int, small: bool, cache: Path | None):

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..planning.kinds import TARGET_KINDS, indirect_check
 from .common import vec3
 
 MOUNTINGS = ("lateral-right", "lateral-left", "sagittal-anterior", "sagittal-posterior")
@@ -35,6 +36,12 @@ def register(sub):
     p.add_argument("--mer-spacing", type=float, default=2.0, help="MER track spacing, mm (default 2)")
     p.add_argument("--mer-pattern", choices=["cross", "grid"], default="cross",
                    help="cross: central/anterior/posterior/medial/lateral; grid: 3x3")
+    p.add_argument("--target-kind", choices=TARGET_KINDS, default="stn",
+                   help="what --target aims at (stn, gpi or vim; default stn); with --landmarks the plan also "
+                        "reports that kind's indirect AC-PC target and its distance to --target")
+    p.add_argument("--third-ventricle-width", type=float, metavar="MM",
+                   help="third ventricle width (mm) for the VIM's indirect target (11 mm lateral to its wall); "
+                        "without it the fixed 14 mm-from-midline variant is reported")
     p.add_argument("--out", required=True, metavar="PLAN.json", help="output JSON")
     p.set_defaults(func=run)
 
@@ -98,6 +105,8 @@ def run(args) -> int:
                        spacing_mm=args.mer_spacing, pattern=args.mer_pattern, frame_source=source, system=system)
     if args.landmarks:
         doc["landmarks_file"] = str(args.landmarks)
+    doc["target_kind"] = args.target_kind
+    doc["indirect_check"] = indirect_check(args.target_kind, args.target, landmarks, args.third_ventricle_width)
     write_text(args.out, json.dumps(doc, indent=2) + "\n")
     print(readout_line(doc, landmarks is not None))
     return 0
@@ -120,4 +129,6 @@ def readout_line(doc: dict, with_acpc: bool) -> str:
         r = doc["target"]["ACPC_readout"]
         line += (f"; AC-PC: {r['lateral_mm']:.1f} mm lateral ({r['side']}), AP {r['ap_mm']:+.1f} mm, "
                  f"vertical {r['vertical_mm']:+.1f} mm")
+    if doc.get("indirect_check"):
+        line += f"; {doc['indirect_check']['statement']}"
     return line

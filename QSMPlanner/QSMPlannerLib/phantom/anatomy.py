@@ -85,6 +85,7 @@ def label_names() -> dict:
         names[v + 100] = f"{n}_R"
     names.update({CSF: "CSF", GM: "GM", WM: "WM", THALAMUS: "Thalamus", VEIN: "Vein", SINUS: "Sinus",
                   SKULL: "Skull", SCALP: "Scalp"})
+    names.update({LAMINA: "MedialMedullaryLamina", OPTIC_TRACT: "OpticTract", THIRD_VENTRICLE: "ThirdVentricle"})
     return dict(sorted(names.items()))
 
 
@@ -462,6 +463,11 @@ def paint(spacing: float, rng: np.random.Generator, veins=(), field_t: float = 3
         occ, sl = _ellipsoid(dgrid, np.asarray(c) + rng.normal(0.0, 0.7, 3), s, rot)
         if occ is not None:
             np.maximum(thal[sl], occ, out=thal[sl])
+    # pallidal lamina, optic tract, third ventricle (its width from a child generator: the main stream of
+    # random numbers, hence every other property of the patient, is unchanged)
+    v3_width_mm = float(rng.spawn(1)[0].uniform(*THIRD_VENTRICLE_WIDTH_MM))
+    targets = target_structures(cit, dgrid, v3_width_mm)
+    carve_target_structures(targets, frac, vals, thal)
     # pineal calcification (common in the elderly): diamagnetic, short T2*, bright on CT; no own label
     calc_info = None
     if rng.uniform() < 0.6:
@@ -482,6 +488,14 @@ def paint(spacing: float, rng: np.random.Generator, veins=(), field_t: float = 3
     vals *= scale
     deep_lab = np.where(np.isin(cit, [v for v in np.unique(cit) if v > 0 and int(v) % 100 in NUCLEI]),
                         cit, 0).astype(np.int16)
+    for value, occ, _props in targets.values():
+        deep_lab[occ > 0.5] = value
+    t1_img = st["t1"]            # the T1w is the template's: the third ventricle is painted into it
+    v3 = targets["third_ventricle"][1]
+    if v3.any():
+        t1_img = t1_img.copy()
+        t1_img[dsl] = np.clip(np.rint(t1_img[dsl] * (1.0 - v3) + v3 * (255.0 * THIRD_VENTRICLE_PROPS[3])),
+                              0, 255).astype(np.uint8)
     if progress:
         progress.update(0.5, "painting veins")
     vein, sinus = rasterise_veins(grid, veins)
@@ -491,11 +505,13 @@ def paint(spacing: float, rng: np.random.Generator, veins=(), field_t: float = 3
     r2s_scale = 1.0 if field_t == 3.0 else max(0.5, field_t / 3.0) * 0.8 + 0.2
     out_val = np.empty((5,) + shape, np.float32)
     out_lab = np.empty(shape, np.int16)
-    _paint_kernel(st["gm"], st["wm"], st["icv"], st["t1"], st["dist"], float(st["dist_factor"]), fine,
+    _paint_kernel(st["gm"], st["wm"], st["icv"], t1_img, st["dist"], float(st["dist_factor"]), fine,
                   coarse, scalp_n, float(coarse_f), cav, vein, sinus, lo.astype(np.int64), frac, vals, thal,
                   deep_lab, grid.origin.astype(np.float64), float(h), tab, float(r2s_scale), out_val, out_lab)
     info = {"cavities": [(n, c.tolist(), s.tolist()) for n, c, s in centres] + [("frontal sinus", fc.tolist(), [])],
-            "pineal_calcification_mni": calc_info}
+            "pineal_calcification_mni": calc_info,
+            "third_ventricle_mni": {"width_mm": v3_width_mm, "y_mm": list(THIRD_VENTRICLE_Y_MNI),
+                                    "z_mm": list(THIRD_VENTRICLE_Z_MNI)}}
     return PaintedModel(grid, out_lab, out_val[0], out_val[1], out_val[2], out_val[3], out_val[4],
                         st["brain"], info)
 
@@ -515,3 +531,101 @@ def ray_surface(grid: ModelGrid, soft: np.ndarray, start, direction, level=0.5, 
         level = level * 255.0
     inside = np.nonzero(prof > level)[0]
     return float(inside[-1] * 0.5) if inside.size else 0.0
+
+
+# ---- Pallidal lamina, optic tract and third ventricle (the GPi and VIM targets) -------------------
+# The medial medullary lamina (a thin white-matter sheet between GPe and GPi) darkens the pallidum's
+# inner border on QSM; the optic tract runs just below the posteroventral GPi (the GPi target keeps a few
+# mm above it); the third ventricle's width sets the VIM's lateral coordinate. Geometry in MNI mm.
+LAMINA, OPTIC_TRACT, THIRD_VENTRICLE = 205, 206, 207
+LAMINA_THICKNESS_MM = 0.8
+# (χ ppm, R2* 1/s at 3 T, PD, T1w, HU) as the NUCLEI rows
+LAMINA_PROPS = (-0.030, 20.0, 0.70, None, 28.0)          # myelinated fibres, as white matter
+OPTIC_TRACT_PROPS = (-0.040, 22.0, 0.70, None, 28.0)     # a compact myelinated tract
+THIRD_VENTRICLE_PROPS = (0.0, 3.0, 1.00, 0.10, 8.0)      # CSF
+# left optic tract centre line, from beside the chiasm, under the GPi, to the lateral geniculate body
+OPTIC_TRACT_LEFT_MNI = ((-6.0, 4.0, -13.0), (-12.0, 0.0, -12.5), (-16.0, -4.0, -12.5), (-19.0, -8.0, -11.5),
+                        (-21.0, -13.0, -10.0), (-22.0, -19.0, -7.5), (-22.0, -24.0, -5.5))
+OPTIC_TRACT_RADIUS_MM = 1.5
+# third ventricle: a slit between the thalami (and hypothalami), |x| <= width/2, over these y and z; its
+# floor rises from the hypothalamus (front) to the aqueduct's entrance above the midbrain (back)
+THIRD_VENTRICLE_Y_MNI = (-24.0, 0.5)     # from behind the AC to before the PC
+THIRD_VENTRICLE_Z_MNI = (-12.0, 10.0)    # floor at the front, roof
+THIRD_VENTRICLE_FLOOR_BACK_MNI = -3.0    # floor at the back (above the red nuclei)
+THIRD_VENTRICLE_WIDTH_MM = (4.5, 8.5)    # drawn per patient (adults of DBS age)
+HYPOTHALAMUS = (14, 114)                 # the only CIT168 nucleus the ventricle may border and replace
+
+
+def _ventricle_occupancy(axes_mm, width_mm, h):
+    """Soft occupancy (partial volume over one voxel h) of the third ventricle on a grid given by its three
+    coordinate axes (MNI mm): |x| <= width/2 between ``THIRD_VENTRICLE_Y_MNI``, below the roof and above a
+    floor rising linearly from the front to the back."""
+    x, y, z = np.meshgrid(*axes_mm, indexing="ij", sparse=True)
+    (y0, y1), (floor_front, roof) = THIRD_VENTRICLE_Y_MNI, THIRD_VENTRICLE_Z_MNI
+    floor = floor_front + (y1 - y) / (y1 - y0) * (THIRD_VENTRICLE_FLOOR_BACK_MNI - floor_front)
+    d = np.maximum(np.maximum(np.abs(x) - width_mm / 2.0, np.abs(y - (y0 + y1) / 2) - (y1 - y0) / 2),
+                   np.maximum(floor - z, z - roof))
+    return np.clip(0.5 - d / h, 0.0, 1.0).astype(np.float32)
+
+
+def _polyline_occupancy(axes_mm, points, radius, h):
+    """Soft occupancy of a tube of ``radius`` (mm) around a polyline (MNI mm) on the grid of ``axes_mm``."""
+    x, y, z = np.meshgrid(*axes_mm, indexing="ij")
+    p = np.stack([x, y, z], -1).astype(np.float32)
+    d = np.full(x.shape, np.inf, np.float32)
+    pts = np.asarray(points, np.float32)
+    for a, b in zip(pts[:-1], pts[1:]):
+        ab = b - a
+        t = np.clip(((p - a) @ ab) / float(ab @ ab), 0.0, 1.0)
+        d = np.minimum(d, np.linalg.norm(p - (a + t[..., None] * ab), axis=-1))
+    return np.clip(0.5 - (d - radius) / h, 0.0, 1.0).astype(np.float32)
+
+
+def lamina_occupancy(cit: np.ndarray, h: float) -> np.ndarray:
+    """Soft occupancy of the medial medullary lamina on a CIT168 label grid of spacing ``h`` (mm): a sheet
+    ``LAMINA_THICKNESS_MM`` thick centred between the GPe (5/105) and GPi (6/106) voxels, where the two
+    lie within 2 mm of each other. Voxels of either segment keep most of their content (<= 0.4 at 1 mm)."""
+    gpe, gpi = np.isin(cit, (5, 105)), np.isin(cit, (6, 106))
+    out = np.zeros(cit.shape, np.float32)
+    if not gpe.any() or not gpi.any():
+        return out
+    idx = np.argwhere(gpe | gpi)
+    box = tuple(slice(max(a - 3, 0), b + 4) for a, b in zip(idx.min(0), idx.max(0)))
+    d_gpe = ndimage.distance_transform_edt(~gpe[box]) * h
+    d_gpi = ndimage.distance_transform_edt(~gpi[box]) * h
+    half_gap = np.abs(d_gpe - d_gpi) / 2.0        # distance to the sheet midway between the two segments
+    occ = np.clip(0.5 - (half_gap - LAMINA_THICKNESS_MM / 2.0) / h, 0.0, 1.0)
+    pallidal = np.isin(cit[box], (0, 5, 6, 105, 106))     # never into another nucleus
+    out[box] = np.where((d_gpe <= 2.0) & (d_gpi <= 2.0) & pallidal, occ, 0.0)
+    return out
+
+
+def target_structures(cit: np.ndarray, grid: ModelGrid, v3_width_mm: float) -> dict:
+    """Soft occupancies on ``grid`` (the deep box; ``cit`` its CIT168 labels): {"lamina", "optic_tract",
+    "third_ventricle"} -> (label value, occupancy, properties). None of them replaces a CIT168 nucleus
+    (the ventricle only the hypothalamus, which forms its lower walls): the nuclei's truth is unchanged."""
+    h = grid.spacing
+    axes = grid.axes()
+    nuclei = cit > 0
+    tract = np.maximum(_polyline_occupancy(axes, OPTIC_TRACT_LEFT_MNI, OPTIC_TRACT_RADIUS_MM, h),
+                       _polyline_occupancy(axes, np.asarray(OPTIC_TRACT_LEFT_MNI) * [-1.0, 1.0, 1.0],
+                                           OPTIC_TRACT_RADIUS_MM, h))
+    tract[ndimage.binary_dilation(nuclei)] = 0.0
+    v3 = _ventricle_occupancy(axes, v3_width_mm, h)
+    v3[nuclei & ~np.isin(cit, HYPOTHALAMUS)] = 0.0     # not dilated: no notch in the walls above the nuclei
+    return {"third_ventricle": (THIRD_VENTRICLE, v3, THIRD_VENTRICLE_PROPS),
+            "optic_tract": (OPTIC_TRACT, tract, OPTIC_TRACT_PROPS),
+            "lamina": (LAMINA, lamina_occupancy(cit, h), LAMINA_PROPS)}
+
+
+def carve_target_structures(structures: dict, frac, vals, thal) -> None:
+    """Replace what lies under each occupancy (nuclei, thalamus, background) by the structure, in place."""
+    for _value, occ, props in structures.values():
+        keep = 1.0 - occ
+        frac *= keep
+        vals *= keep
+        thal *= keep
+        frac += occ
+        for p, v in enumerate(props):
+            if v is not None:
+                vals[p] += occ * v

@@ -198,6 +198,34 @@ def _coil_combination(rng, shape, voxel, n_coils: int = 8, rss_magnitude: bool =
     return (mag / np.float32(np.percentile(mag, 95))).astype(np.float32), np.angle(total).astype(np.float32)
 
 
+def third_ventricle_truth(width_mni_mm: float, landmarks: dict, mni_from_t1, ap_fraction: float = 0.25) -> dict:
+    """Where the walls of the painted third ventricle (|x_MNI| = width/2) cross the AC-PC x axis on the
+    AC-PC plane, ``ap_fraction`` of the AC-PC length anterior to the PC (the VIM's AP level): signed AC-PC
+    x (mm, + right) of each wall in T1 space, found by bisection through the patient's deformation."""
+    from ..stereotaxy.coordinates import acpc_from_ras
+    m = acpc_from_ras(landmarks["AC"], landmarks["PC"], landmarks["MS"])
+    length = float(np.linalg.norm(np.asarray(landmarks["AC"]) - landmarks["PC"]))
+    ap = (ap_fraction - 0.5) * length
+    ras_from_acpc = np.linalg.inv(m)
+
+    def mni_x(x_acpc):
+        return float(mni_from_t1(_apply(ras_from_acpc, [x_acpc, ap, 0.0]))[0, 0])
+
+    walls = {}
+    for side, sign in (("left", -1.0), ("right", 1.0)):
+        lo, hi = 0.0, 20.0 * sign                     # from the midline outwards
+        for _ in range(60):
+            mid = (lo + hi) / 2.0
+            if sign * mni_x(mid) < width_mni_mm / 2.0:
+                lo = mid
+            else:
+                hi = mid
+        walls[side] = (lo + hi) / 2.0
+    return {"width_mni_mm": float(width_mni_mm), "ap_acpc_mm": ap, "vertical_acpc_mm": 0.0,
+            "left_wall_x_acpc_mm": walls["left"], "right_wall_x_acpc_mm": walls["right"],
+            "width_mm": walls["right"] - walls["left"], "space": "T1 RAS, AC-PC coordinates of the true landmarks"}
+
+
 def make_patient(seed: int = 0, small: bool = False, tilt_deg: float = 0.0, voxel_mm=(1, 1, 1),
                  field_t: float = 3.0, n_echoes: int = 5, snr: float = 100.0,
                  veins_on_standard_trajectory: bool = False, slab_mm: float | None = None,
@@ -357,6 +385,8 @@ def make_patient(seed: int = 0, small: bool = False, tilt_deg: float = 0.0, voxe
         return _apply(pose_t1, deformation.anat_from_mni(pts))
 
     landmarks = {k: mni_to_t1(v)[0] for k, v in LANDMARKS_MNI.items()}
+    third_ventricle = third_ventricle_truth(model.info["third_ventricle_mni"]["width_mm"], landmarks,
+                                            lambda p: deformation.mni_from_anat(_apply(np.linalg.inv(pose_t1), p)))
     stn = {}
     for name, v in (("STN_L", 16), ("STN_R", 116)):
         pts = np.argwhere(labels_t1.data == v)
@@ -395,7 +425,8 @@ def make_patient(seed: int = 0, small: bool = False, tilt_deg: float = 0.0, voxe
               "field_grid_shape": list(shape_field), "model_spacing_mm": h,
               "cavities_mni": model.info.get("cavities"),
               "pineal_calcification_mni": model.info.get("pineal_calcification_mni"),
-              "variation": None if variation is None else dict(variation.__dict__)}
+              "variation": None if variation is None else dict(variation.__dict__),
+              "third_ventricle": third_ventricle}
     progress.update(1.0, "digital patient ready")
     return DigitalPatient(gre=gre, t1=t1, ct=ct, truth=truth, labels_t1=labels_t1, landmarks=landmarks,
                           transforms=transforms, stn_centroids=stn, label_names=anatomy.label_names(),

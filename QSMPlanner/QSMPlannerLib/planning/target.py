@@ -95,3 +95,20 @@ def suggest_target(seg, side, landmarks=None, fraction: float = 1.0 / 3.0,
         cand_ras = lab.ijk_to_ras(cand.astype(float))
         target = cand_ras[np.argmin(np.linalg.norm(cand_ras - target, axis=1))]
     return np.asarray(target, float)
+
+
+def suggest_stn(seg, side, landmarks=None, world_from_segmentation=None):
+    """``suggest_target`` (dorsolateral STN, RAS axes: the numbers ``plan.plan_both_sides`` uses) moved
+    to the world by ``world_from_segmentation``, as a ``kinds.TargetSuggestion`` (no cross-check);
+    ``landmarks`` (world RAS) add the AC-PC coordinates."""
+    from .kinds import TargetSuggestion, acpc_frame, describe_acpc, estimate
+    name = side_name(side)
+    w = np.eye(4) if world_from_segmentation is None else np.asarray(world_from_segmentation, float)
+    target = w[:3, :3] @ suggest_target(seg, name) + w[:3, 3]
+    frame = acpc_frame(landmarks)
+    est = estimate("direct", "dorsolateral (motor) STN of the QSM segmentation", target, frame)
+    where = (f"at AC-PC {describe_acpc(est.acpc)}" if est.acpc is not None
+             else f"at RAS ({', '.join(f'{v:.1f}' for v in target)}) mm")
+    return TargetSuggestion("stn", name, est, None, {},
+                            f"{name.capitalize()} STN target (direct: dorsolateral STN on the QSM segmentation) "
+                            f"{where}.")

@@ -15,9 +15,9 @@ from . import structures as S
 
 def write_seg_nrrd(path, seg) -> Path:
     """Write a Slicer segmentation file: one binary-labelmap layer on the segmentation's grid, one
-    segment per structure named exactly STN_L, STN_R, SN_L, SN_R, RN_L, RN_R (label values 1..6) with
-    colour and terminology (category Anatomical Structure, type UBERON, side modifier SNOMED CT).
-    ``seg``: a NucleiSegmentation, or a labelmap Volume with values 1..6. Written atomically."""
+    segment per structure named exactly as ``structures.NAMES`` (STN_L ... RN_R 1-6, GPi_L, GPi_R, GPe_L,
+    GPe_R 7-10) with colour and terminology (category Anatomical Structure, type UBERON, side modifier SNOMED CT).
+    ``seg``: a NucleiSegmentation, or a labelmap Volume with those values. Written atomically."""
     import slicerio
     path = Path(path)
     if not path.name.endswith(".seg.nrrd"):

@@ -46,9 +46,10 @@ LOCALIZE_SMOOTH = 0.0    # smoothing of χ (voxels) for the localization
 class NucleiSegmentation:
     """Result of ``segment_nuclei``.
 
-    labelmap: uint8 Volume on the QSM grid, values 1..6 = STN_L, STN_R, SN_L, SN_R, RN_L, RN_R.
-    names: {value: name}. source: {name: "refined" | "prior" | "localized prior" | "empty"}.
-    qsm: the χ map (ppm) the statistics are taken from. prior: the prior on the QSM grid (values 1..6).
+    labelmap: uint8 Volume on the QSM grid, values ``structures.NAMES``: 1..6 = STN_L, STN_R, SN_L, SN_R,
+    RN_L, RN_R, 7..10 = GPi_L, GPi_R, GPe_L, GPe_R. names: {value: name}. source: {name: "refined" |
+    "prior" | "localized prior" | "empty"}. qsm: the χ map (ppm) the statistics are taken from. prior:
+    the prior on the QSM grid (the same values).
     """
     labelmap: Volume
     names: dict
@@ -118,12 +119,14 @@ def acpc_coordinates(point_ras, ac, pc, ms) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------------------------------
-def prior_to_structures(prior_labels: np.ndarray) -> np.ndarray:
-    """CIT168 label array -> array with values 1..6 (0 elsewhere)."""
+def prior_to_structures(prior_labels: np.ndarray, names=None) -> np.ndarray:
+    """CIT168 label array -> array with the output values of ``names`` (default: every structure,
+    ``structures.NAMES``; 0 elsewhere)."""
     out = np.zeros(prior_labels.shape, np.uint8)
     lab = np.rint(np.asarray(prior_labels)).astype(np.int32)
     for name, values in S.CIT168_VALUES.items():
-        out[np.isin(lab, values)] = S.VALUES[name]
+        if names is None or name in names:
+            out[np.isin(lab, values)] = S.VALUES[name]
     return out
 
 
@@ -326,16 +329,18 @@ def _plausible_affine(A) -> bool:
     return bool(sv.min() > 0.7 and sv.max() < 1.4)
 
 
-def _localize(chi, masks: dict, pinned: dict, voxel_mm, progress, sampler, valid=None):
+def _localize(chi, masks: dict, pinned: dict, voxel_mm, progress, sampler, valid=None, start_pull=None):
     """Move the prior masks onto the QSM. ``pinned`` {value: mask of allowed voxels} restrict a
-    structure to stay around the surgeon's seed/box. Returns ({value: localized mask}, {value: 4x4
-    pull-back of the unpinned ones into ``sampler``, the ``_PriorSampler`` of the prior})."""
+    structure to stay around the surgeon's seed/box. ``start_pull`` (4x4): the pull-back that made
+    ``masks`` from the sampler's prior (default identity: the masks are the prior). Returns ({value:
+    localized mask}, {value: 4x4 pull-back of the unpinned ones into ``sampler``, the ``_PriorSampler``
+    of the prior}). Each side (odd values = left) is localized as one complex."""
     out = dict(masks)
     pulls = {}
     vox = float(np.mean(voxel_mm))
     r_side = max(1, int(round(4.0 / vox)))
     r_one = max(1, int(round(2.0 / vox)))
-    sides = [[v for v in (1, 3, 5) if v in out], [v for v in (2, 4, 6) if v in out]]
+    sides = [[v for v in sorted(out) if v % 2 == 1], [v for v in sorted(out) if v % 2 == 0]]
     for i, vals in enumerate(sides):
         progress.update(0.1 + 0.4 * i, "localizing the prior")
         free = [v for v in vals if v not in pinned and out[v].any()]
@@ -353,6 +358,8 @@ def _localize(chi, masks: dict, pinned: dict, voxel_mm, progress, sampler, valid
         _, s2, sh2 = _search(chi, window, base, fixed, free, center + np.array(sh), (1.0,), 1, 1)
         base = {v: _shift(base[v], sh2) for v in free}
         pull = _pull_scale_shift(center, s, sh) @ _pull_affine(np.eye(3), -np.asarray(sh2, float), np.zeros(3))
+        if start_pull is not None:
+            pull = np.asarray(start_pull, float) @ pull
         # then an affine fit of the side's nuclei together (local deformation left by the registration)
         union = np.any([base[v] for v in free], axis=0)
         center = np.argwhere(union).mean(axis=0)
@@ -569,16 +576,47 @@ def _parse_seeds(seeds, vol: Volume, origin) -> dict:
 
 def segment_nuclei(qsm: Volume, prior_labels: Volume | AtlasPrior, seeds: dict | None = None,
                    progress=None) -> NucleiSegmentation:
-    """Segment STN, SN and RN (both sides) on ``qsm`` (χ in ppm, paramagnetic positive).
+    """Segment STN, SN and RN, and GPi and GPe (both sides) on ``qsm`` (χ in ppm, paramagnetic positive).
 
     prior_labels: CIT168 labels on the same grid (e.g. ``AtlasNormalization.warp_labels``), or an
     ``AtlasPrior`` (``prior.atlas_prior``): the same labels with the atlas and the registration, so
     the prior is read from the atlas once whatever moves are found on the QSM (sharper shapes).
     seeds: optional {"STN_L": (r, a, s), ...} RAS points (QSM space) inside the structure, or boxes
     [[r0, a0, s0], [r1, a1, s1]] (or the 8 corners of an oriented box) enclosing it; a seeded
-    structure is placed there instead of where the prior says. The result lives on the QSM grid (see
-    ``NucleiSegmentation``).
+    structure is placed there instead of where the prior says (a pallidal seed moves its side's
+    GPi+GPe prior). The result lives on the QSM grid (see ``NucleiSegmentation``, values
+    ``structures.NAMES``). The midbrain nuclei (this module) and the pallidum (``pallidum``) are
+    segmented separately, each on its own crop, and merged (the midbrain's voxels first).
     """
+    from .pallidum import segment_pallidum
+    prog = as_progress(progress)
+    _check_seed_names(seeds or {})
+    group = lambda names: {k: v for k, v in (seeds or {}).items() if k in names.values()}  # noqa: E731
+    mid = _segment_midbrain(qsm, prior_labels, group(S.MIDBRAIN_NAMES), prog.sub(0.0, 0.7))
+    pal = segment_pallidum(qsm, prior_labels, group(S.PALLIDUM_NAMES), prog.sub(0.7, 1.0))
+    labels = np.asarray(mid.labelmap.data).copy()
+    free = labels == 0
+    labels[free] = np.asarray(pal.labelmap.data)[free]
+    if not (labels > 0).any():
+        raise ProcessingError("segmentation produced no nucleus")
+
+    def merged(a: Volume, b: Volume, name: str) -> Volume:
+        out = np.asarray(a.data).copy()
+        out[out == 0] = np.asarray(b.data)[out == 0]
+        return qsm.with_data(out, name=name)
+
+    timings = dict(mid.timings)
+    timings["pallidum_s"] = pal.timings.get("total_s", 0.0)
+    timings["total_s"] = round(mid.timings.get("total_s", 0.0) + timings["pallidum_s"], 3)
+    prog.update(1.0, "done")
+    return NucleiSegmentation(qsm.with_data(labels, name="nuclei"), dict(S.NAMES), mid.messages + pal.messages,
+                              {**mid.source, **pal.source}, qsm, merged(mid.prior, pal.prior, "prior"), timings,
+                              merged(mid.localized, pal.localized, "localized prior"))
+
+
+def _segment_midbrain(qsm: Volume, prior_labels: Volume | AtlasPrior, seeds: dict | None = None,
+                      progress=None) -> NucleiSegmentation:
+    """STN, SN and RN (values 1-6) as described in the module docstring; ``segment_nuclei``'s arguments."""
     prog = as_progress(progress)
     t0 = time.perf_counter()
     atlas = None
@@ -590,9 +628,9 @@ def segment_nuclei(qsm: Volume, prior_labels: Volume | AtlasPrior, seeds: dict |
     if not qsm.same_geometry(prior_labels):
         raise InputError("the prior labels are not on the QSM grid", prior_labels.name or None)
     voxel_mm = qsm.voxel_mm
-    prior_full = prior_to_structures(prior_labels.data)
+    prior_full = prior_to_structures(prior_labels.data, S.MIDBRAIN_NAMES.values())
     messages: list[str] = []
-    names = dict(S.NAMES)
+    names = dict(S.MIDBRAIN_NAMES)
     prog.update(0.0, "prior")
 
     # crop around the prior nuclei and the seeds
@@ -607,7 +645,8 @@ def segment_nuclei(qsm: Volume, prior_labels: Volume | AtlasPrior, seeds: dict |
         messages.append("the prior holds none of STN/SN/RN and no seed was given: nothing segmented")
         return NucleiSegmentation(qsm.with_data(labelmap, name="nuclei"), names, messages,
                                   {n: "empty" for n in names.values()}, qsm,
-                                  qsm.with_data(prior_full, name="prior"))
+                                  qsm.with_data(prior_full, name="prior"), {"total_s": 0.0},
+                                  qsm.with_data(np.zeros(qsm.shape3, np.uint8), name="localized prior"))
     margin = np.ceil(14.0 / voxel_mm).astype(int)
     lo = np.maximum(pts.min(axis=0) - margin, 0)
     hi = np.minimum(pts.max(axis=0) + margin + 1, qsm.shape3)
@@ -618,7 +657,7 @@ def segment_nuclei(qsm: Volume, prior_labels: Volume | AtlasPrior, seeds: dict |
     prior = prior_full[crop]
     seed_info = _parse_seeds(seeds, qsm, lo)
 
-    masks = {v: prior == v for v in S.NAMES}
+    masks = {v: prior == v for v in S.MIDBRAIN_NAMES}
     pinned, forced = {}, {}
     shape = chi.shape
     for v, info in seed_info.items():
@@ -647,7 +686,7 @@ def segment_nuclei(qsm: Volume, prior_labels: Volume | AtlasPrior, seeds: dict |
             pi = np.clip(np.rint(center).astype(int), 0, np.array(shape) - 1)
             f[tuple(pi)] = True
             forced[v] = f
-    for v in S.NAMES:
+    for v in S.MIDBRAIN_NAMES:
         if not masks[v].any():
             messages.append(f"{S.NAMES[v]}: absent from the prior and not seeded: left empty")
 
@@ -781,8 +820,6 @@ def segment_nuclei(qsm: Volume, prior_labels: Volume | AtlasPrior, seeds: dict |
     t1 = time.perf_counter()
     timings = {"localize_s": round(t_loc - t0, 3), "total_s": round(t1 - t0, 3)}
     messages.append(f"noise σ ≈ {sigma_noise:.4f} ppm; background χ ≈ {bg_level:.4f} ppm")
-    if not (labelmap > 0).any():
-        raise ProcessingError("segmentation produced no nucleus")
     localized = np.zeros(qsm.shape3, np.uint8)
     localized[crop] = _compose(np.zeros(shape, np.uint8), loc)
     return NucleiSegmentation(qsm.with_data(labelmap, name="nuclei"), names, messages, source, qsm,

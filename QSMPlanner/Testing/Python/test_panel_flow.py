@@ -23,7 +23,7 @@ from QSMPlannerLib.panel.flow import run_whole_flow  # noqa: E402
 from QSMPlannerLib.panel.logic import PlannerLogic  # noqa: E402
 from QSMPlannerLib.scene import mrml  # noqa: E402
 
-NUCLEI = ["STN_L", "STN_R", "SN_L", "SN_R", "RN_L", "RN_R"]
+NUCLEI = ["STN_L", "STN_R", "SN_L", "SN_R", "RN_L", "RN_R", "GPi_L", "GPi_R", "GPe_L", "GPe_R"]
 pytestmark = pytest.mark.slow
 
 
@@ -88,7 +88,7 @@ def test_nuclei_segmented_as_named_segments_on_the_qsm_grid(flow):
         centre = _apply(world, qsm.ijk_to_ras(np.argwhere(m).mean(axis=0)))
         assert np.linalg.norm(centre - p.stn_centroids[f"STN_{side}"]) < 3.0
     labels = logic.nuclei_labels(seg, flow["qsm"])
-    assert labels.same_geometry(qsm) and set(np.unique(labels.data)) <= set(range(7))
+    assert labels.same_geometry(qsm) and set(np.unique(labels.data)) <= set(range(11))
 
 
 def test_targets_in_the_stn_and_entries_from_the_ranked_search(flow):

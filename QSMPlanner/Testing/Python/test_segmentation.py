@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from QSMPlannerLib.errors import InputError
-from QSMPlannerLib.segmentation import (NAMES, read_seg_nrrd, segment_nuclei, write_seg_nrrd,
+from QSMPlannerLib.segmentation import (MIDBRAIN_NAMES, NAMES, read_seg_nrrd, segment_nuclei, write_seg_nrrd,
                                         write_stats_csv)
 from QSMPlannerLib.segmentation.metrics import centroid_error_mm, dice, hausdorff95_mm, mean_surface_distance_mm
 from QSMPlannerLib.segmentation.nuclei import prior_to_structures
@@ -23,7 +23,7 @@ def seg(case):
 
 def _scores(labels, truth, ras_from_ijk):
     out = {}
-    for v, n in NAMES.items():
+    for v, n in MIDBRAIN_NAMES.items():
         out[n] = (dice(labels == v, truth == v), centroid_error_mm(labels == v, truth == v, ras_from_ijk))
     return out
 
@@ -34,13 +34,16 @@ def test_refinement_beats_the_prior(case, seg):
     a = case["qsm"].ras_from_ijk
     ours = _scores(np.asarray(seg.labelmap.data), truth, a)
     base = _scores(prior, truth, a)
-    for n in NAMES.values():
+    for n in MIDBRAIN_NAMES.values():
         assert ours[n][0] > base[n][0] + 0.15, (n, ours[n], base[n])
         assert ours[n][1] < 0.5 * base[n][1], (n, ours[n], base[n])
         assert ours[n][0] > 0.8, (n, ours[n])
         assert ours[n][1] < 1.0, (n, ours[n])
         assert seg.source[n].startswith("refined")
     assert set(np.unique(seg.labelmap.data)) == {0, 1, 2, 3, 4, 5, 6}
+    # this midbrain case has no pallidum in its prior: GPi/GPe are reported empty, not invented
+    assert all(seg.source[n] == "empty" for n in ("GPi_L", "GPi_R", "GPe_L", "GPe_R"))
+    assert any(m.startswith("GPi_L:") and "absent from the prior" in m for m in seg.messages)
     assert seg.labelmap.same_geometry(case["qsm"])
 
 
@@ -49,7 +52,7 @@ def test_stats_rows(case, seg):
     assert [r["structure"] for r in rows] == list(NAMES.values())
     truth = prior_to_structures(case["truth"].data)
     chi = np.asarray(case["qsm"].data)
-    for r in rows:
+    for r in rows[:len(MIDBRAIN_NAMES)]:
         v = r["label"]
         assert r["volume_mm3"] == pytest.approx((np.asarray(seg.labelmap.data) == v).sum(), rel=1e-6)
         # nuclei are paramagnetic: mean χ well above background, SN brighter than STN
@@ -64,7 +67,7 @@ def test_stats_rows(case, seg):
     # AC-PC: AC 12 mm anterior of PC on the A axis, MS above -> AC-PC coordinates = shifted RAS
     lm = {"AC": [0, 0, 0], "PC": [0, -24, 0], "MS": [0, -12, 40]}
     rows2 = seg.stats(landmarks=lm)
-    for r in rows2:
+    for r in rows2[:len(MIDBRAIN_NAMES)]:
         assert r["acpc_x"] == pytest.approx(r["centroid_r"], abs=1e-6)
         assert r["acpc_y"] == pytest.approx(r["centroid_a"] + 12, abs=1e-6)
         assert r["acpc_z"] == pytest.approx(r["centroid_s"], abs=1e-6)
@@ -75,7 +78,8 @@ def test_seg_nrrd_round_trip_with_slicerio(tmp_path, seg):
     import slicerio
     out = write_seg_nrrd(tmp_path / "nuclei.seg.nrrd", seg)
     s = slicerio.read_segmentation(str(out))
-    assert [x["name"] for x in s["segments"]] == ["STN_L", "STN_R", "SN_L", "SN_R", "RN_L", "RN_R"]
+    assert [x["name"] for x in s["segments"]] == ["STN_L", "STN_R", "SN_L", "SN_R", "RN_L", "RN_R",
+                                                   "GPi_L", "GPi_R", "GPe_L", "GPe_R"]
     stn = slicerio.segment_from_name(s, "STN_L")
     assert stn["terminology"]["category"][1] == "123037004"
     assert stn["terminology"]["typeModifier"][2] == "Left"

@@ -135,6 +135,44 @@ def test_segment_cli(files, case, gre_from_t1, capsys):
     assert -8 < float(stn_l["acpc_y"]) < 3
     assert -10 < float(stn_l["acpc_z"]) < 0
     assert not [p for p in d.iterdir() if ".part" in p.name]
+    # the default target kind: the dorsolateral STN per side, in T1 RAS and AC-PC
+    assert summary["target_kind"] == "stn"
+    for side in ("left", "right"):
+        t = summary["targets"][side]
+        assert t["kind"] == "stn" and t["cross_check"] is None and len(t["target"]["ACPC_mm"]) == 3
+        ijk = np.rint(lab.ras_to_ijk(np.asarray(t["target"]["RAS_mm"]))).astype(int)
+        assert data[tuple(ijk)] == (1 if side == "left" else 2)
+
+
+def test_segment_cli_suggests_gpi_and_vim_targets(files, capsys):
+    """--target-kind gpi: the posteroventral GPi of the written segmentation with the classic indirect
+    coordinates beside it; vim: the formula from the landmarks and the third ventricle measured on the T1
+    (here the MNI template, whose ventricle is 2-4 mm wide); vim without landmarks: refused (exit 2)."""
+    d = files
+    base = ["segment", "--qsm", str(d / "qsm.nii.gz"), "--t1", str(ATLAS_DIR / TEMPLATE),
+            "--qsm-to-t1", str(d / "qsm_to_t1.h5"), "--t1-to-mni", str(d / "t1_to_mni.h5"),
+            "--out", str(d / "kinds.seg.nrrd")]
+    assert main(base + ["--landmarks", str(d / "acpc.mrk.json"), "--target-kind", "gpi"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    lab, _ = read_seg_nrrd(d / "kinds.seg.nrrd")
+    for side, value, sign in (("left", 7, -1.0), ("right", 8, 1.0)):
+        t = summary["targets"][side]
+        assert t["kind"] == "gpi" and t["target"]["method"] == "direct"
+        ijk = np.rint(lab.ras_to_ijk(np.asarray(t["target"]["RAS_mm"]))).astype(int)
+        assert np.asarray(lab.data)[tuple(ijk)] == value
+        np.testing.assert_allclose(t["cross_check"]["ACPC_mm"], [sign * 21.0, 2.5, -5.0], atol=1e-3)
+        assert t["difference"]["distance_mm"] < 8.0 and "posteroventral" in t["statement"]
+    assert main(base + ["--landmarks", str(d / "acpc.mrk.json"), "--target-kind", "vim"]) == 0
+    targets = json.loads(capsys.readouterr().out)["targets"]
+    length = np.linalg.norm(np.array([0, 2, -4]) - np.array([0, -24, -2]))
+    for side, sign in (("left", -1.0), ("right", 1.0)):
+        t = targets[side]
+        walls = t["details"]["third_ventricle"]
+        wall = walls["left_wall_x_ACPC_mm" if side == "left" else "right_wall_x_ACPC_mm"]
+        assert 0.5 < sign * wall < 3.0 and walls["source"].startswith("T1")
+        np.testing.assert_allclose(t["target"]["ACPC_mm"], [wall + sign * 11.0, -length / 4, 0.0], atol=1e-3)
+    assert main(base + ["--target-kind", "vim"]) == 2
+    assert "--landmarks" in capsys.readouterr().err
 
 
 def _roi_file(path, name, centre_ras, size, axes_ras):

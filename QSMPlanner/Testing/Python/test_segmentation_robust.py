@@ -3,7 +3,8 @@ import numpy as np
 import pytest
 
 from QSMPlannerLib.progress import Cancelled, Progress
-from QSMPlannerLib.segmentation import NAMES, segment_nuclei
+from QSMPlannerLib.segmentation import MIDBRAIN_NAMES as NAMES  # these cases hold the midbrain only
+from QSMPlannerLib.segmentation import segment_nuclei
 from QSMPlannerLib.segmentation.metrics import centroid_error_mm, dice
 from QSMPlannerLib.segmentation.nuclei import prior_to_structures
 from QSMPlannerLib.segmentation.synthetic import make_case

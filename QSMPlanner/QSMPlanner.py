@@ -57,8 +57,9 @@ class QSMPlanner(ScriptedLoadableModule):
 Plans deep brain stimulation trajectories from quantitative susceptibility mapping (QSM).
 Work top to bottom: <b>Inputs</b> (multi-echo GRE magnitude and phase, planning T1, frame CT — or load the
 built-in digital patient) → <b>QSM</b> → <b>Registration</b> (GRE and CT to the T1) → <b>Segmentation</b>
-(STN, SN, RN; edit in Segment Editor) → <b>Landmarks</b> (AC, PC, mid-sagittal point) → <b>Trajectory</b>
-(target, ranked entries, distance-to-vessel profile, probe's-eye view, electrode) → <b>Frame and export</b>
+(STN, SN, RN, GPi, GPe; edit in Segment Editor) → <b>Landmarks</b> (AC, PC, mid-sagittal point) → <b>Trajectory</b>
+(target kind per side: STN or GPi from the QSM, VIM from AC-PC; ranked entries, distance-to-vessel profile,
+probe's-eye view, electrode) → <b>Frame and export</b>
 (Leksell frame registration with its FRE, mounting, coordinate table, report and scene).
 All coordinates in the scene are RAS mm of the planning T1; Leksell X, Y, Z appear only in the table.
 Research software, not cleared for clinical use: check every frame coordinate independently.
@@ -138,6 +139,8 @@ class QSMPlannerParameterNode:
     landmarks: vtkMRMLMarkupsFiducialNode
     # Trajectory
     side: Annotated[str, Choice(["left", "right"])] = "left"
+    targetKindLeft: Annotated[str, Choice(["stn", "gpi", "vim"])] = "stn"
+    targetKindRight: Annotated[str, Choice(["stn", "gpi", "vim"])] = "stn"
     marginMm: Annotated[float, WithinRange(0.0, 10.0)] = 3.0
     electrode: Annotated[str, Choice(["medtronic_3389", "medtronic_3387", "bsci_vercise_directional"])] = \
         "medtronic_3389"
@@ -597,7 +600,8 @@ class QSMPlannerLogic(ScriptedLoadableModuleLogic):
         from QSMPlannerLib.workflow import PlanSettings
         p = parameterNode
         self.planner().settings = PlanSettings(mounting=p.mounting, electrode=p.electrode, margin_mm=p.marginMm,
-                                               bfr=p.backgroundRemoval, inversion=p.inversion)
+                                               bfr=p.backgroundRemoval, inversion=p.inversion,
+                                               target_kinds={"left": p.targetKindLeft, "right": p.targetKindRight})
 
     def reset(self) -> None:
         """Forget cached results (the scene is closing)."""

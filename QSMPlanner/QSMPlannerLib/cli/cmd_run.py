@@ -11,7 +11,7 @@ def register(sub):
     from ..workflow import PlanSettings
     defaults = PlanSettings()
     p = sub.add_parser(
-        "run", help="plan both STN trajectories from multi-echo GRE + T1 (+ frame CT)",
+        "run", help="plan both trajectories (STN, GPi or VIM) from multi-echo GRE + T1 (+ frame CT)",
         description="QSM reconstruction, GRE->T1 and CT->T1 registration, atlas normalisation, STN/SN/RN "
                     "segmentation, vein mask from QSM, safe-entry search (margin incl. lead and MER tracks), "
                     "electrode placement, frame registration. Writes plan.json, plan.csv, scene.mrb and a "
@@ -38,6 +38,14 @@ def register(sub):
                    help=f"arc mounting for ring/arc angles (default {defaults.mounting})")
     p.add_argument("--electrode", default=defaults.electrode, choices=sorted(ELECTRODES),
                    help=f"lead model (default {defaults.electrode})")
+    from ..planning import TARGET_KINDS
+    p.add_argument("--target-kind", choices=TARGET_KINDS, default="stn",
+                   help="target on both sides: stn (dorsolateral STN, from the QSM), gpi (posteroventral GPi, "
+                        "from the QSM, classic AC-PC point as a cross-check), vim (indirect from AC-PC and the "
+                        "third ventricle's wall) (default stn)")
+    for side in ("left", "right"):
+        p.add_argument(f"--target-kind-{side}", choices=TARGET_KINDS, help=f"target kind of the {side} side "
+                       f"(default --target-kind)")
     p.add_argument("--margin", type=float, default=defaults.margin_mm, metavar="MM",
                    help=f"safety margin from vessels to the lead/MER surface (default {defaults.margin_mm:g} mm)")
     from .common import vec3
@@ -101,9 +109,12 @@ def print_summary(result, paths, seconds):
                      f"{fr.get('arc_deg', 0):.1f} ({fr.get('mounting')})")
         else:
             where = ""
-        print(f"{side}: target T1 RAS {['%.1f' % v for v in t['RAS_mm']]}" + where
+        print(f"{side} {sp.get('target_kind', 'stn').upper()}: target T1 RAS {['%.1f' % v for v in t['RAS_mm']]}"
+              + where
               + f"; {sp['safety']['label']}: vessel clearance {sp['safety']['vessel_clearance_mm']} mm, "
               + ("safe" if sp["safety"]["safe"] else "NOT SAFE"))
+        if (sp.get("target_suggestion") or {}).get("statement"):
+            print(f"  {sp['target_suggestion']['statement']}")
         print(f"  {sp['statement']}")
     for m in doc.get("messages", []):
         print(f"note: {m}")
@@ -114,8 +125,9 @@ def print_summary(result, paths, seconds):
 def run(args) -> int:
     from ..workflow import PlanSettings, export_plan, plan_patient
     from .common import progress_bar
+    kinds = {side: getattr(args, f"target_kind_{side}") or args.target_kind for side in ("left", "right")}
     settings = PlanSettings(mounting=args.mounting, electrode=args.electrode, margin_mm=args.margin,
-                            frame_system=args.frame_system)
+                            frame_system=args.frame_system, target_kinds=kinds)
     inputs = inputs_from_args(args)
     t0 = time.perf_counter()
     result = plan_patient(settings=settings, progress=progress_bar("run"), **inputs)

@@ -181,6 +181,7 @@ class PlannerLogic:
         self.registration_qc: dict = {}
         self._risk = (None, None, None)         # (key, RiskMap, vessels Volume)
         self._nuclei = (None, None)             # (segments' state, label map on the QSM grid)
+        self._ventricle = (None, None)          # (T1 and landmarks, third ventricle for the VIM)
         self.side_plans: dict = {}              # side -> SidePlan shown in the scene
 
     # ---- helpers ---------------------------------------------------------------------------------
@@ -617,13 +618,25 @@ class PlannerLogic:
             raise InputError(f"side must be one of {', '.join(SIDES)}, got {side!r}")
         nuclei = self.nuclei_labels(segmentation_node, qsm_node)
         risk = self.risk_map(qsm_node, segmentation_node, t1_node)
-        side_plan = stages.plan_side(side, nuclei, risk, mrml.world_from_node_matrix(qsm_node),
-                                     self._checked_landmarks(), self.xyz_from_world(ct_node), self.settings,
-                                     target_ras, entry_ras, self.frame_system(ct_node))
+        landmarks = self._checked_landmarks()
+        ventricle = self.third_ventricle(t1_node, landmarks) if self.settings.target_kinds[side] == "vim" else None
+        side_plan = stages.plan_side(side, nuclei, risk, mrml.world_from_node_matrix(qsm_node), landmarks,
+                                     self.xyz_from_world(ct_node), self.settings, target_ras, entry_ras,
+                                     self.frame_system(ct_node), ventricle)
         self.side_plans[side] = side_plan
         nodes = P.show_side_plan(self.scene, side_plan)
         nodes["plan"] = side_plan
         return nodes
+
+    def third_ventricle(self, t1_node, landmarks):
+        """The third ventricle's walls on the planning T1 (for the VIM), measured once per T1 and landmarks."""
+        if t1_node is None or not landmarks:
+            return None
+        key = (self._t1_key(t1_node), tuple(np.round(np.concatenate([landmarks[k] for k in ("AC", "PC", "MS")]), 4)))
+        if self._ventricle[0] != key:
+            t1 = mrml.volume_from_node(t1_node, world=True, copy=False)
+            self._ventricle = (key, stages.third_ventricle(t1, landmarks, self.settings, self.messages))
+        return self._ventricle[1]
 
     def use_entry(self, side: str, entry_ras, qsm_node, segmentation_node, t1_node=None, ct_node=None) -> dict:
         """Re-plan ``side`` with the current target and the given entry (scored, not searched)."""

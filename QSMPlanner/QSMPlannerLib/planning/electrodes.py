@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..errors import InputError
-from .target import NUCLEI_VALUES, labelmap_of, side_name
+from .target import labelmap_of, side_name
 
 
 @dataclass(frozen=True)
@@ -73,15 +73,15 @@ class Contact:
     kind: str               # "ring" or "segment"
     center_ras: np.ndarray
     angle_deg: float | None  # segments: direction around the lead (0 = toward the marker/anterior)
-    in_stn: bool
-    stn_fraction: float
+    in_target: bool         # its centre lies in the target structure
+    target_fraction: float  # share of its surface samples in the target structure
 
     def to_dict(self) -> dict:
         return {"contact": self.number, "level": self.level, "kind": self.kind,
                 "R": round(float(self.center_ras[0]), 3), "A": round(float(self.center_ras[1]), 3),
                 "S": round(float(self.center_ras[2]), 3),
                 "angle_deg": None if self.angle_deg is None else float(self.angle_deg),
-                "in_stn": bool(self.in_stn), "stn_fraction": round(float(self.stn_fraction), 3)}
+                "in_target": bool(self.in_target), "target_fraction": round(float(self.target_fraction), 3)}
 
 
 @dataclass
@@ -95,16 +95,18 @@ class ElectrodePlacement:
     axis_ras: np.ndarray
     tip_depth_mm: float          # tip beyond the target along the path (mm; + deeper)
     contacts: list = field(default_factory=list)
+    structure: str = ""          # the target structure the contacts are checked against (e.g. "STN_L")
 
     @property
-    def n_in_stn(self) -> int:
-        return sum(c.in_stn for c in self.contacts)
+    def n_in_target(self) -> int:
+        return sum(c.in_target for c in self.contacts)
 
     def to_dict(self) -> dict:
         return {"model": self.model.key, "model_name": self.model.name, "side": self.side,
                 "tip_ras": [round(float(v), 3) for v in self.tip_ras],
                 "tip_depth_mm": float(self.tip_depth_mm), "diameter_mm": self.model.diameter_mm,
-                "contacts_in_stn": self.n_in_stn, "contacts": [c.to_dict() for c in self.contacts]}
+                "target_structure": self.structure, "contacts_in_target": self.n_in_target,
+                "contacts": [c.to_dict() for c in self.contacts]}
 
 
 def _perp_frame(axis):
@@ -129,12 +131,13 @@ def _inside_fraction(lab, world_from_lab, value, points_ras) -> np.ndarray:
 
 
 def place_electrode(model, target_ras, entry_ras, side=None, tip_depth_mm: float | None = None,
-                    segmentation=None, world_from_segmentation=None) -> ElectrodePlacement:
+                    segmentation=None, world_from_segmentation=None, structure: str | None = None) -> ElectrodePlacement:
     """Place ``model`` on the trajectory target -> entry (world RAS mm). ``tip_depth_mm``: tip beyond the
     target along the path (default: the contact array centred on the target). Each contact gets its
-    centre (RAS), and whether it lies in the STN of ``side`` of ``segmentation`` (label map 1..6, placed in
-    the world by ``world_from_segmentation``): ``in_stn`` when its centre is inside, ``stn_fraction`` of
-    sample points on the contact inside."""
+    centre (RAS), and whether it lies in ``structure`` (default the STN of ``side``; e.g. "GPi_L") of
+    ``segmentation`` (label map, values ``segmentation.structures.VALUES``, placed in the world by
+    ``world_from_segmentation``): ``in_target`` when its centre is inside, ``target_fraction`` of sample
+    points on the contact inside."""
     m = electrode_model(model)
     target = np.asarray(target_ras, float)
     entry = np.asarray(entry_ras, float)
@@ -150,7 +153,11 @@ def place_electrode(model, target_ras, entry_ras, side=None, tip_depth_mm: float
     tip = target - tip_depth_mm * axis
     lab = labelmap_of(segmentation) if segmentation is not None else None
     wfl = np.eye(4) if world_from_segmentation is None else world_from_segmentation
-    value = NUCLEI_VALUES["STN_L" if side == "left" else "STN_R"]
+    from ..segmentation.structures import VALUES
+    structure = structure or ("STN_L" if side == "left" else "STN_R")
+    if structure not in VALUES:
+        raise InputError(f"unknown structure {structure!r}; known: {', '.join(VALUES)}")
+    value = VALUES[structure]
     e0, e1 = _perp_frame(axis)
     r = m.diameter_mm / 2.0
     contacts, number = [], m.first_contact_number
@@ -176,7 +183,7 @@ def place_electrode(model, target_ras, entry_ras, side=None, tip_depth_mm: float
                 contacts.append(Contact(number, level, "segment", centre, a0, bool(inside[0]),
                                         float(inside[1:].mean())))
                 number += 1
-    return ElectrodePlacement(m, side, target, entry, tip, axis, float(tip_depth_mm), contacts)
+    return ElectrodePlacement(m, side, target, entry, tip, axis, float(tip_depth_mm), contacts, structure)
 
 
 def electrode_polydata(placement: ElectrodePlacement, lead_length_mm: float | None = None):

@@ -96,12 +96,39 @@ def _frame_sentence(plan: dict) -> str:
     return f"{frame['name']} LAT, AP, VERT: {systems.get(frame['name'], frame['name'] + ' frame mm')}."
 
 
+def _target_section(sp) -> str:
+    """The target's kind, how it was found and its cross-check (direct vs indirect) with their difference."""
+    kind = str(sp.get("target_kind", "stn")).upper().replace("GPI", "GPi")
+    sug, check = sp.get("target_suggestion"), sp.get("indirect_check")
+    out = []
+    if sug:
+        out.append(f"<p>Target: {_esc(kind)}. {_esc(sug.get('statement', ''))}</p>")
+        rows = []
+        for label, est in (("target", sug.get("target")), ("cross-check", sug.get("cross_check"))):
+            if est:
+                acpc = est.get("ACPC_mm") or [None] * 3
+                rows.append([_esc(label), _esc(est.get("method")), _esc(est.get("description"))]
+                            + [_num(v, 2) for v in est.get("RAS_mm", [None] * 3)] + [_num(v, 2) for v in acpc])
+        diff = sug.get("difference")
+        if diff:
+            rows.append(["difference", "", f"cross-check - target ({_esc(diff['system'])} mm), "
+                         f"{_num(diff['distance_mm'], 2)} mm apart"] + [""] * 3 + [_num(v, 2) for v in diff["vector_mm"]])
+        out.append(_table(["", "method", "how", "R (RAS mm)", "A (RAS mm)", "S (RAS mm)", "lateral (AC-PC mm)",
+                           "AP (AC-PC mm)", "vertical (AC-PC mm)"], rows, left_cols=3))
+    elif check:
+        out.append(f"<p>Target: {_esc(kind)} (the surgeon's point); {_esc(check.get('statement', ''))}.</p>")
+    else:
+        out.append(f"<p>Target: {_esc(kind)} (the surgeon's point).</p>")
+    return "\n".join(out)
+
+
 def _safety_section(side, sp) -> str:
     out = [f"<h3>{_esc(side)} side</h3>"]
     st = sp.get("statement")
     if st:
         cls = "safe" if (sp.get("safety") or {}).get("safe") else "unsafe"
         out.append(f'<p class="{cls}">{_esc(st)}</p>')
+    out.append(_target_section(sp))
     rows = []
     for c in ([sp.get("safety")] if sp.get("safety") else []) + list(sp.get("candidates") or []) + \
             ([sp.get("standard")] if sp.get("standard") else []):
@@ -122,11 +149,11 @@ def _safety_section(side, sp) -> str:
     if el:
         crow = [[_esc(c["contact"]), _esc(c["kind"]), _num(c["R"], 2), _num(c["A"], 2), _num(c["S"], 2),
                  "–" if c.get("angle_deg") is None else _num(c["angle_deg"], 0),
-                 "yes" if c["in_stn"] else "no", _num(c.get("stn_fraction"), 2)] for c in el.get("contacts", [])]
+                 "yes" if c["in_target"] else "no", _num(c.get("target_fraction"), 2)] for c in el.get("contacts", [])]
         out.append(f"<p>Electrode {_esc(el.get('model_name'))}, tip {_num(el.get('tip_depth_mm'))} mm beyond the "
-                   f"target; {el.get('contacts_in_stn')} contact(s) in the STN.</p>")
+                   f"target; {el.get('contacts_in_target')} contact(s) in the {_esc(el.get('target_structure', 'target'))}.</p>")
         out.append(_table(["contact", "kind", "R (RAS mm)", "A (RAS mm)", "S (RAS mm)", "segment angle (deg)",
-                           "centre in STN", "fraction in STN"], crow))
+                           "centre in target", "fraction in target"], crow))
     return "\n".join(out)
 
 

@@ -138,8 +138,9 @@ def plan_patient(gre, t1: Volume, ct: Volume | None = None, landmarks: dict | No
             messages.append(f"FRAME REGISTRATION FAILED: {exc} — no frame coordinates in this plan")
     tick("frame")
 
+    ventricle = stages.third_ventricle(t1, landmarks, settings, messages)
     sides = stages.plan_sides(seg.labelmap, risk, t1_from_gre, landmarks, xyz_from_t1, settings, targets,
-                              entries, frame_system, progress=sub["plan"])
+                              entries, frame_system, ventricle, progress=sub["plan"])
     tick("planning")
     timings["total"] = round(time.perf_counter() - t_all, 2)
     doc = plan_document(sides, settings, landmarks, landmarks_source, t1_from_gre, t1_from_ct, xyz_from_t1,

@@ -6,8 +6,9 @@ from dataclasses import asdict, dataclass, field
 
 from ..errors import InputError
 
+from ..planning.kinds import TARGET_KINDS  # noqa: F401 (the one list of valid kinds)
+
 SIDES = ("left", "right")
-TARGET_KINDS = ("stn",)
 
 
 def _default_kinds() -> dict:

@@ -173,6 +173,23 @@ def xyz_from_t1(xyz_from_ct, t1_from_ct) -> np.ndarray:
     return np.asarray(xyz_from_ct, float) @ np.linalg.inv(np.asarray(t1_from_ct, float))
 
 
+def third_ventricle(t1: Volume, landmarks: dict | None, settings: PlanSettings, messages: list | None = None):
+    """The third ventricle's walls measured on the T1 (``planning.measure_third_ventricle``) when a side is
+    planned at the VIM; None otherwise, or when they cannot be measured (the VIM then uses the fixed
+    distance from the midline, and ``messages`` says so)."""
+    from ..errors import ProcessingError
+    from ..planning import measure_third_ventricle
+    if "vim" not in settings.target_kinds.values() or t1 is None or not landmarks:
+        return None
+    try:
+        return measure_third_ventricle(t1, landmarks)
+    except ProcessingError as exc:
+        if messages is not None:
+            messages.append(f"third ventricle not measured on the T1 ({exc}): the VIM uses the fixed distance "
+                            f"from the midline")
+        return None
+
+
 def _plan_options(settings: PlanSettings, frame_system: str | None) -> dict:
     return {"mounting": settings.mounting, "margin_mm": settings.margin_mm, "electrode": settings.electrode,
             "adjust_target_mm": settings.adjust_target_mm, "mer_spacing_mm": settings.mer_spacing_mm,
@@ -181,16 +198,18 @@ def _plan_options(settings: PlanSettings, frame_system: str | None) -> dict:
 
 def plan_side(side: str, nuclei: Volume, risk, t1_from_gre, landmarks: dict | None, xyz_from_world,
               settings: PlanSettings, target_ras=None, entry_ras=None, frame_system: str | None = None,
-              progress=None):
+              third_ventricle=None, progress=None):
     """One side's plan (``planning.plan.SidePlan``): target (suggested from ``nuclei``, the label map on
     the QSM grid, unless ``target_ras``), entry (the safest of the search unless ``entry_ras``), electrode,
-    and every coordinate (RAS, AC-PC, the frame's with its settings) in ``.plan``. ``xyz_from_world``: world
-    RAS -> the native coordinates of ``frame_system`` (the registered frame; None: Leksell G)."""
+    and every coordinate (RAS, AC-PC, the frame's with its settings) in ``.plan``. The target's kind is
+    ``settings.target_kinds[side]`` (the VIM uses ``third_ventricle``). ``xyz_from_world``: world RAS -> the
+    native coordinates of ``frame_system`` (the registered frame; None: Leksell G)."""
     from ..planning.plan import plan_side as plan
     if side not in SIDES:
         raise InputError(f"side must be one of {', '.join(SIDES)}, got {side!r}")
     return plan(side, nuclei, risk, t1_from_gre, landmarks, xyz_from_world, target_ras=target_ras,
-                entry_ras=entry_ras, progress=progress, **_plan_options(settings, frame_system))
+                entry_ras=entry_ras, target_kind=settings.target_kinds[side], third_ventricle=third_ventricle,
+                progress=progress, **_plan_options(settings, frame_system))
 
 
 def update_coordinates(side_plan, landmarks: dict | None, xyz_from_world, settings: PlanSettings,
@@ -203,9 +222,13 @@ def update_coordinates(side_plan, landmarks: dict | None, xyz_from_world, settin
 
 def plan_sides(nuclei: Volume, risk, t1_from_gre, landmarks, xyz_from_world, settings: PlanSettings,
                targets: dict | None = None, entries: dict | None = None, frame_system: str | None = None,
-               progress=None) -> dict:
+               third_ventricle=None, progress=None) -> dict:
     """{side: SidePlan} for both sides (``plan_side``), with the surgeon's ``targets`` / ``entries``
     ({side: T1 RAS mm}) where given."""
-    from ..planning.plan import plan_both_sides
-    return plan_both_sides(nuclei, risk, t1_from_gre, landmarks, xyz_from_world, targets, entries, progress,
-                           **_plan_options(settings, frame_system))
+    out = {}
+    for k, side in enumerate(SIDES):
+        sub = progress.sub(k / 2, (k + 1) / 2) if progress is not None else None
+        out[side] = plan_side(side, nuclei, risk, t1_from_gre, landmarks, xyz_from_world, settings,
+                              (targets or {}).get(side), (entries or {}).get(side), frame_system, third_ventricle,
+                              sub)
+    return out

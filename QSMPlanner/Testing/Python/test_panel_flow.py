@@ -122,7 +122,7 @@ def test_targets_in_the_stn_and_entries_from_the_ranked_search(flow):
         assert not search.best.crosses_ventricle and np.isfinite(search.best.ventricle_clearance_mm)
         plan = flow["plans"][side]
         assert plan["electrode"].GetPolyData().GetNumberOfPoints() > 0
-        assert plan["plan"].placement.n_in_stn >= 1              # a contact in the segmented STN
+        assert plan["plan"].placement.n_in_target >= 1              # a contact in the segmented STN
         line = mrml.fiducials_to_dict(plan["line"])
         np.testing.assert_allclose(line["target"], target, atol=1e-6)
 

@@ -60,13 +60,13 @@ def test_contacts_along_the_path(key, stn_volume):
             axial = pl.tip_ras + axis * ((c.center_ras - pl.tip_ras) @ axis)
             assert np.linalg.norm(c.center_ras - axial) == pytest.approx(m.diameter_mm / 2)
     # the STN (semi-axis 3-6 mm) holds the middle contacts of the short leads
-    assert pl.n_in_stn >= 2
+    assert pl.n_in_target >= 2
     # moved 15 mm up the path, nothing is in the STN any more
     high = place_electrode(m, TARGET, entry, "right", tip_depth_mm=-15.0, segmentation=labels)
-    assert high.n_in_stn == 0
+    assert high.n_in_target == 0
     # wrong side's label -> not in STN
     left = place_electrode(m, TARGET, entry, "left", segmentation=labels)
-    assert left.n_in_stn == 0
+    assert left.n_in_target == 0
     d = pl.to_dict()
     assert d["model"] == key and len(d["contacts"]) == m.n_contacts
 

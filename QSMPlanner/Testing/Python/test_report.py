@@ -36,7 +36,7 @@ def test_plan_coordinates_are_consistent(planned):
         np.testing.assert_allclose(d["target"]["ACPC_mm"], t - [0, -0.5, 0], atol=1e-9)
         assert d["safety"]["safe"] and d["safety"]["vessel_clearance_mm"] >= 3.0
         assert d["standard"]["safe"] is False
-        assert d["electrode"]["contacts_in_stn"] >= 1
+        assert d["electrode"]["contacts_in_target"] >= 1
         if d.get("frame"):
             assert d["frame"]["mounting"] == "lateral-right"
 

@@ -61,7 +61,7 @@ def test_plan_coordinates_and_targets(result):
                                    atol=1e-6)
         assert "ACPC_mm" in sp["target"] and sp["frame"]["mounting"] == "lateral-right"
         assert 0 < sp["frame"]["ring_deg"] < 180 and 0 < sp["frame"]["arc_deg"] < 180
-        assert sp["electrode"]["contacts_in_stn"] >= 1
+        assert sp["electrode"]["contacts_in_target"] >= 1
         assert sp["safety"]["safe"] == (sp["safety"]["vessel_clearance_mm"] >= 3.0
                                         and not sp["safety"]["crosses_ventricle"])
     rows = list(csv.DictReader(open(out / "plan.csv")))
@@ -310,3 +310,40 @@ def test_a_crw_frame_gives_crw_coordinates_in_every_output(tmp_path):
     assert float(rows[0]["AP_CRW_mm"]) == pytest.approx(doc["sides"]["left"]["target"]["CRW_mm"]["AP"], abs=1e-3)
     report = (tmp_path / "report.html").read_text()
     assert "LAT (CRW mm)" in report and "CRW arc settings not provided" in report and "Phantom base" in report
+
+
+@pytest.mark.slow
+def test_gpi_and_vim_sides_through_every_output(tmp_path, capsys):
+    """A GPi on the left, a VIM on the right: the left target lies in the patient's true GPi, the VIM is the
+    cited formula on the third ventricle measured on the T1; the plan, the electrode and the report name
+    the kind and give the direct and indirect estimates with their difference; an unknown kind exits 2."""
+    from QSMPlannerLib.planning import measure_third_ventricle, suggest_vim
+    from QSMPlannerLib.workflow import PlanSettings, export_plan, plan_patient
+    p = phantom.make_patient(seed=1, small=True)
+    tr = p.transforms
+    settings = PlanSettings(target_kinds={"left": "gpi", "right": "vim"})
+    res = plan_patient(p.gre, p.t1, p.ct, p.landmarks, settings, t1_from_gre=tr["t1_from_gre"],
+                       t1_from_ct=tr["t1_from_ct"], prior_labels=p.truth["labels_gre"],
+                       xyz_from_ct=np.asarray(tr["xyz_from_ct"], float))
+    export_plan(res, tmp_path, scene=False)
+    doc = json.loads((tmp_path / "plan.json").read_text())
+    left, right = doc["sides"]["left"], doc["sides"]["right"]
+    assert left["target_kind"] == "gpi" and right["target_kind"] == "vim"
+    labels = p.truth["labels_t1"]
+    gpi = labels.ijk_to_ras(np.argwhere(np.asarray(labels.data) == 6))        # CIT168 GPi, left
+    assert np.min(np.linalg.norm(gpi - np.array(left["target"]["RAS_mm"]), axis=1)) < 1.5
+    sug = left["target_suggestion"]
+    assert sug["target"]["method"] == "direct" and sug["cross_check"]["method"] == "indirect"
+    np.testing.assert_allclose(np.subtract(sug["cross_check"]["ACPC_mm"], sug["target"]["ACPC_mm"]),
+                               sug["difference"]["vector_mm"], atol=2e-3)
+    assert left["electrode"]["target_structure"] == "GPi_L"
+    walls = measure_third_ventricle(p.t1, p.landmarks)
+    vim = suggest_vim("right", p.landmarks, walls)
+    np.testing.assert_allclose(right["target"]["RAS_mm"], vim.target_ras, atol=1e-6)
+    assert right["target_suggestion"]["target"]["method"] == "indirect" and right["target_adjustment"] is None
+    report = (tmp_path / "report.html").read_text()
+    assert "Target: GPi" in report and "Target: VIM" in report and "cross-check - target" in report
+    with pytest.raises(SystemExit) as e:
+        main(["run", "--mag", "x", "--phase", "y", "--te", "0.005", "--target-kind", "thalamus", "--out",
+              str(tmp_path / "o")])
+    assert e.value.code == 2 and "stn" in capsys.readouterr().err

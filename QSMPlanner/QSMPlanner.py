@@ -463,11 +463,8 @@ class QSMPlannerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def onPlanSide(self) -> None:
         p = self._parameterNode
         planner = self.logic.planner()
-
-        def plan():
-            with slicer.util.tryWithErrorDisplay("Could not plan this side.", waitCursor=True):
-                self._showPlan(planner.plan_side(p.side, *self._planArgs()))
-        self._withRiskMap(plan)
+        self._withRiskMap(lambda: self._start(lambda: planner.plan_side_task(p.side, *self._planArgs()),
+                                              self._showPlan))
 
     def _selectedSuggestionRow(self):
         """The table row under the selection of the suggestions view (sorting and header row accounted for)."""
@@ -489,25 +486,30 @@ class QSMPlannerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             from QSMPlannerLib.scene import mrml
             rows = mrml.table_to_rows(table)
             entry = [rows[row]["R"], rows[row]["A"], rows[row]["S"]]
-            self._showPlan(planner.use_entry(p.side, entry, *self._planArgs()))
+        self._start(lambda: planner.use_entry_task(p.side, entry, *self._planArgs()), self._showPlan)
 
     def onPlanTrajectory(self) -> None:
         """Re-plan the sides whose target or entry point was dragged (scored as the surgeon's trajectory)."""
         planner = self.logic.planner()
         with slicer.util.tryWithErrorDisplay("Could not update the trajectory.", waitCursor=True):
-            self.logic.applySettings(self._parameterNode)
-            moved = planner.sync_with_points(*self._planArgs())
-            side = self._parameterNode.side
-            if side in planner.side_plans:
-                self._showPlan({"plan": planner.side_plans[side], **self._sideNodes(side)})
-            self.ui.statusLabel.text = f"re-planned: {', '.join(moved) or 'nothing moved'}"
+            moved = planner.moved_sides()
+        if not moved:
+            self.ui.statusLabel.text = "re-planned: nothing moved"
+            return
 
-    def _sideNodes(self, side) -> dict:
-        s = {"left": "L", "right": "R"}[side]
-        scene = slicer.mrmlScene
-        return {"targets": scene.GetFirstNodeByName("Targets"), "entries": scene.GetFirstNodeByName("Entries"),
-                "line": scene.GetFirstNodeByName(f"Trajectory_{s}"),
-                "suggestions": scene.GetFirstNodeByName(f"Suggestions_{s}")}
+        def replan(sides):
+            side, rest = sides[0], sides[1:]
+            target, entry = moved[side]
+
+            def done(nodes):
+                self._showPlan(nodes)
+                if rest:
+                    replan(rest)
+                else:
+                    self.ui.statusLabel.text = f"re-planned: {', '.join(moved)}"
+            self._start(lambda: planner.plan_side_task(side, *self._planArgs(), target_ras=target, entry_ras=entry),
+                        done)
+        replan(list(moved))
 
     def _showPlan(self, nodes) -> None:
         p = self._parameterNode

@@ -46,3 +46,13 @@ NULL_PROGRESS = Progress()
 
 def as_progress(progress: Optional[Progress]) -> Progress:
     return progress if progress is not None else Progress()
+
+
+def run_to_end(steps):
+    """Run a generator that does its work a step at a time (yielding between steps) to its end; its
+    return value."""
+    while True:
+        try:
+            next(steps)
+        except StopIteration as stop:
+            return stop.value

@@ -19,7 +19,7 @@ from typing import Any, Callable
 import numpy as np
 
 from ..errors import InputError, ProcessingError
-from ..progress import Cancelled, Progress
+from ..progress import Cancelled, Progress, run_to_end
 from ..scene import mrml
 from ..scene import present as P
 from ..volume import Volume
@@ -123,13 +123,7 @@ class StageTask:
     def apply_result(self, result):
         """The nodes ``apply`` makes of ``result`` (all at once, also for a generator ``apply``)."""
         out = self.apply(result)
-        if not inspect.isgenerator(out):
-            return out
-        while True:
-            try:
-                next(out)
-            except StopIteration as stop:
-                return stop.value
+        return run_to_end(out) if inspect.isgenerator(out) else out
 
     def finish(self):
         """The stage's nodes (``apply`` of its result); raises its error."""
@@ -147,12 +141,8 @@ class StageTask:
             if not inspect.isgenerator(out):
                 return out
             self._applying = out
-        while True:
-            try:
-                next(self._applying)
-            except StopIteration as stop:
-                self._nodes, self._applying, self.done = stop.value, None, True
-                return self._nodes
+        self._nodes, self._applying, self.done = run_to_end(self._applying), None, True
+        return self._nodes
 
 
 class PlannerLogic:
@@ -305,11 +295,7 @@ class PlannerLogic:
         """A ``phantom.DigitalPatient`` as nodes: GRE echoes, T1, CT, AC/PC/MS and (``show_truth``) its true
         labels (hidden). ``known_transforms`` also places GRE and CT under their true transforms."""
         steps = self._patient_node_steps(patient, show_truth, known_transforms)
-        while True:
-            try:
-                next(steps)
-            except StopIteration as stop:
-                return stop.value
+        return run_to_end(steps)
 
     def _patient_node_steps(self, patient, show_truth: bool, known_transforms: bool):
         """``load_patient_nodes`` one node at a time (a generator; its value is the nodes)."""
@@ -332,8 +318,8 @@ class PlannerLogic:
             labels = patient.truth["labels_gre"]
             present = set(np.unique(labels.data).astype(int))
             names = {int(v): str(n) for v, n in patient.label_names.items() if int(v) in present}
-            nodes[P.TRUTH_NAME] = mrml.add_segmentation(self.scene, labels, names, P.TRUTH_NAME,
-                                                        parent_transform=t_gre)
+            nodes[P.TRUTH_NAME] = yield from mrml.add_segmentation_steps(self.scene, labels, names, P.TRUTH_NAME,
+                                                                     parent_transform=t_gre)
             nodes[P.TRUTH_NAME].GetDisplayNode().SetVisibility(False)
         return nodes
 
@@ -609,24 +595,34 @@ class PlannerLogic:
         return None if pose is None else pose @ np.linalg.inv(mrml.world_from_node_matrix(ct_node))
 
     # ---- planning --------------------------------------------------------------------------------
-    def plan_side(self, side: str, qsm_node, segmentation_node, t1_node=None, ct_node=None, target_ras=None,
-                  entry_ras=None) -> dict:
-        """``workflow.stages.plan_side`` on the nodes: the suggested (or given) target, the ranked entries,
-        the chosen (or given) entry, the electrode; shown as points, line, electrode and table. Returns the
-        nodes and the ``SidePlan`` ("plan")."""
+    def plan_side_task(self, side: str, qsm_node, segmentation_node, t1_node=None, ct_node=None, target_ras=None,
+                       entry_ras=None) -> StageTask:
+        """``workflow.stages.plan_side`` on the nodes (the entry search runs in a worker in the panel): the
+        suggested (or given) target, the ranked entries, the chosen (or given) entry, the electrode; shown as
+        points, line, electrode and table. Its nodes include the ``SidePlan`` ("plan")."""
         if side not in SIDES:
             raise InputError(f"side must be one of {', '.join(SIDES)}, got {side!r}")
         nuclei = self.nuclei_labels(segmentation_node, qsm_node)
         risk = self.risk_map(qsm_node, segmentation_node, t1_node)
         landmarks = self._checked_landmarks()
         ventricle = self.third_ventricle(t1_node, landmarks) if self.settings.target_kinds[side] == "vim" else None
-        side_plan = stages.plan_side(side, nuclei, risk, mrml.world_from_node_matrix(qsm_node), landmarks,
-                                     self.xyz_from_world(ct_node), self.settings, target_ras, entry_ras,
-                                     self.frame_system(ct_node), ventricle)
-        self.side_plans[side] = side_plan
-        nodes = P.show_side_plan(self.scene, side_plan)
-        nodes["plan"] = side_plan
-        return nodes
+        kwargs = {"side": side, "nuclei": nuclei, "risk": risk, "t1_from_gre": mrml.world_from_node_matrix(qsm_node),
+                  "landmarks": landmarks, "xyz_from_world": self.xyz_from_world(ct_node), "settings": self.settings,
+                  "target_ras": target_ras, "entry_ras": entry_ras, "frame_system": self.frame_system(ct_node),
+                  "third_ventricle": ventricle}
+
+        def apply(side_plan):
+            self.side_plans[side] = side_plan
+            nodes = P.show_side_plan(self.scene, side_plan)
+            nodes["plan"] = side_plan
+            return nodes
+        return self.task(f"{side} trajectory", "plan_side", kwargs, apply)
+
+    def plan_side(self, side: str, qsm_node, segmentation_node, t1_node=None, ct_node=None, target_ras=None,
+                  entry_ras=None) -> dict:
+        """``plan_side_task`` run here and now (scripts, tests); returns its nodes."""
+        return self.run(self.plan_side_task(side, qsm_node, segmentation_node, t1_node, ct_node, target_ras,
+                                            entry_ras))
 
     def third_ventricle(self, t1_node, landmarks):
         """The third ventricle's walls on the planning T1 (for the VIM), measured once per T1 and landmarks."""
@@ -638,12 +634,16 @@ class PlannerLogic:
             self._ventricle = (key, stages.third_ventricle(t1, landmarks, self.settings, self.messages))
         return self._ventricle[1]
 
-    def use_entry(self, side: str, entry_ras, qsm_node, segmentation_node, t1_node=None, ct_node=None) -> dict:
-        """Re-plan ``side`` with the current target and the given entry (scored, not searched)."""
+    def use_entry_task(self, side: str, entry_ras, qsm_node, segmentation_node, t1_node=None, ct_node=None):
+        """``plan_side_task`` of ``side`` with its current target and the given entry (scored, not chosen)."""
         current = self.side_plans.get(side)
         if current is None:
             raise InputError(f"plan the {side} side first", "Trajectory")
-        return self.plan_side(side, qsm_node, segmentation_node, t1_node, ct_node, current.target_ras, entry_ras)
+        return self.plan_side_task(side, qsm_node, segmentation_node, t1_node, ct_node, current.target_ras, entry_ras)
+
+    def use_entry(self, side: str, entry_ras, qsm_node, segmentation_node, t1_node=None, ct_node=None) -> dict:
+        """``use_entry_task`` run here and now."""
+        return self.run(self.use_entry_task(side, entry_ras, qsm_node, segmentation_node, t1_node, ct_node))
 
     def trajectories(self) -> dict:
         """{side letter: (target_ras, entry_ras)} from the Targets/Entries point lists (world RAS)."""
@@ -655,20 +655,25 @@ class PlannerLogic:
         return {s: (tp[f"target_{s}"], ep[f"entry_{s}"]) for s in SIDES_LETTERS.values()
                 if f"target_{s}" in tp and f"entry_{s}" in ep}
 
-    def sync_with_points(self, qsm_node, segmentation_node, t1_node=None, ct_node=None) -> list:
-        """Re-plan every side whose target or entry point was moved in the views since it was planned
-        (then scored as the surgeon's trajectory). Returns the sides re-planned."""
-        moved = []
+    def moved_sides(self) -> dict:
+        """{side: (target, entry)} of the sides whose target or entry point was moved in the views since
+        they were planned (world RAS)."""
+        moved = {}
         points = self.trajectories()
-        for side, sp in list(self.side_plans.items()):
+        for side, sp in self.side_plans.items():
             pts = points.get(SIDES_LETTERS[side])
-            if pts is None:
-                continue
-            target, entry = pts
-            if np.linalg.norm(target - sp.target_ras) > 1e-3 or np.linalg.norm(entry - sp.chosen.entry_ras) > 1e-3:
-                self.plan_side(side, qsm_node, segmentation_node, t1_node, ct_node, target, entry)
-                moved.append(side)
+            if pts is not None and (np.linalg.norm(pts[0] - sp.target_ras) > 1e-3
+                                    or np.linalg.norm(pts[1] - sp.chosen.entry_ras) > 1e-3):
+                moved[side] = pts
         return moved
+
+    def sync_with_points(self, qsm_node, segmentation_node, t1_node=None, ct_node=None) -> list:
+        """Re-plan here and now every side whose points were moved (scored as the surgeon's trajectory).
+        Returns the sides re-planned."""
+        moved = self.moved_sides()
+        for side, (target, entry) in moved.items():
+            self.plan_side(side, qsm_node, segmentation_node, t1_node, ct_node, target, entry)
+        return list(moved)
 
     def distance_profile(self, side: str, step_mm: float = 0.5):
         """Distance (mm) from the planned trajectory to the nearest vessel, from target to entry: a table

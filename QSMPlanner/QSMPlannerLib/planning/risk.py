@@ -96,10 +96,11 @@ class RiskMap:
         shape = pts.shape[:-1]
         layer = self.layers[name]
         a = layer.ijk_from_world
-        ijk = pts.reshape(-1, 3) @ a[:3, :3].T + a[:3, 3]
-        vals = ndimage.map_coordinates(layer.distance_mm, ijk.T, order=1, mode="constant", cval=np.nan,
+        ijk = a[:3, :3] @ pts.reshape(-1, 3).T      # (3, N), contiguous as map_coordinates wants it
+        ijk += a[:3, 3:4]
+        vals = ndimage.map_coordinates(layer.distance_mm, ijk, order=1, mode="constant", cval=np.nan,
                                        prefilter=False)
-        vals = np.where(np.isnan(vals), outside, vals)
+        vals[np.isnan(vals)] = outside
         return vals.reshape(shape)
 
     def summary(self) -> dict:

@@ -270,6 +270,7 @@ def _field_to_chi(field_ppm, m, vox, b0_dir, *, bfr, inversion, magnitude, tv_la
     mag_b = magnitude[box] if (inversion != "tkd" and magnitude is not None) else None
     # the TV edge weights, once for all passes (the mask does not change between them)
     edges = inv_mod.magnitude_edge_weights(mag_b, m_local_b, vox) if mag_b is not None else None
+    data_b = local_b
     for n in range(n_passes):
         if n and local_given:  # Bregman step on the given field: what chi leaves unexplained added back
             from .dipole import forward_field

@@ -24,6 +24,7 @@ import vtk
 from vtkmodules.util import numpy_support
 
 from ..errors import InputError, ProcessingError
+from ..progress import run_to_end
 from ..volume import Volume
 
 # The scene file header (<MRML version="...">) that Slicer itself writes: vtkMRMLScene's constructor sets
@@ -316,6 +317,22 @@ def add_segmentation(scene, labelmap: Volume, names: dict, name: str = "Segmenta
     its label value (tag ``QSMPlanner.LabelValue``), a colour and a terminology entry.
     Values present in the labelmap but absent from ``names`` are ignored; names absent from the
     labelmap give an empty segment (so the segment list is always the same)."""
+    steps = add_segmentation_steps(scene, labelmap, names, name, colors=colors,
+                                   reference_volume_node=reference_volume_node, closed_surface=closed_surface,
+                                   parent_transform=parent_transform, replace=replace)
+    return run_to_end(steps)
+
+
+def add_segmentation_steps(scene, labelmap: Volume, names: dict, name: str = "Segmentation", *,
+                     colors: dict | None = None, reference_volume_node=None, closed_surface: bool = False,
+                     parent_transform=None, replace: bool = True):
+    """``add_segmentation`` a segment at a time (a generator; its value is the node).
+
+    Labelmap (integer values, geometry ``labelmap.ras_from_ijk``) -> segmentation node, one named
+    segment per value in ``names`` ({value: name}). Segment IDs are the names; each segment carries
+    its label value (tag ``QSMPlanner.LabelValue``), a colour and a terminology entry.
+    Values present in the labelmap but absent from ``names`` are ignored; names absent from the
+    labelmap give an empty segment (so the segment list is always the same)."""
     data = np.asarray(labelmap.data)
     node = _new_node(scene, "vtkMRMLSegmentationNode", name, replace)
     node.CreateDefaultDisplayNodes()
@@ -348,6 +365,7 @@ def add_segmentation(scene, labelmap: Volume, names: dict, name: str = "Segmenta
         segment.SetTag("QSMPlanner.LabelValue", str(value))
         segment.SetTag(slicer.vtkSegment.GetTerminologyEntryTagName(), _terminology_entry(seg_name, value))
         segmentation.AddSegment(segment, seg_name)
+        yield
     if closed_surface:
         node.CreateClosedSurfaceRepresentation()
     if parent_transform is not None:

@@ -12,6 +12,7 @@ import json
 
 import numpy as np
 
+from ..progress import run_to_end
 from ..volume import Volume
 from . import mrml
 
@@ -39,11 +40,7 @@ def show_gre(scene, gre, series: str = GRE_SERIES, parent_transform=None) -> dic
     tagged with its echo index, TE (s), field (T) and B0 direction in the voxel frame, so that
     ``panel`` can put the acquisition back together."""
     steps = show_gre_steps(scene, gre, series, parent_transform)
-    while True:
-        try:
-            next(steps)
-        except StopIteration as stop:
-            return stop.value
+    return run_to_end(steps)
 
 
 def show_gre_steps(scene, gre, series: str = GRE_SERIES, parent_transform=None):
@@ -68,11 +65,7 @@ def show_gre_steps(scene, gre, series: str = GRE_SERIES, parent_transform=None):
 def show_qsm(scene, qsm_result, parent_transform=None, name: str = QSM_NAME, method: str = ""):
     """The χ map (QSM display) and its brain mask (a labelmap the QSM node points at)."""
     steps = show_qsm_steps(scene, qsm_result, parent_transform, name, method)
-    while True:
-        try:
-            next(steps)
-        except StopIteration as stop:
-            return stop.value
+    return run_to_end(steps)
 
 
 def show_qsm_steps(scene, qsm_result, parent_transform=None, name: str = QSM_NAME, method: str = ""):

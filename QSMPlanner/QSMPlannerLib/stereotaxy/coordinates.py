@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from ..errors import InputError
-from .geometry import FRAMERAS_FROM_XYZ, XYZ_FROM_FRAMERAS, apply
+from .geometry import XYZ_FROM_FRAMERAS, apply
 
 MOUNTINGS = ("lateral-right", "lateral-left", "sagittal-anterior", "sagittal-posterior")
 ARC_RADIUS_MM = 190.0

@@ -342,7 +342,6 @@ def render_frame_ct(ras_from_ijk, shape, frame_from_ras, system="leksell", *, cl
     system = get_system(system)
     shape = tuple(int(s) for s in shape[:3])
     ras_from_ijk = np.asarray(ras_from_ijk, float)
-    ijk_from_ras = np.linalg.inv(ras_from_ijk)
     frame_from_ras = np.asarray(frame_from_ras, float)
     ras_from_frame = np.linalg.inv(frame_from_ras)
     rng = rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)

@@ -47,6 +47,7 @@ def stage_function(name: str):
         "prior_and_segment": (None, "prior_and_segment"),
         "risk_map": (None, "risk_map"),
         "register_frame": (None, "register_frame"),
+        "plan_side": (None, "plan_side"),
     }
     if name not in table:
         raise InputError(f"unknown stage {name!r}; valid: {', '.join(sorted(table))}")

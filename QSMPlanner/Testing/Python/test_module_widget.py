@@ -314,7 +314,7 @@ def test_panel_flow_from_nodes_to_saved_plan(env):
     p.segmentation = mrml.add_segmentation(env.scene, _nuclei_labelmap(patient), NUCLEI, "Nuclei",
                                            parent_transform=t_gre)
     env.calls["errors"].clear()
-    _click(ui.suggestTargetButton)                            # the risk map runs in a worker first
+    _click(ui.suggestTargetButton)                            # the risk map, then the plan, in workers
     assert env.widget._task is not None and env.widget._task.name == "risk map"
     _poll_until_idle(env)
     assert not env.calls["errors"], env.calls["errors"]
@@ -332,6 +332,7 @@ def test_panel_flow_from_nodes_to_saved_plan(env):
     rows = mrml.table_to_rows(p.suggestionsTable)
     picked = rows[view.order[view.selected]]
     _click(ui.useSuggestionButton)
+    _poll_until_idle(env)
     entry = mrml.fiducials_to_dict(p.entries)["entry_L"]
     np.testing.assert_allclose(entry, [picked["R"], picked["A"], picked["S"]])
     np.testing.assert_allclose(mrml.fiducials_to_dict(p.targets)["target_L"], target)   # target kept
@@ -348,13 +349,16 @@ def test_panel_flow_from_nodes_to_saved_plan(env):
     np.testing.assert_allclose(mrml.np_matrix(env.red.GetSliceToRAS())[:3, 2], n, atol=1e-6)
 
     p.side = "right"
-    _click(ui.suggestTargetButton)                            # the risk map is cached: planned at once
-    assert env.widget._task is None and set(planner.trajectories()) == {"L", "R"}
+    _click(ui.suggestTargetButton)                            # the risk map is cached: the plan at once
+    assert env.widget._task.name == "right trajectory"
+    _poll_until_idle(env)
+    assert set(planner.trajectories()) == {"L", "R"}
 
     # the surgeon drags the right target 1 mm up and re-plans: scored through the moved point, not moved
     moved = planner.side_plans["right"].target_ras + [0.0, 0.0, 1.0]
     mrml.set_control_point(p.targets, "target_R", moved)
     _click(ui.planTrajectoryButton)
+    _poll_until_idle(env)
     np.testing.assert_allclose(planner.side_plans["right"].target_ras, moved, atol=1e-6)
     assert "right" in ui.statusLabel.text
 

@@ -38,7 +38,7 @@ def flow():
 
 def test_inputs_and_qsm_keep_their_own_geometry_under_the_registered_transform(flow):
     p, n, logic = flow["patient"], flow["nodes"], flow["logic"]
-    mag, qsm, t_gre = n["gre_magnitude"][0], flow["qsm"], flow["gre_transform"]
+    qsm, t_gre = flow["qsm"], flow["gre_transform"]
     np.testing.assert_allclose(mrml.ras_from_ijk_of(n["T1"]), p.t1.ras_from_ijk, atol=1e-6)
     assert len(n["gre_magnitude"]) == len(n["gre_phase"]) == p.gre.n_echoes
     for node in n["gre_magnitude"] + n["gre_phase"] + [qsm]:

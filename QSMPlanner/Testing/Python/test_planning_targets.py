@@ -4,7 +4,6 @@ import json
 
 import numpy as np
 import pytest
-from scipy import ndimage
 
 from QSMPlannerLib.cli import main
 from QSMPlannerLib.errors import InputError, ProcessingError

@@ -1,6 +1,5 @@
 """Real 3-echo GRE crop (ROMEO.jl test data): exact unwrapping agrees with scikit-image's up to a
 global 2*pi*k, no added 2*pi jumps; the pipeline and the CLI run on it."""
-import json
 
 import numpy as np
 import pytest

@@ -1,7 +1,6 @@
 """Volume geometry: RAS <-> IJK, SimpleITK (LPS) conversion, atomic writes keep geometry."""
 import numpy as np
 import pytest
-import SimpleITK as sitk
 
 from QSMPlannerLib.io import read_volume, write_volume
 from QSMPlannerLib.io.atomic import atomic_path

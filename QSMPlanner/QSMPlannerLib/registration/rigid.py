@@ -42,6 +42,7 @@ SEED = 20240607
 MAX_SHIFT_MM = 80.0
 MAX_ANGLE_DEG = 60.0
 MIN_LEVEL_VOXELS = 5.0
+SLAB_SHIFT_FRACTION = 0.33   # slab search: shifts along its normal, this fraction of its thickness apart
 BIAS_SIGMA_MM = 15.0         # scale of the receive-bias estimate (smooth; anatomy is finer)
 LEVEL_KEYS = ("levels_mm", "level_iters", "level_step_mm", "level_min_step_mm", "level_samples")
 
@@ -54,6 +55,7 @@ CONFIG = {
     "search_keep": 3,            # candidates optimised on the multi-start levels
     "mid_keep": 2,               # candidates optimised again at 4 mm
     "mid_margin": 0.2,           # ... if their 8 mm metric is within 20 % of the best
+    "slab_starts": 6,            # a slab: grid points (+ centrings) optimised at 8 then all at 4 mm
     "distinct_mm": 3.0,          # ... and they are this far from every better one (box points)
     "levels_mm": (16.0, 8.0, 4.0, 2.0),      # search on the coarsest (wide basins: CT vs T1)
     "level_iters": (60, 60, 100, 100),
@@ -66,6 +68,7 @@ CONFIG = {
     "final_relaxation": 0.6,
     "final_step_mm": 0.15,
     "final_min_step_mm": 0.01,
+    "final_passes": 2,           # the full-resolution descent restarted with half the step (kept if better)
     "coarse_mask_dilation": 2,   # voxels, masks at the search / multi-start levels (16, 8 mm)
     "restart_perturbation": (3.0, 3.0),      # mm, deg at the 4 mm level
     "restart_tolerance_mm": 1.5,
@@ -141,10 +144,13 @@ class _Level:
         self.m, self.mm_mask = down(m_img, m_mask, mm)
         self._n = None
 
-    def with_edge_mask(self, percentile, tx=None):
+    def with_edge_mask(self, percentile, tx=None, max_voxels=None):
         """Restrict fixed samples to strong edges (top ``100 - percentile`` % gradient magnitude,
         inside the fixed mask if any, and inside the moving field of view mapped by ``tx``): far
-        more registration information per sample, none wasted outside a partial-coverage slab."""
+        more registration information per sample, none wasted outside a partial-coverage slab.
+        ``max_voxels``: a fixed random subset of them (samples stay at voxel centres: ITK's own
+        subsampling moves each sample off its centre, and the fixed image interpolated there
+        shifts the optimum by ~0.05 mm)."""
         import SimpleITK as sitk
         g = sitk.GetArrayFromImage(sitk.GradientMagnitude(self.f))
         inside = sitk.GetArrayFromImage(self.fm) > 0 if self.fm is not None else np.ones(g.shape, bool)
@@ -154,7 +160,26 @@ class _Level:
             if fov[inside].sum() > 1000:
                 inside &= fov
         thr = np.percentile(g[inside], percentile)
-        m = sitk.GetImageFromArray(((g > thr) & inside).astype(np.uint8))
+        keep = (g > thr) & inside
+        if max_voxels is not None and keep.sum() > max_voxels:
+            # every k-th voxel along the axes with room for it (the metric scans the whole fixed grid
+            # for its mask each evaluation: a sparser grid is cheaper), then a random subset
+            k = max(1, int((keep.sum() / max_voxels) ** (1.0 / 3.0)))
+            step = [k if n >= 20 * k else 1 for n in keep.shape]  # (z, y, x)
+            if max(step) > 1:
+                sl = tuple(slice(0, None, st) for st in step)
+                keep = keep[sl]
+                a = sitk.GetArrayFromImage(self.f)[sl]
+                f = sitk.GetImageFromArray(np.ascontiguousarray(a))
+                f.SetOrigin(self.f.GetOrigin())
+                f.SetDirection(self.f.GetDirection())
+                f.SetSpacing([sp * st for sp, st in zip(self.f.GetSpacing(), step[::-1])])
+                self.f = f
+            if keep.sum() > max_voxels:
+                idx = np.flatnonzero(keep)
+                keep = np.zeros(keep.shape, bool)
+                keep.flat[np.random.default_rng(SEED).choice(idx, int(max_voxels), replace=False)] = True
+        m = sitk.GetImageFromArray(keep.astype(np.uint8))
         m.CopyInformation(self.f)
         self.fm = m
         self._n = None
@@ -386,6 +411,13 @@ def _relative_log_bias(img, other, other_from_img, sigma_mm=BIAS_SIGMA_MM, n_bin
     ok = (f_inside > 0) & (f_on_m >= 0) & (m > 0.05) & (f_on_m > 0.05)
     if ok.sum() < 2000:
         return None
+    # the flatter half of both only: near edges a residual misalignment or a different blur (partial
+    # volume, a nonlinear contrast) changes the ratio, which is not receive bias
+    f_img = sitk.GetImageFromArray(f_on_m.astype(np.float32))
+    f_img.CopyInformation(img)
+    for g in (sitk.GradientMagnitude(img), sitk.GradientMagnitude(f_img)):
+        g = sitk.GetArrayFromImage(g)
+        ok &= g <= np.percentile(g[ok], 50.0)
     edges = np.unique(np.percentile(f_on_m[ok], np.linspace(0, 100, n_bins + 1)))
     which = np.clip(np.searchsorted(edges, f_on_m[ok]) - 1, 0, len(edges) - 2)
     mean_m = np.bincount(which, m[ok], len(edges) - 1) / np.maximum(np.bincount(which, None, len(edges) - 1), 1)
@@ -393,12 +425,16 @@ def _relative_log_bias(img, other, other_from_img, sigma_mm=BIAS_SIGMA_MM, n_bin
     log_ratio[ok] = np.log(np.maximum(m[ok], 1e-3) / np.maximum(mean_m[which], 1e-3))
     log_ratio[ok] = np.clip(log_ratio[ok], -1.0, 1.0)  # a mismatched structure is not bias
 
-    def smooth(a):
+    def smooth(a, sigma):
         out = sitk.GetImageFromArray(a.astype(np.float32))
         out.CopyInformation(img)
-        return sitk.GetArrayFromImage(sitk.SmoothingRecursiveGaussian(out, sigma_mm))
-    weight = smooth(ok.astype(np.float32))
-    field = np.where(weight > 0.05, smooth(log_ratio) / np.maximum(weight, 1e-6), 0.0)
+        return sitk.GetArrayFromImage(sitk.SmoothingRecursiveGaussian(out, sigma))
+    # normalised convolution; where the samples are too far, a wider one, then their mean (no step
+    # of the field at the edge of the samples: it would add an edge to the image)
+    field = np.full(m.shape, float(log_ratio[ok].mean()))
+    for sigma in (3.0 * sigma_mm, sigma_mm):
+        weight = smooth(ok.astype(np.float32), sigma)
+        field = np.where(weight > 0.05, smooth(log_ratio, sigma) / np.maximum(weight, 1e-6), field)
     out = sitk.GetImageFromArray(field.astype(np.float32))
     out.CopyInformation(img)
     return out
@@ -477,9 +513,9 @@ def _thin_axis(img, other):
     other_ext = np.array(other.GetSize()) * np.array(other.GetSpacing())
     k = int(np.argmin(ext))
     if ext[k] > 0.6 * other_ext.min():
-        return None, 0.0
+        return None, 0.0, float(ext[k])
     d = np.array(img.GetDirection()).reshape(3, 3)[:, k]
-    return d, float(other_ext.min() - ext[k])
+    return d, float(other_ext.min() - ext[k]), float(ext[k])
 
 
 def _centre_of_mass(img, mask):
@@ -670,8 +706,9 @@ def _register(fixed, moving, fixed_mask, moving_mask, init, progress, debias=Non
         level.with_dilated_masks(cfg["coarse_mask_dilation"])
     identity_metric = _evaluate(levels[-2], sitk.Euler3DTransform())
     # coarse search: rotations x (slab) shifts along the thin axis of the fixed slab
-    thin, gap = _thin_axis(f_img, m_img)
-    shifts = [0.0] if thin is None else list(np.arange(-gap / 2, gap / 2 + 1e-6, max(gap / 4, 5.0)))
+    thin, gap, thickness = _thin_axis(f_img, m_img)
+    step = float(np.clip(thickness * SLAB_SHIFT_FRACTION, 5.0, max(gap / 4, 5.0)))
+    shifts = [0.0] if thin is None else list(np.arange(-gap / 2, gap / 2 + 1e-6, step))
     angles = np.deg2rad(cfg["search_angles_deg"])
     grid = []
     for ax, ay, az, b in itertools.product(angles, angles, angles, bases):
@@ -689,14 +726,18 @@ def _register(fixed, moving, fixed_mask, moving_mask, init, progress, debias=Non
     # a search level coarser than the multi-start levels is cheap: a larger pool of grid points is
     # refined there by a local optimisation (a 20 deg grid point with a centring off by 15-20 mm is
     # often not among the best few raw scores, but its basin is far deeper), the best go on
-    refine = len(levels) > 3
-    n_starts = cfg["search_refine"] if refine else cfg["search_keep"]
+    # (not for a slab: at 16 mm in-plane a thin slab is a featureless disc that scores wrong heights
+    # along its normal best; its candidates go to 4 mm, where the anatomy decides)
+    refine = len(levels) > 3 and thin is None
+    n_starts = cfg["slab_starts"] if thin is not None else cfg["search_refine"] if refine else cfg["search_keep"]
     starts = []
     for v, tx in scored:  # distinct starts (> 15 mm apart over the box)
         if all(_distance_mm(tx, o, pts) > 15.0 for _, o in starts):
             starts.append((v, tx))
         if len(starts) >= n_starts:
             break
+    if thin is not None:  # and the centrings themselves (the scanner geometry among them)
+        starts += [(np.nan, b) for b in bases if all(_distance_mm(b, o, pts) > cfg["distinct_mm"] for _, o in starts)]
     timing["search"] = time.process_time() - c0
     prog.update(0.2, "multi-start")
     n_iter = [0]
@@ -733,8 +774,9 @@ def _register(fixed, moving, fixed_mask, moving_mask, init, progress, debias=Non
     # a runner-up goes on to 4 mm only if it is competitive at 8 mm (within mid_margin of the best MI)
     # and a distinct optimum (starts that converged together are one candidate)
     keep = []
+    n_keep, margin = (len(local), 1.0) if thin is not None else (cfg["mid_keep"], cfg["mid_margin"])
     for x in local:
-        if len(keep) < cfg["mid_keep"] and x[0] <= local[0][0] * (1.0 - cfg["mid_margin"]) \
+        if len(keep) < n_keep and x[0] <= local[0][0] * (1.0 - margin) \
                 and all(_distance_mm(x[1], k[1], pts) > cfg["distinct_mm"] for k in keep):
             keep.append(x)
     for val, t in keep:
@@ -796,12 +838,21 @@ def _register(fixed, moving, fixed_mask, moving_mask, init, progress, debias=Non
     timing["restarts"] = time.process_time() - c0
     prog.update(0.7, "full resolution")
     tx, start = sitk.Euler3DTransform(tx2), base
-    full.with_edge_mask(cfg["final_edge_percentile"], tx).with_fixed_cropped()
+    full.with_edge_mask(cfg["final_edge_percentile"], tx, cfg["final_samples"]).with_fixed_cropped()
     metric_initial = _evaluate(full, start, cfg["final_samples"])  # same samples as the final metric
     full.with_moving_cropped(tx)
     metric_final, stop = _optimise(full, tx, cfg["final_iters"], cfg["final_step_mm"],
                                    cfg["final_min_step_mm"], cfg["final_samples"], n_iter,
                                    cfg["final_relaxation"])
+    # once more with half the step: on a thin slab the descent zigzags in its poorly constrained tilts and
+    # relaxes its step to the minimum before it reaches the optimum
+    for k in range(1, cfg["final_passes"]):
+        t = sitk.Euler3DTransform(tx)
+        v, st = _optimise(full, t, cfg["final_iters"], cfg["final_step_mm"] / (2 ** k),
+                          cfg["final_min_step_mm"], cfg["final_samples"], n_iter, cfg["final_relaxation"])
+        if v < metric_final:
+            tx.SetParameters(t.GetParameters())
+            metric_final, stop = v, st
     timing["full"] = time.process_time() - c0
     pyramid_mm = _distance_mm(tx, tx2, pts)
     converged = not stop.startswith("error") and "Maximum number of iterations" not in stop

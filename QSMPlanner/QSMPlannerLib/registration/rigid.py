@@ -212,15 +212,18 @@ class _Level:
                 self.mm_mask = sitk.RegionOfInterest(self.mm_mask, (hi - lo).tolist(), lo.tolist())
         return self
 
-    def with_fov_mask(self, tx, erode_mm=4.0):
-        """Restrict fixed samples to the moving field of view mapped by ``tx`` (eroded)."""
+    def with_moving_mask_fixed(self, tx):
+        """The moving mask mapped into the fixed space by ``tx`` once, as part of the fixed mask: ITK
+        drops the samples that map outside the moving mask, so with both masks the sample set changes
+        with the pose (a biased optimum when the masks differ, e.g. a GRE head and a T1 brain)."""
         import SimpleITK as sitk
-        fov = _fov_in_fixed(self.m, self.f, tx, erode_mm)
-        if self.fm is not None:
-            fov = sitk.And(fov, self.fm)
-        if sitk.GetArrayViewFromImage(fov).sum() > 1000:
-            self.fm = fov
-            self._n = None
+        if self.mm_mask is not None:
+            inside = sitk.Resample(self.mm_mask, self.f, tx, sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
+            if self.fm is not None:
+                inside = sitk.And(inside, self.fm)
+            if sitk.GetArrayViewFromImage(inside).sum() > 1000:
+                self.fm, self.mm_mask = inside, None
+                self._n = None
         return self
 
     def with_dilated_masks(self, voxels):
@@ -399,6 +402,26 @@ def _search_scores(level: _Level, transforms, chunk_points=4_000_000) -> np.ndar
             nz = p > 0
             out[c0 + k] = -float((p[nz] * np.log(p[nz] / (pf @ pm)[nz])).sum())
     return out
+
+def _unexplained_fraction(level: _Level, tx, n_bins=32) -> float:
+    """Residual mismatch at ``tx``: the fraction of the moving image's variance over the level's fixed
+    samples that the fixed intensity does not explain (1 - the correlation ratio; 0 = one image is a
+    function of the other, 1 = unrelated); NaN when fewer than 100 samples map into the moving image."""
+    import SimpleITK as sitk
+    moved = sitk.GetArrayViewFromImage(sitk.Resample(level.m, level.f, tx, sitk.sitkLinear, -1.0))
+    f = sitk.GetArrayViewFromImage(level.f)
+    inside = sitk.GetArrayViewFromImage(level.fm) > 0 if level.fm is not None else np.ones(f.shape, bool)
+    inside = inside & (moved >= 0)  # normalised images are >= 0: -1 is outside the moving image
+    if inside.sum() < 100:
+        return float("nan")
+    fv, mv = f[inside].astype(np.float64), moved[inside].astype(np.float64)
+    edges = np.unique(np.percentile(fv, np.linspace(0, 100, n_bins + 1)))
+    which = np.clip(np.searchsorted(edges, fv) - 1, 0, max(len(edges) - 2, 0))
+    count = np.bincount(which)
+    mean = np.bincount(which, mv) / np.maximum(count, 1)
+    total = float(((mv - mv.mean()) ** 2).sum())
+    return float(((mv - mean[which]) ** 2).sum() / total) if total > 0 else float("nan")
+
 
 def _relative_log_bias(img, other, other_from_img, sigma_mm=BIAS_SIGMA_MM, n_bins=48):
     """Smooth log ratio of ``img`` to what ``other`` predicts for it (the mean ``img`` intensity per
@@ -603,15 +626,31 @@ def register_rigid(fixed: Volume, moving: Volume, fixed_mask: Volume | None = No
     else:
         result, problems = _register(fixed, moving, fixed_mask, moving_mask, init, progress,
                                      None if _is_ct(moving) else "moving")
+    result.qc["summary"] = qc_line(result.qc)
     if problems:
-        q = result.qc
         raise ProcessingError(
-            "rigid registration failed (" + "; ".join(problems) + f"): metric {result.metric_initial:.4f}"
-            f" -> {result.metric_final:.4f}, shift {q['shift_mm']:.1f} mm, angle {q['angle_deg']:.1f} deg, "
-            f"restarts differ {q['restart_disagreement_mm']:.2f} mm, full-res change "
-            f"{q['pyramid_change_mm']:.2f} mm, mask Dice {q.get('mask_dice', float('nan')):.2f}, "
-            f"stop: {q['stop']}")
+            "rigid registration failed (" + "; ".join(problems) + f"): {result.qc['summary']}; metric (mutual "
+            f"information, nats) {-result.metric_initial:.4f} -> {-result.metric_final:.4f}; optimiser: "
+            f"{result.qc['stop']}")
     return result
+
+
+def qc_line(qc: dict) -> str:
+    """The QC in one line a reader can check: restart agreement (mm) at the centre and over the region,
+    the full-resolution step from the 2 mm pose (mm), the residual mismatch (%; before registration), the
+    motion found."""
+    def percent(key):
+        v = qc.get(key)
+        return "n/a" if v is None or not np.isfinite(v) else f"{100 * v:.0f} %"
+    line = (f"restarts end {qc['restart_disagreement_centre_mm']:.2f} mm apart at the centre of "
+            f"{qc['qc_region']} ({qc['restart_disagreement_mm']:.2f} mm at its corners); full resolution "
+            f"moved {qc['pyramid_change_mm']:.2f} mm from the 2 mm pose; residual mismatch "
+            f"{percent('residual_mismatch')} of the moving image's variance not explained by the fixed one "
+            f"({percent('residual_mismatch_start')} before registration); motion {qc['shift_mm']:.1f} mm, "
+            f"{qc['angle_deg']:.1f} deg")
+    if qc.get("mask_dice") is not None:
+        line += f"; mask Dice {qc['mask_dice']:.2f}"
+    return line
 
 
 def _source(vol: Volume, role: str) -> str:
@@ -696,7 +735,6 @@ def _register(fixed, moving, fixed_mask, moving_mask, init, progress, debias=Non
     for mm in sorted(cfg["levels_mm"]):  # each level from the next finer one (cheaper smoothing)
         src = _Level(src.f, src.m, src.fm, src.mm_mask, mm, smooth=src is not full)
         levels.insert(0, src)
-    timing = {"pyramid": time.process_time() - c0}
     search = levels[0]
     # centring (moments on the masked coarse images: cheap and noise-robust); the coarse search starts
     # from several centrings (requested one first) and lets the metric choose
@@ -704,7 +742,6 @@ def _register(fixed, moving, fixed_mask, moving_mask, init, progress, debias=Non
     base = bases[0]
     for level in levels[:-2]:  # search / multi-start levels (after the centring on the true masks)
         level.with_dilated_masks(cfg["coarse_mask_dilation"])
-    identity_metric = _evaluate(levels[-2], sitk.Euler3DTransform())
     # coarse search: rotations x (slab) shifts along the thin axis of the fixed slab
     thin, gap, thickness = _thin_axis(f_img, m_img)
     step = float(np.clip(thickness * SLAB_SHIFT_FRACTION, 5.0, max(gap / 4, 5.0)))
@@ -738,7 +775,6 @@ def _register(fixed, moving, fixed_mask, moving_mask, init, progress, debias=Non
             break
     if thin is not None:  # and the centrings themselves (the scanner geometry among them)
         starts += [(np.nan, b) for b in bases if all(_distance_mm(b, o, pts) > cfg["distinct_mm"] for _, o in starts)]
-    timing["search"] = time.process_time() - c0
     prog.update(0.2, "multi-start")
     n_iter = [0]
     pool = [(None, sitk.Euler3DTransform(tx)) for _, tx in starts]  # (before the last level, current)
@@ -787,9 +823,8 @@ def _register(fixed, moving, fixed_mask, moving_mask, init, progress, debias=Non
         mid.append((v4, t))
     mid.sort(key=lambda x: x[0])
     best4 = mid[0][1]
-    alternative_margin = float(mid[1][0] - mid[0][0]) if len(mid) > 1 else float("nan")
-    alternative_distance = _distance_mm(mid[0][1], mid[1][1], pts) if len(mid) > 1 else float("nan")
-    timing["multistart"] = time.process_time() - c0
+    alternative_margin = float(mid[1][0] - mid[0][0]) if len(mid) > 1 else None
+    alternative_distance = _distance_mm(mid[0][1], mid[1][1], pts) if len(mid) > 1 else None
     prog.update(0.5, "restarts")
     # restart consistency at 4 mm: two opposite perturbations of the 4 mm optimum must agree
     restart = [cfg[k][-2] for k in LEVEL_KEYS[1:]]  # iterations, step, min step, samples at 4 mm
@@ -813,7 +848,7 @@ def _register(fixed, moving, fixed_mask, moving_mask, init, progress, debias=Non
                                   cfg["level_min_step_mm"][-1], cfg["level_samples"][-1], n_iter)
             runs[k] = (v2, t, stop2)
         restart_mm = _distance_mm(runs[0][1], runs[1][1], pts)
-    qc_runs = [(round(r[0], 5), r[2][:90]) for r in runs]
+    restart_centre_mm = _distance_mm(runs[0][1], runs[1][1], pts[:1])
     runs.sort(key=lambda x: x[0])
     tx2 = sitk.Euler3DTransform(runs[0][1])
     # the relative intensity drift (receive bias) estimated at the 4 mm optimum and divided out of the
@@ -835,10 +870,10 @@ def _register(fixed, moving, fixed_mask, moving_mask, init, progress, debias=Non
         _optimise(levels[-1], tx2, cfg["level_iters"][-1], cfg["level_step_mm"][-1] / 2,
                   cfg["level_min_step_mm"][-1], cfg["level_samples"][-1], n_iter, cfg["final_relaxation"])
     full = _Level(f_img, m_img, f_mask, m_mask, None)
-    timing["restarts"] = time.process_time() - c0
     prog.update(0.7, "full resolution")
     tx, start = sitk.Euler3DTransform(tx2), base
-    full.with_edge_mask(cfg["final_edge_percentile"], tx, cfg["final_samples"]).with_fixed_cropped()
+    full.with_moving_mask_fixed(tx).with_edge_mask(cfg["final_edge_percentile"], tx, cfg["final_samples"])
+    full.with_fixed_cropped()
     metric_initial = _evaluate(full, start, cfg["final_samples"])  # same samples as the final metric
     full.with_moving_cropped(tx)
     metric_final, stop = _optimise(full, tx, cfg["final_iters"], cfg["final_step_mm"],
@@ -853,16 +888,22 @@ def _register(fixed, moving, fixed_mask, moving_mask, init, progress, debias=Non
         if v < metric_final:
             tx.SetParameters(t.GetParameters())
             metric_final, stop = v, st
-    timing["full"] = time.process_time() - c0
     pyramid_mm = _distance_mm(tx, tx2, pts)
     converged = not stop.startswith("error") and "Maximum number of iterations" not in stop
     fixed_from_moving = _euler_ras(tx)
     # QC
     shift, angle = _motion(fixed_from_moving, moving, moving_mask)
-    qc = {"identity_metric": identity_metric, "shift_mm": shift, "angle_deg": angle, "stop": stop,
-          "restart_disagreement_mm": restart_mm, "pyramid_change_mm": pyramid_mm,
-          "alternative_margin": alternative_margin, "alternative_distance_mm": alternative_distance,
-          "n_search": len(scored), "runs2": qc_runs, "timing": timing, "seconds": time.perf_counter() - t0, "cpu_seconds": time.process_time() - c0}
+    region = "the head inside the slab" if thin is not None else "a +-50 mm box about the fixed mask's centre" \
+        if f_mask is not None else "a +-50 mm box about the fixed image's centre"
+    qc = {"shift_mm": shift, "angle_deg": angle, "stop": stop,
+          "qc_region": region,
+          "restart_disagreement_mm": restart_mm, "restart_disagreement_centre_mm": restart_centre_mm,
+          "pyramid_change_mm": pyramid_mm,
+          "residual_mismatch": _unexplained_fraction(full, tx),
+          "residual_mismatch_start": _unexplained_fraction(full, start),
+          "mutual_information_nats": -metric_final, "mutual_information_start_nats": -metric_initial,
+          "alternative_margin_nats": alternative_margin, "alternative_distance_mm": alternative_distance,
+          "n_search": len(scored), "seconds": time.perf_counter() - t0, "cpu_seconds": time.process_time() - c0}
     if f_mask is not None and m_mask is not None:
         mm_res = sitk.Resample(m_mask, f_mask, tx, sitk.sitkNearestNeighbor)
         a = sitk.GetArrayViewFromImage(f_mask) > 0

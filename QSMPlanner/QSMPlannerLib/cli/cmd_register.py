@@ -46,6 +46,7 @@ def run(args) -> int:
     print(f"metric {result.metric_initial:.4f} -> {result.metric_final:.4f}, "
           f"shift {result.qc['shift_mm']:.2f} mm, angle {result.qc['angle_deg']:.2f} deg, "
           f"{result.iterations} iterations, {result.qc['seconds']:.1f} s")
+    print(f"QC: {result.qc['summary']}")
     summary = result.to_dict()
     summary.update(transform=str(out), qc_png=str(qc_png))
     print(json.dumps(summary))

@@ -42,6 +42,7 @@ SEED = 20240607
 MAX_SHIFT_MM = 80.0
 MAX_ANGLE_DEG = 60.0
 MIN_LEVEL_VOXELS = 5.0
+SLAB_SHIFT_FRACTION = 0.33   # slab search: shifts along its normal, this fraction of its thickness apart
 BIAS_SIGMA_MM = 15.0         # scale of the receive-bias estimate (smooth; anatomy is finer)
 LEVEL_KEYS = ("levels_mm", "level_iters", "level_step_mm", "level_min_step_mm", "level_samples")
 
@@ -54,6 +55,7 @@ CONFIG = {
     "search_keep": 3,            # candidates optimised on the multi-start levels
     "mid_keep": 2,               # candidates optimised again at 4 mm
     "mid_margin": 0.2,           # ... if their 8 mm metric is within 20 % of the best
+    "slab_starts": 6,            # a slab: grid points (+ centrings) optimised at 8 then all at 4 mm
     "distinct_mm": 3.0,          # ... and they are this far from every better one (box points)
     "levels_mm": (16.0, 8.0, 4.0, 2.0),      # search on the coarsest (wide basins: CT vs T1)
     "level_iters": (60, 60, 100, 100),
@@ -66,6 +68,7 @@ CONFIG = {
     "final_relaxation": 0.6,
     "final_step_mm": 0.15,
     "final_min_step_mm": 0.01,
+    "final_passes": 2,           # the full-resolution descent restarted with half the step (kept if better)
     "coarse_mask_dilation": 2,   # voxels, masks at the search / multi-start levels (16, 8 mm)
     "restart_perturbation": (3.0, 3.0),      # mm, deg at the 4 mm level
     "restart_tolerance_mm": 1.5,
@@ -141,10 +144,13 @@ class _Level:
         self.m, self.mm_mask = down(m_img, m_mask, mm)
         self._n = None
 
-    def with_edge_mask(self, percentile, tx=None):
+    def with_edge_mask(self, percentile, tx=None, max_voxels=None):
         """Restrict fixed samples to strong edges (top ``100 - percentile`` % gradient magnitude,
         inside the fixed mask if any, and inside the moving field of view mapped by ``tx``): far
-        more registration information per sample, none wasted outside a partial-coverage slab."""
+        more registration information per sample, none wasted outside a partial-coverage slab.
+        ``max_voxels``: a fixed random subset of them (samples stay at voxel centres: ITK's own
+        subsampling moves each sample off its centre, and the fixed image interpolated there
+        shifts the optimum by ~0.05 mm)."""
         import SimpleITK as sitk
         g = sitk.GetArrayFromImage(sitk.GradientMagnitude(self.f))
         inside = sitk.GetArrayFromImage(self.fm) > 0 if self.fm is not None else np.ones(g.shape, bool)
@@ -154,7 +160,26 @@ class _Level:
             if fov[inside].sum() > 1000:
                 inside &= fov
         thr = np.percentile(g[inside], percentile)
-        m = sitk.GetImageFromArray(((g > thr) & inside).astype(np.uint8))
+        keep = (g > thr) & inside
+        if max_voxels is not None and keep.sum() > max_voxels:
+            # every k-th voxel along the axes with room for it (the metric scans the whole fixed grid
+            # for its mask each evaluation: a sparser grid is cheaper), then a random subset
+            k = max(1, int((keep.sum() / max_voxels) ** (1.0 / 3.0)))
+            step = [k if n >= 20 * k else 1 for n in keep.shape]  # (z, y, x)
+            if max(step) > 1:
+                sl = tuple(slice(0, None, st) for st in step)
+                keep = keep[sl]
+                a = sitk.GetArrayFromImage(self.f)[sl]
+                f = sitk.GetImageFromArray(np.ascontiguousarray(a))
+                f.SetOrigin(self.f.GetOrigin())
+                f.SetDirection(self.f.GetDirection())
+                f.SetSpacing([sp * st for sp, st in zip(self.f.GetSpacing(), step[::-1])])
+                self.f = f
+            if keep.sum() > max_voxels:
+                idx = np.flatnonzero(keep)
+                keep = np.zeros(keep.shape, bool)
+                keep.flat[np.random.default_rng(SEED).choice(idx, int(max_voxels), replace=False)] = True
+        m = sitk.GetImageFromArray(keep.astype(np.uint8))
         m.CopyInformation(self.f)
         self.fm = m
         self._n = None
@@ -187,15 +212,18 @@ class _Level:
                 self.mm_mask = sitk.RegionOfInterest(self.mm_mask, (hi - lo).tolist(), lo.tolist())
         return self
 
-    def with_fov_mask(self, tx, erode_mm=4.0):
-        """Restrict fixed samples to the moving field of view mapped by ``tx`` (eroded)."""
+    def with_moving_mask_fixed(self, tx):
+        """The moving mask mapped into the fixed space by ``tx`` once, as part of the fixed mask: ITK
+        drops the samples that map outside the moving mask, so with both masks the sample set changes
+        with the pose (a biased optimum when the masks differ, e.g. a GRE head and a T1 brain)."""
         import SimpleITK as sitk
-        fov = _fov_in_fixed(self.m, self.f, tx, erode_mm)
-        if self.fm is not None:
-            fov = sitk.And(fov, self.fm)
-        if sitk.GetArrayViewFromImage(fov).sum() > 1000:
-            self.fm = fov
-            self._n = None
+        if self.mm_mask is not None:
+            inside = sitk.Resample(self.mm_mask, self.f, tx, sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
+            if self.fm is not None:
+                inside = sitk.And(inside, self.fm)
+            if sitk.GetArrayViewFromImage(inside).sum() > 1000:
+                self.fm, self.mm_mask = inside, None
+                self._n = None
         return self
 
     def with_dilated_masks(self, voxels):
@@ -375,6 +403,26 @@ def _search_scores(level: _Level, transforms, chunk_points=4_000_000) -> np.ndar
             out[c0 + k] = -float((p[nz] * np.log(p[nz] / (pf @ pm)[nz])).sum())
     return out
 
+def _unexplained_fraction(level: _Level, tx, n_bins=32) -> float:
+    """Residual mismatch at ``tx``: the fraction of the moving image's variance over the level's fixed
+    samples that the fixed intensity does not explain (1 - the correlation ratio; 0 = one image is a
+    function of the other, 1 = unrelated); NaN when fewer than 100 samples map into the moving image."""
+    import SimpleITK as sitk
+    moved = sitk.GetArrayViewFromImage(sitk.Resample(level.m, level.f, tx, sitk.sitkLinear, -1.0))
+    f = sitk.GetArrayViewFromImage(level.f)
+    inside = sitk.GetArrayViewFromImage(level.fm) > 0 if level.fm is not None else np.ones(f.shape, bool)
+    inside = inside & (moved >= 0)  # normalised images are >= 0: -1 is outside the moving image
+    if inside.sum() < 100:
+        return float("nan")
+    fv, mv = f[inside].astype(np.float64), moved[inside].astype(np.float64)
+    edges = np.unique(np.percentile(fv, np.linspace(0, 100, n_bins + 1)))
+    which = np.clip(np.searchsorted(edges, fv) - 1, 0, max(len(edges) - 2, 0))
+    count = np.bincount(which)
+    mean = np.bincount(which, mv) / np.maximum(count, 1)
+    total = float(((mv - mv.mean()) ** 2).sum())
+    return float(((mv - mean[which]) ** 2).sum() / total) if total > 0 else float("nan")
+
+
 def _relative_log_bias(img, other, other_from_img, sigma_mm=BIAS_SIGMA_MM, n_bins=48):
     """Smooth log ratio of ``img`` to what ``other`` predicts for it (the mean ``img`` intensity per
     ``other`` intensity bin; ``other_from_img`` maps img points to other points), on img's grid: the
@@ -386,6 +434,13 @@ def _relative_log_bias(img, other, other_from_img, sigma_mm=BIAS_SIGMA_MM, n_bin
     ok = (f_inside > 0) & (f_on_m >= 0) & (m > 0.05) & (f_on_m > 0.05)
     if ok.sum() < 2000:
         return None
+    # the flatter half of both only: near edges a residual misalignment or a different blur (partial
+    # volume, a nonlinear contrast) changes the ratio, which is not receive bias
+    f_img = sitk.GetImageFromArray(f_on_m.astype(np.float32))
+    f_img.CopyInformation(img)
+    for g in (sitk.GradientMagnitude(img), sitk.GradientMagnitude(f_img)):
+        g = sitk.GetArrayFromImage(g)
+        ok &= g <= np.percentile(g[ok], 50.0)
     edges = np.unique(np.percentile(f_on_m[ok], np.linspace(0, 100, n_bins + 1)))
     which = np.clip(np.searchsorted(edges, f_on_m[ok]) - 1, 0, len(edges) - 2)
     mean_m = np.bincount(which, m[ok], len(edges) - 1) / np.maximum(np.bincount(which, None, len(edges) - 1), 1)
@@ -393,12 +448,16 @@ def _relative_log_bias(img, other, other_from_img, sigma_mm=BIAS_SIGMA_MM, n_bin
     log_ratio[ok] = np.log(np.maximum(m[ok], 1e-3) / np.maximum(mean_m[which], 1e-3))
     log_ratio[ok] = np.clip(log_ratio[ok], -1.0, 1.0)  # a mismatched structure is not bias
 
-    def smooth(a):
+    def smooth(a, sigma):
         out = sitk.GetImageFromArray(a.astype(np.float32))
         out.CopyInformation(img)
-        return sitk.GetArrayFromImage(sitk.SmoothingRecursiveGaussian(out, sigma_mm))
-    weight = smooth(ok.astype(np.float32))
-    field = np.where(weight > 0.05, smooth(log_ratio) / np.maximum(weight, 1e-6), 0.0)
+        return sitk.GetArrayFromImage(sitk.SmoothingRecursiveGaussian(out, sigma))
+    # normalised convolution; where the samples are too far, a wider one, then their mean (no step
+    # of the field at the edge of the samples: it would add an edge to the image)
+    field = np.full(m.shape, float(log_ratio[ok].mean()))
+    for sigma in (3.0 * sigma_mm, sigma_mm):
+        weight = smooth(ok.astype(np.float32), sigma)
+        field = np.where(weight > 0.05, smooth(log_ratio, sigma) / np.maximum(weight, 1e-6), field)
     out = sitk.GetImageFromArray(field.astype(np.float32))
     out.CopyInformation(img)
     return out
@@ -477,9 +536,9 @@ def _thin_axis(img, other):
     other_ext = np.array(other.GetSize()) * np.array(other.GetSpacing())
     k = int(np.argmin(ext))
     if ext[k] > 0.6 * other_ext.min():
-        return None, 0.0
+        return None, 0.0, float(ext[k])
     d = np.array(img.GetDirection()).reshape(3, 3)[:, k]
-    return d, float(other_ext.min() - ext[k])
+    return d, float(other_ext.min() - ext[k]), float(ext[k])
 
 
 def _centre_of_mass(img, mask):
@@ -567,15 +626,31 @@ def register_rigid(fixed: Volume, moving: Volume, fixed_mask: Volume | None = No
     else:
         result, problems = _register(fixed, moving, fixed_mask, moving_mask, init, progress,
                                      None if _is_ct(moving) else "moving")
+    result.qc["summary"] = qc_line(result.qc)
     if problems:
-        q = result.qc
         raise ProcessingError(
-            "rigid registration failed (" + "; ".join(problems) + f"): metric {result.metric_initial:.4f}"
-            f" -> {result.metric_final:.4f}, shift {q['shift_mm']:.1f} mm, angle {q['angle_deg']:.1f} deg, "
-            f"restarts differ {q['restart_disagreement_mm']:.2f} mm, full-res change "
-            f"{q['pyramid_change_mm']:.2f} mm, mask Dice {q.get('mask_dice', float('nan')):.2f}, "
-            f"stop: {q['stop']}")
+            "rigid registration failed (" + "; ".join(problems) + f"): {result.qc['summary']}; metric (mutual "
+            f"information, nats) {-result.metric_initial:.4f} -> {-result.metric_final:.4f}; optimiser: "
+            f"{result.qc['stop']}")
     return result
+
+
+def qc_line(qc: dict) -> str:
+    """The QC in one line a reader can check: restart agreement (mm) at the centre and over the region,
+    the full-resolution step from the 2 mm pose (mm), the residual mismatch (%; before registration), the
+    motion found."""
+    def percent(key):
+        v = qc.get(key)
+        return "n/a" if v is None or not np.isfinite(v) else f"{100 * v:.0f} %"
+    line = (f"restarts end {qc['restart_disagreement_centre_mm']:.2f} mm apart at the centre of "
+            f"{qc['qc_region']} ({qc['restart_disagreement_mm']:.2f} mm at its corners); full resolution "
+            f"moved {qc['pyramid_change_mm']:.2f} mm from the 2 mm pose; residual mismatch "
+            f"{percent('residual_mismatch')} of the moving image's variance not explained by the fixed one "
+            f"({percent('residual_mismatch_start')} before registration); motion {qc['shift_mm']:.1f} mm, "
+            f"{qc['angle_deg']:.1f} deg")
+    if qc.get("mask_dice") is not None:
+        line += f"; mask Dice {qc['mask_dice']:.2f}"
+    return line
 
 
 def _source(vol: Volume, role: str) -> str:
@@ -660,7 +735,6 @@ def _register(fixed, moving, fixed_mask, moving_mask, init, progress, debias=Non
     for mm in sorted(cfg["levels_mm"]):  # each level from the next finer one (cheaper smoothing)
         src = _Level(src.f, src.m, src.fm, src.mm_mask, mm, smooth=src is not full)
         levels.insert(0, src)
-    timing = {"pyramid": time.process_time() - c0}
     search = levels[0]
     # centring (moments on the masked coarse images: cheap and noise-robust); the coarse search starts
     # from several centrings (requested one first) and lets the metric choose
@@ -668,10 +742,10 @@ def _register(fixed, moving, fixed_mask, moving_mask, init, progress, debias=Non
     base = bases[0]
     for level in levels[:-2]:  # search / multi-start levels (after the centring on the true masks)
         level.with_dilated_masks(cfg["coarse_mask_dilation"])
-    identity_metric = _evaluate(levels[-2], sitk.Euler3DTransform())
     # coarse search: rotations x (slab) shifts along the thin axis of the fixed slab
-    thin, gap = _thin_axis(f_img, m_img)
-    shifts = [0.0] if thin is None else list(np.arange(-gap / 2, gap / 2 + 1e-6, max(gap / 4, 5.0)))
+    thin, gap, thickness = _thin_axis(f_img, m_img)
+    step = float(np.clip(thickness * SLAB_SHIFT_FRACTION, 5.0, max(gap / 4, 5.0)))
+    shifts = [0.0] if thin is None else list(np.arange(-gap / 2, gap / 2 + 1e-6, step))
     angles = np.deg2rad(cfg["search_angles_deg"])
     grid = []
     for ax, ay, az, b in itertools.product(angles, angles, angles, bases):
@@ -689,15 +763,18 @@ def _register(fixed, moving, fixed_mask, moving_mask, init, progress, debias=Non
     # a search level coarser than the multi-start levels is cheap: a larger pool of grid points is
     # refined there by a local optimisation (a 20 deg grid point with a centring off by 15-20 mm is
     # often not among the best few raw scores, but its basin is far deeper), the best go on
-    refine = len(levels) > 3
-    n_starts = cfg["search_refine"] if refine else cfg["search_keep"]
+    # (not for a slab: at 16 mm in-plane a thin slab is a featureless disc that scores wrong heights
+    # along its normal best; its candidates go to 4 mm, where the anatomy decides)
+    refine = len(levels) > 3 and thin is None
+    n_starts = cfg["slab_starts"] if thin is not None else cfg["search_refine"] if refine else cfg["search_keep"]
     starts = []
     for v, tx in scored:  # distinct starts (> 15 mm apart over the box)
         if all(_distance_mm(tx, o, pts) > 15.0 for _, o in starts):
             starts.append((v, tx))
         if len(starts) >= n_starts:
             break
-    timing["search"] = time.process_time() - c0
+    if thin is not None:  # and the centrings themselves (the scanner geometry among them)
+        starts += [(np.nan, b) for b in bases if all(_distance_mm(b, o, pts) > cfg["distinct_mm"] for _, o in starts)]
     prog.update(0.2, "multi-start")
     n_iter = [0]
     pool = [(None, sitk.Euler3DTransform(tx)) for _, tx in starts]  # (before the last level, current)
@@ -733,8 +810,9 @@ def _register(fixed, moving, fixed_mask, moving_mask, init, progress, debias=Non
     # a runner-up goes on to 4 mm only if it is competitive at 8 mm (within mid_margin of the best MI)
     # and a distinct optimum (starts that converged together are one candidate)
     keep = []
+    n_keep, margin = (len(local), 1.0) if thin is not None else (cfg["mid_keep"], cfg["mid_margin"])
     for x in local:
-        if len(keep) < cfg["mid_keep"] and x[0] <= local[0][0] * (1.0 - cfg["mid_margin"]) \
+        if len(keep) < n_keep and x[0] <= local[0][0] * (1.0 - margin) \
                 and all(_distance_mm(x[1], k[1], pts) > cfg["distinct_mm"] for k in keep):
             keep.append(x)
     for val, t in keep:
@@ -745,9 +823,8 @@ def _register(fixed, moving, fixed_mask, moving_mask, init, progress, debias=Non
         mid.append((v4, t))
     mid.sort(key=lambda x: x[0])
     best4 = mid[0][1]
-    alternative_margin = float(mid[1][0] - mid[0][0]) if len(mid) > 1 else float("nan")
-    alternative_distance = _distance_mm(mid[0][1], mid[1][1], pts) if len(mid) > 1 else float("nan")
-    timing["multistart"] = time.process_time() - c0
+    alternative_margin = float(mid[1][0] - mid[0][0]) if len(mid) > 1 else None
+    alternative_distance = _distance_mm(mid[0][1], mid[1][1], pts) if len(mid) > 1 else None
     prog.update(0.5, "restarts")
     # restart consistency at 4 mm: two opposite perturbations of the 4 mm optimum must agree
     restart = [cfg[k][-2] for k in LEVEL_KEYS[1:]]  # iterations, step, min step, samples at 4 mm
@@ -771,7 +848,7 @@ def _register(fixed, moving, fixed_mask, moving_mask, init, progress, debias=Non
                                   cfg["level_min_step_mm"][-1], cfg["level_samples"][-1], n_iter)
             runs[k] = (v2, t, stop2)
         restart_mm = _distance_mm(runs[0][1], runs[1][1], pts)
-    qc_runs = [(round(r[0], 5), r[2][:90]) for r in runs]
+    restart_centre_mm = _distance_mm(runs[0][1], runs[1][1], pts[:1])
     runs.sort(key=lambda x: x[0])
     tx2 = sitk.Euler3DTransform(runs[0][1])
     # the relative intensity drift (receive bias) estimated at the 4 mm optimum and divided out of the
@@ -793,25 +870,40 @@ def _register(fixed, moving, fixed_mask, moving_mask, init, progress, debias=Non
         _optimise(levels[-1], tx2, cfg["level_iters"][-1], cfg["level_step_mm"][-1] / 2,
                   cfg["level_min_step_mm"][-1], cfg["level_samples"][-1], n_iter, cfg["final_relaxation"])
     full = _Level(f_img, m_img, f_mask, m_mask, None)
-    timing["restarts"] = time.process_time() - c0
     prog.update(0.7, "full resolution")
     tx, start = sitk.Euler3DTransform(tx2), base
-    full.with_edge_mask(cfg["final_edge_percentile"], tx).with_fixed_cropped()
+    full.with_moving_mask_fixed(tx).with_edge_mask(cfg["final_edge_percentile"], tx, cfg["final_samples"])
+    full.with_fixed_cropped()
     metric_initial = _evaluate(full, start, cfg["final_samples"])  # same samples as the final metric
     full.with_moving_cropped(tx)
     metric_final, stop = _optimise(full, tx, cfg["final_iters"], cfg["final_step_mm"],
                                    cfg["final_min_step_mm"], cfg["final_samples"], n_iter,
                                    cfg["final_relaxation"])
-    timing["full"] = time.process_time() - c0
+    # once more with half the step: on a thin slab the descent zigzags in its poorly constrained tilts and
+    # relaxes its step to the minimum before it reaches the optimum
+    for k in range(1, cfg["final_passes"]):
+        t = sitk.Euler3DTransform(tx)
+        v, st = _optimise(full, t, cfg["final_iters"], cfg["final_step_mm"] / (2 ** k),
+                          cfg["final_min_step_mm"], cfg["final_samples"], n_iter, cfg["final_relaxation"])
+        if v < metric_final:
+            tx.SetParameters(t.GetParameters())
+            metric_final, stop = v, st
     pyramid_mm = _distance_mm(tx, tx2, pts)
     converged = not stop.startswith("error") and "Maximum number of iterations" not in stop
     fixed_from_moving = _euler_ras(tx)
     # QC
     shift, angle = _motion(fixed_from_moving, moving, moving_mask)
-    qc = {"identity_metric": identity_metric, "shift_mm": shift, "angle_deg": angle, "stop": stop,
-          "restart_disagreement_mm": restart_mm, "pyramid_change_mm": pyramid_mm,
-          "alternative_margin": alternative_margin, "alternative_distance_mm": alternative_distance,
-          "n_search": len(scored), "runs2": qc_runs, "timing": timing, "seconds": time.perf_counter() - t0, "cpu_seconds": time.process_time() - c0}
+    region = "the head inside the slab" if thin is not None else "a +-50 mm box about the fixed mask's centre" \
+        if f_mask is not None else "a +-50 mm box about the fixed image's centre"
+    qc = {"shift_mm": shift, "angle_deg": angle, "stop": stop,
+          "qc_region": region,
+          "restart_disagreement_mm": restart_mm, "restart_disagreement_centre_mm": restart_centre_mm,
+          "pyramid_change_mm": pyramid_mm,
+          "residual_mismatch": _unexplained_fraction(full, tx),
+          "residual_mismatch_start": _unexplained_fraction(full, start),
+          "mutual_information_nats": -metric_final, "mutual_information_start_nats": -metric_initial,
+          "alternative_margin_nats": alternative_margin, "alternative_distance_mm": alternative_distance,
+          "n_search": len(scored), "seconds": time.perf_counter() - t0, "cpu_seconds": time.process_time() - c0}
     if f_mask is not None and m_mask is not None:
         mm_res = sitk.Resample(m_mask, f_mask, tx, sitk.sitkNearestNeighbor)
         a = sitk.GetArrayViewFromImage(f_mask) > 0

@@ -15,6 +15,7 @@ from .rigid import RigidResult, register_rigid
 
 CT_AIR_HU = -300.0          # CT head mask threshold (HU): soft tissue and bone, not air or foam
 CT_WINDOW_HU = (-200.0, 1500.0)
+BRAIN_MARGIN_MM = 10.0      # brain masks grown to take in the skull (rigid with the brain; jaw and neck are not)
 
 
 def head_mask(vol: Volume, threshold: float | None = None, opening: int = 2) -> Volume:
@@ -30,6 +31,17 @@ def head_mask(vol: Volume, threshold: float | None = None, opening: int = 2) -> 
         sizes[0] = 0
         m = lab == sizes.argmax()
     return vol.with_data(ndimage.binary_fill_holes(m).astype(np.uint8), name="head mask")
+
+
+def with_margin(mask: Volume | None, margin_mm: float) -> Volume | None:
+    """``mask`` grown by ``margin_mm`` (a Maurer distance map; same grid, uint8)."""
+    if mask is None or margin_mm <= 0:
+        return mask
+    import SimpleITK as sitk
+    m = Volume((np.asarray(mask.data) > 0).astype(np.uint8), mask.ras_from_ijk).to_sitk()
+    dist = sitk.SignedMaurerDistanceMap(m, insideIsPositive=False, squaredDistance=False, useImageSpacing=True)
+    grown = sitk.GetArrayFromImage(dist <= margin_mm).transpose(2, 1, 0)
+    return mask.with_data(grown.astype(np.uint8), name=f"{mask.name or 'mask'} + {margin_mm:g} mm")
 
 
 def t1_brain_mask(t1: Volume) -> Volume | None:
@@ -79,29 +91,27 @@ def register_gre_to_t1(t1: Volume, gre_magnitude: Volume, gre_brain_mask: Volume
     """GRE magnitude (own scanner geometry; first echo or any echo combination) -> planning T1.
 
     ``gre_brain_mask``: the QSM's brain mask on the GRE grid (the strongest cue); ``t1_brain``: the T1's
-    brain mask if already computed (else made here). Tries brain masks, then the reversed registration
-    on head masks, then the GRE brain mask alone, then head masks."""
+    brain mask if already computed (else made here). Both grown by BRAIN_MARGIN_MM (brain and skull:
+    the skull's edges hold the pose, jaw and neck are left out); then, as the one fallback, the reversed
+    registration on head masks."""
     t1_head = head_mask(t1, opening=1)
     if t1_brain is None:
         t1_brain = t1_brain_mask(t1)
     mag_head = head_mask(gre_magnitude)
     brain = gre_brain_mask if gre_brain_mask is not None else mag_head
-    attempts = [dict(moving_mask=brain, fixed_mask=t1_brain if t1_brain is not None else t1_head),
-                dict(moving_mask=mag_head, fixed_mask=t1_head, reverse=True),
-                dict(moving_mask=brain),
-                dict(moving_mask=mag_head, fixed_mask=t1_head)]
+    attempts = [dict(moving_mask=with_margin(brain, BRAIN_MARGIN_MM),
+                     fixed_mask=with_margin(t1_brain, BRAIN_MARGIN_MM) if t1_brain is not None else t1_head),
+                dict(moving_mask=mag_head, fixed_mask=t1_head, reverse=True)]
     return register_with_attempts(t1, gre_magnitude, attempts, progress, "GRE magnitude -> T1", messages)
 
 
 def register_ct_to_t1(t1: Volume, ct: Volume, progress=None, messages: list | None = None) -> RigidResult:
-    """Frame CT (HU, own geometry) -> planning T1 on head masks: forward, reversed, reversed without
-    masks, then with the HU window clipped (metal and the localizer tamed)."""
+    """Frame CT (HU, own geometry) -> planning T1 on head masks; as the one fallback, with the HU window
+    clipped (metal and the localizer tamed)."""
     t1_head = head_mask(t1, opening=1)
     ct_head = head_mask(ct, threshold=CT_AIR_HU)
     clipped = ct.with_data(np.clip(np.asarray(ct.data, np.float32), *CT_WINDOW_HU))
     attempts = [dict(moving_mask=ct_head, fixed_mask=t1_head),
-                dict(moving_mask=ct_head, fixed_mask=t1_head, reverse=True),
-                dict(reverse=True),
                 dict(moving_mask=ct_head, fixed_mask=t1_head, image=clipped)]
     return register_with_attempts(t1, ct, attempts, progress, "CT -> T1", messages)
 

@@ -19,8 +19,8 @@ import numpy as np
 from scipy import ndimage
 
 from ..errors import ProcessingError
-from ..volume import mask_box
-from .kinds import TargetSuggestion, _apply, acpc_frame, describe_acpc, estimate
+from ..volume import apply, mask_box
+from .kinds import TargetSuggestion, acpc_frame, describe_acpc, estimate
 from .target import labelmap_of, side_letter, side_name
 
 GPI_INDIRECT_ACPC_MM = (21.0, 2.5, -5.0)   # lateral, AP (+ anterior), vertical (+ superior) from the MCP
@@ -66,8 +66,8 @@ def suggest_gpi(seg, side, landmarks=None, world_from_segmentation=None,
     frame = acpc_frame(landmarks)
     axes = frame if frame is not None else np.eye(4)
     ijk = np.argwhere(mask)
-    ras = _apply(world_from_ijk, ijk)
-    c = _apply(axes, ras)
+    ras = apply(world_from_ijk, ijk)
+    c = apply(axes, ras)
     pv = posteroventral(c)
     # depth: distance from a voxel centre to the nearest voxel face of the border (on the GPi's box)
     box = mask_box(mask, 2)
@@ -90,7 +90,7 @@ def suggest_gpi(seg, side, landmarks=None, world_from_segmentation=None,
     direct = estimate("direct", "posteroventral GPi of the QSM segmentation", target, frame)
     indirect = None
     if frame is not None:
-        indirect = estimate("indirect", GPI_INDIRECT_TEXT, _apply(np.linalg.inv(frame), gpi_indirect_acpc(name)),
+        indirect = estimate("indirect", GPI_INDIRECT_TEXT, apply(np.linalg.inv(frame), gpi_indirect_acpc(name)),
                             frame)
     out = TargetSuggestion("gpi", name, direct, indirect, details)
     where = (f"AC-PC {describe_acpc(direct.acpc)}" if direct.acpc is not None
@@ -115,7 +115,7 @@ def _run_length(mask: np.ndarray, ijk_from_world: np.ndarray, start, direction, 
     """Distance (mm) from ``start`` along ``direction`` (world) until the nearest voxel leaves ``mask``."""
     s = np.arange(0.0, max_mm, step_mm)
     pts = np.asarray(start, float) + s[:, None] * np.asarray(direction, float)
-    ijk = np.rint(_apply(ijk_from_world, pts)).astype(int)
+    ijk = np.rint(apply(ijk_from_world, pts)).astype(int)
     ok = np.all((ijk >= 0) & (ijk < np.array(mask.shape)), axis=1)
     inside = np.zeros(len(s), bool)
     inside[ok] = mask[tuple(ijk[ok].T)]

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..errors import InputError
+from ..volume import apply
 
 TARGET_KINDS = ("stn", "gpi", "vim")
 KIND_NAMES = {"stn": "STN", "gpi": "GPi", "vim": "VIM"}
@@ -37,11 +38,6 @@ def acpc_frame(landmarks) -> np.ndarray | None:
         return None
     from ..stereotaxy.coordinates import acpc_from_ras
     return acpc_from_ras(landmarks["AC"], landmarks["PC"], landmarks["MS"])
-
-
-def _apply(m, p) -> np.ndarray:
-    m = np.asarray(m, float)
-    return np.asarray(p, float) @ m[:3, :3].T + m[:3, 3]
 
 
 def describe_acpc(c) -> str:
@@ -134,7 +130,7 @@ def _jsonable(v):
 def estimate(method: str, description: str, ras, frame) -> Estimate:
     """An ``Estimate`` at world ``ras`` with its AC-PC coordinates under ``frame`` (4x4 or None)."""
     ras = np.asarray(ras, float).reshape(3)
-    return Estimate(method, description, ras, None if frame is None else _apply(frame, ras))
+    return Estimate(method, description, ras, None if frame is None else apply(frame, ras))
 
 
 def suggest_target_of_kind(kind: str, side, segmentation=None, landmarks=None, world_from_segmentation=None,
@@ -170,12 +166,12 @@ def indirect_check(kind: str, target_ras, landmarks, third_ventricle=None) -> di
     frame = acpc_frame(landmarks)
     if kind == "stn" or frame is None:
         return None
-    target_acpc = _apply(frame, target_ras)
+    target_acpc = apply(frame, target_ras)
     side = "right" if target_acpc[0] >= 0 else "left"
     if kind == "gpi":
         from .gpi import GPI_INDIRECT_TEXT, gpi_indirect_acpc
         acpc, formula = gpi_indirect_acpc(side), GPI_INDIRECT_TEXT
-        ras = _apply(np.linalg.inv(frame), acpc)
+        ras = apply(np.linalg.inv(frame), acpc)
     else:
         from .vim import suggest_vim
         vim = suggest_vim(side, landmarks, third_ventricle)

@@ -51,12 +51,9 @@ def acpc_axes(landmarks=None) -> tuple[np.ndarray, np.ndarray]:
     From AC, PC, MS (mid-sagittal point) when given (stereotaxy.md convention), else the RAS axes and
     the origin (0, 0, 0)."""
     if landmarks and all(k in landmarks for k in ("AC", "PC", "MS")):
+        from ..stereotaxy.coordinates import acpc_from_ras
         ac, pc, ms = (np.asarray(landmarks[k], float) for k in ("AC", "PC", "MS"))
-        y = (ac - pc) / np.linalg.norm(ac - pc)
-        x = np.cross(y, ms - pc)
-        x /= np.linalg.norm(x)
-        z = np.cross(x, y)
-        return np.stack([x, y, z]), (ac + pc) / 2.0
+        return acpc_from_ras(ac, pc, ms)[:3, :3], (ac + pc) / 2.0
     return np.eye(3), np.zeros(3)
 
 

@@ -31,8 +31,8 @@ import numpy as np
 from scipy import ndimage
 
 from ..errors import InputError, ProcessingError
-from ..volume import Volume
-from .kinds import TargetSuggestion, _apply, acpc_frame, describe_acpc, estimate
+from ..volume import Volume, apply
+from .kinds import TargetSuggestion, acpc_frame, describe_acpc, estimate
 from .target import side_name
 
 VIM_AP_FRACTION = 0.25          # of the AC-PC length, anterior to the PC
@@ -105,7 +105,7 @@ def suggest_vim(side, landmarks, third_ventricle=None) -> TargetSuggestion:
         raise InputError("a VIM target needs the AC, PC and MS landmarks")
     ras_from_acpc = np.linalg.inv(frame)
     length = _acpc_length(landmarks)
-    midline = estimate("indirect", VIM_MIDLINE_TEXT, _apply(ras_from_acpc, vim_acpc(name, length)), frame)
+    midline = estimate("indirect", VIM_MIDLINE_TEXT, apply(ras_from_acpc, vim_acpc(name, length)), frame)
     details = {"acpc_length_mm": round(length, 3)}
     if third_ventricle is None:
         out = TargetSuggestion("vim", name, midline, None, details)
@@ -115,7 +115,7 @@ def suggest_vim(side, landmarks, third_ventricle=None) -> TargetSuggestion:
         return out
     tv = third_ventricle if isinstance(third_ventricle, ThirdVentricle) else ThirdVentricle.from_width(third_ventricle)
     wall = tv.wall_x_mm(name)
-    target = estimate("indirect", VIM_FORMULA_TEXT, _apply(ras_from_acpc, vim_acpc(name, length, wall)), frame)
+    target = estimate("indirect", VIM_FORMULA_TEXT, apply(ras_from_acpc, vim_acpc(name, length, wall)), frame)
     details["third_ventricle"] = tv.to_dict()
     out = TargetSuggestion("vim", name, target, midline, details)
     out.statement = (f"{name.capitalize()} VIM target (indirect: 25% of the AC-PC length ({length:.1f} mm) "
@@ -151,7 +151,7 @@ def measure_third_ventricle(t1: Volume, landmarks, ap_mm: float | None = None, h
     zs = np.arange(-half_height_mm, half_height_mm + 1e-9, 0.5)
     yy, zz, xx = np.meshgrid(ys, zs, xs, indexing="ij")
     acpc = np.stack([xx.ravel(), yy.ravel(), zz.ravel()], axis=1)
-    ijk = _apply(t1.ijk_from_ras @ np.linalg.inv(frame), acpc)
+    ijk = apply(t1.ijk_from_ras @ np.linalg.inv(frame), acpc)
     values = ndimage.map_coordinates(np.asarray(t1.data, np.float32), ijk.T, order=1, mode="nearest")
     profile = np.median(values.reshape(-1, len(xs)), axis=0)
     left, right, contrast = _walls(xs, profile)

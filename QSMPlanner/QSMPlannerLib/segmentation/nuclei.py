@@ -102,20 +102,10 @@ class NucleiSegmentation:
 
 
 def acpc_coordinates(point_ras, ac, pc, ms) -> np.ndarray:
-    """AC-PC coordinates (mm) of a RAS point: origin at the mid-commissural point, y from PC to AC
-    (anterior), z towards the mid-sagittal point MS orthogonal to y (superior), x = y × z (right)."""
-    ac, pc, ms, p = (np.asarray(v, float) for v in (ac, pc, ms, point_ras))
-    origin = (ac + pc) / 2.0
-    y = ac - pc
-    y /= np.linalg.norm(y)
-    z = ms - origin
-    z = z - (z @ y) * y
-    if np.linalg.norm(z) < 1e-6:
-        raise InputError("MS lies on the AC-PC line", "landmarks")
-    z /= np.linalg.norm(z)
-    x = np.cross(y, z)
-    d = p - origin
-    return np.array([d @ x, d @ y, d @ z])
+    """AC-PC coordinates (mm) of a RAS point (``stereotaxy.acpc_coordinates``: origin at the
+    mid-commissural point, +x right, +y anterior, +z superior)."""
+    from ..stereotaxy.coordinates import acpc_coordinates as acpc_of
+    return acpc_of(point_ras, ac, pc, ms)
 
 
 # --------------------------------------------------------------------------------------------------

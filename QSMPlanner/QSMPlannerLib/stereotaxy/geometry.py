@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..volume import LPS_FROM_RAS  # noqa: F401  (re-exported: DICOM/LPS exports)
+from ..volume import LPS_FROM_RAS, apply  # noqa: F401  (re-exported)
 
 # frame-aligned RAS (origin at the frame centre) from Leksell XYZ; a proper rotation (det +1)
 FRAMERAS_FROM_XYZ = np.array([[-1.0, 0.0, 0.0, 100.0],
@@ -60,12 +60,6 @@ PLATES = {
 }
 POSTERIOR_PLATE = _plate_ap("posterior", -15.0)  # some MR boxes
 ALL_PLATES = dict(PLATES, posterior=POSTERIOR_PLATE)
-
-
-def apply(m: np.ndarray, points) -> np.ndarray:
-    """Apply a 4x4 affine to points (..., 3)."""
-    p = np.asarray(points, float)
-    return p @ np.asarray(m, float)[:3, :3].T + np.asarray(m, float)[:3, 3]
 
 
 def segment_distance(points, a, b) -> np.ndarray:

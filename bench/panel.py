@@ -70,10 +70,7 @@ def main(argv=None) -> int:
     seg = timed_stage(lambda: logic.segmentation_task(qsm, t1), rows, "segmentation")
     timed_stage(lambda: logic.risk_task(qsm, seg, t1), rows, "risk map")
     for side in ("left", "right"):
-        t = time.perf_counter()
-        logic.plan_side(side, qsm, seg, t1, ct)
-        dt = time.perf_counter() - t
-        rows.append((f"plan {side} (main thread)", dt, 0.0, 0, 0.0, dt))
+        timed_stage(lambda: logic.plan_side_task(side, qsm, seg, t1, ct), rows, f"plan {side}")
     t = time.perf_counter()
     logic.coordinates_table(ct, qsm)
     dt = time.perf_counter() - t

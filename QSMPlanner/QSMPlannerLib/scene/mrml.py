@@ -224,8 +224,8 @@ def add_volume(scene, vol: Volume, name: str | None = None, *, kind: str = "scal
         if kind == "scalar" and _int16_exact(data):
             data = data.astype(np.int16)  # as Slicer holds a CT or MR series; halves the bundle
         node = _new_node(scene, "vtkMRMLScalarVolumeNode", name, replace)
-    node.SetAndObserveImageData(_image_from_array(data))
     node.SetIJKToRASMatrix(vtk_matrix(vol.ras_from_ijk))
+    # the display node before the voxels: with its window set, it does not scan the whole image
     node.CreateDefaultDisplayNodes()
     display = node.GetDisplayNode()
     if kind == "labelmap":
@@ -237,13 +237,14 @@ def add_volume(scene, vol: Volume, name: str | None = None, *, kind: str = "scal
             display.AutoWindowLevelOff()
             display.SetWindowLevelMinMax(float(low), float(high))
         else:
-            sample = data.ravel()[:: max(1, data.size // 500_000)]   # the window from ~0.5 M voxels
+            sample = data.ravel(order="K")[:: max(1, data.size // 500_000)]   # the window from ~0.5 M voxels
             finite = sample[np.isfinite(sample)] if np.issubdtype(sample.dtype, np.floating) else sample
             if finite.size:
                 low, high = np.percentile(finite, [1.0, 99.5])
                 if high > low:
                     display.AutoWindowLevelOff()
                     display.SetWindowLevelMinMax(float(low), float(high))
+    node.SetAndObserveImageData(_image_from_array(data))
     if kind == "qsm":
         node.SetAttribute("QSMPlanner.Quantity", "susceptibility_ppm")
     if parent_transform is not None:
@@ -255,7 +256,7 @@ def _int16_exact(data: np.ndarray) -> bool:
     """True for floating data of whole numbers within int16 (scanner intensities, CT HU): int16 is exact."""
     if not np.issubdtype(data.dtype, np.floating) or data.size == 0:
         return False
-    sample = data.ravel()[:: max(1, data.size // 100_000)]   # fractional data is told apart in ~1 ms
+    sample = data.ravel(order="K")[:: max(1, data.size // 100_000)]   # fractional data is told apart in ~1 ms
     if not np.array_equal(sample, np.round(sample)):
         return False
     low, high = np.nanmin(data), np.nanmax(data)

@@ -24,6 +24,8 @@ import time
 import traceback
 from pathlib import Path
 
+import numpy as np
+
 from ..errors import InputError, ProcessingError
 from ..progress import Cancelled
 
@@ -112,7 +114,7 @@ class ChunkedReader:
         n_header, n_buffers = struct.unpack("<QQ", self._file.read(16))
         sizes = struct.unpack(f"<{n_buffers}Q", self._file.read(8 * n_buffers)) if n_buffers else ()
         self._header = self._file.read(n_header)
-        self._buffers = [bytearray(n) for n in sizes]
+        self._buffers = [np.empty(n, np.uint8) for n in sizes]   # not zeroed: pages come as they are read
         self._index, self._offset = 0, 0
         self.done = False
         self.result = None
@@ -120,7 +122,7 @@ class ChunkedReader:
     def step(self, max_bytes: int = CHUNK_BYTES) -> bool:
         budget = max_bytes
         while budget > 0 and self._index < len(self._buffers):
-            buf = memoryview(self._buffers[self._index])
+            buf = memoryview(self._buffers[self._index]).cast("B")
             n = min(budget, len(buf) - self._offset)
             got = self._file.readinto(buf[self._offset:self._offset + n])
             if not got:
@@ -139,6 +141,32 @@ class ChunkedReader:
     def close(self):
         if not self._file.closed:
             self._file.close()
+
+
+def in_vtk_order(obj, _seen=None):
+    """``obj`` with its arrays of 3 or more dimensions in Fortran order (i fastest), the memory order of VTK
+    images, changed in place through dataclasses, objects, dicts, lists and tuples: the GUI process then
+    adds them to the scene without a transpose. Returns ``obj`` (a new tuple for a tuple)."""
+    seen = set() if _seen is None else _seen
+    if isinstance(obj, np.ndarray):
+        return np.asfortranarray(obj) if obj.ndim >= 3 and not obj.flags.f_contiguous else obj
+    if id(obj) in seen or isinstance(obj, (str, bytes, int, float, bool, type(None))):
+        return obj
+    seen.add(id(obj))
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            obj[k] = in_vtk_order(v, seen)
+    elif isinstance(obj, list):
+        obj[:] = [in_vtk_order(v, seen) for v in obj]
+    elif isinstance(obj, tuple):
+        items = [in_vtk_order(v, seen) for v in obj]
+        return type(obj)(*items) if hasattr(obj, "_fields") else tuple(items)
+    elif hasattr(obj, "__dict__") and not isinstance(obj, type):
+        for k, v in list(vars(obj).items()):
+            new = in_vtk_order(v, seen)
+            if new is not v:
+                object.__setattr__(obj, k, new)
+    return obj
 
 
 def dump(obj, path) -> None:

@@ -43,7 +43,7 @@ def main(argv=None) -> int:
     try:
         job = jobs.load(job_dir / "inputs.pkl5")
         result = jobs.run_stage(job["stage"], job["kwargs"], Progress(report, cancel))
-        jobs.dump(result, job_dir / "outputs.pkl5")
+        jobs.dump(jobs.in_vtk_order(result), job_dir / "outputs.pkl5")
     except BaseException as exc:  # noqa: BLE001 -- every failure goes back to the GUI as a status
         status = {"ok": False, "error_type": type(exc).__name__, "message": str(exc),
                   "trace": traceback.format_exc()}

@@ -9,6 +9,7 @@ import importlib.util
 import sys
 import time
 import types
+import unittest
 import xml.etree.ElementTree as ET
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
@@ -144,8 +145,12 @@ def _fake_modules(ui_names):
         def getParameterNode(self):
             return ScriptedLoadableModuleLogic._nodes.setdefault(id(slicer.mrmlScene), object())
 
-    class ScriptedLoadableModuleTest:
-        pass
+    class ScriptedLoadableModuleTest(unittest.TestCase):
+        """As Slicer's: a TestCase whose ``delayDisplay`` shows a message (here: keeps it)."""
+        shown = []
+
+        def delayDisplay(self, message, msec=1000):
+            ScriptedLoadableModuleTest.shown.append(message)
 
     sl.ScriptedLoadableModule = ScriptedLoadableModule
     sl.ScriptedLoadableModuleWidget = ScriptedLoadableModuleWidget
@@ -474,3 +479,23 @@ def test_read_gre_folder_button(env):
     gre = w.logic.planner().gre_from_nodes(mag, env.p.phaseVolume)
     np.testing.assert_allclose(gre.te_s, patient.gre.te_s, rtol=1e-6)
     np.testing.assert_allclose(gre.phase_rad, patient.gre.phase_rad, atol=2e-3)
+
+
+@pytest.mark.slow
+def test_the_modules_self_test_runs_here(env):
+    """The self test Slicer runs (Reload and Test): sample data registration through Slicer's SampleData
+    (skipped where it is absent), then the whole flow with every long stage in a worker process, MNI
+    normalisation included, checked against the digital patient's truth, saved and read back."""
+    test = env.module.QSMPlannerTest()
+    try:
+        import SampleData  # noqa: F401  (a Slicer application module: not in slicer-core)
+    except ImportError:
+        pass
+    else:
+        test.setUp()
+        test.test_SampleDataRegistered()
+    test.setUp()
+    test.test_WholeFlowOnDigitalPatient()
+    shown = type(test).__mro__[1].shown
+    print("\n".join(shown))
+    assert shown[-1] == "Test passed" and any("MNI normalization" in m for m in shown)

@@ -3,6 +3,7 @@ ground truth to keep the test short: QSM, segmentation, vein mask, entry search,
 computed); the ``run``/``demo`` command surface; ``qsmplanner run`` and the Slicer panel's logic giving the
 same plan on the same patient; the settings; the worker-process runner; the layering of the package."""
 import csv
+import dataclasses
 import importlib.util
 import json
 import re
@@ -216,6 +217,36 @@ def test_chunked_pickles_round_trip_large_arrays_a_slice_at_a_time(tmp_path):
     np.testing.assert_array_equal(back["vol"].data, obj["vol"].data)
     np.testing.assert_array_equal(back["strided"], obj["strided"])
     assert back["text"] == "χ ppm" and back["vol"].data.flags.writeable
+
+
+@dataclasses.dataclass(frozen=True)
+class _Holder:
+    vol: object
+    echoes: np.ndarray
+
+
+def test_worker_results_come_in_vtk_memory_order_with_the_same_values(tmp_path):
+    """A worker hands its volumes over i-fastest (VTK's order) so the GUI adds them without a transpose;
+    values, nesting and small arrays are untouched."""
+    from QSMPlannerLib.scene import mrml
+    from QSMPlannerLib.volume import Volume
+    from QSMPlannerLib.workflow import jobs
+    rng = np.random.default_rng(1)
+    vol = Volume(rng.standard_normal((20, 16, 12)).astype(np.float32), np.eye(4), "v")
+    echoes = rng.standard_normal((20, 16, 12, 3))
+    expect = (vol.data.copy(), echoes.copy())
+    obj = {"h": _Holder(vol, echoes), "pair": (vol, np.arange(6).reshape(2, 3)), "same": vol}
+    jobs.dump(jobs.in_vtk_order(obj), tmp_path / "r.pkl5")
+    back = jobs.load(tmp_path / "r.pkl5")
+    for data in (back["h"].vol.data, back["h"].echoes, back["h"].echoes[..., 1], back["pair"][0].data):
+        assert data.flags.f_contiguous and not data.flags.c_contiguous
+    np.testing.assert_array_equal(back["h"].vol.data, expect[0])
+    np.testing.assert_array_equal(back["h"].echoes, expect[1])
+    assert back["pair"][1].flags.c_contiguous and back["same"] is back["h"].vol
+    # the scene reads the same voxels back from a node made of the Fortran-ordered volume
+    pytest.importorskip("slicer")
+    node = mrml.add_volume(mrml.new_scene(), back["h"].vol, "v")
+    np.testing.assert_array_equal(mrml.volume_from_node(node).data, expect[0])
 
 
 def test_a_job_reports_a_worker_that_dies_and_refuses_unknown_stages(tmp_path):

@@ -612,12 +612,19 @@ class QSMPlannerLogic(ScriptedLoadableModuleLogic):
 
     @staticmethod
     def missingRequirements() -> list:
-        """Distributions listed in Resources/requirements.txt that cannot be imported."""
+        """Requirements in Resources/requirements.txt for this Python (their environment markers hold) whose
+        distribution cannot be imported."""
+        try:
+            from packaging.markers import Marker
+        except ImportError:  # Slicer's pip vendors it
+            from pip._vendor.packaging.markers import Marker
         missing = []
         with open(REQUIREMENTS, encoding="utf-8") as f:
             for line in f:
                 line = line.split("#")[0].strip()
                 if not line:
+                    continue
+                if ";" in line and not Marker(line.split(";", 1)[1].strip()).evaluate():
                     continue
                 name = line
                 for sep in ("==", ">=", "<=", "~=", ">", "<", "[", ";"):

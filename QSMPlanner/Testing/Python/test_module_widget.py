@@ -301,6 +301,19 @@ def test_module_metadata_and_parameter_defaults_are_the_workflows(env):
     assert env.widget.logic.planner().settings == defaults
 
 
+def test_missing_requirements_are_those_of_this_python_only(env, monkeypatch, tmp_path):
+    req = tmp_path / "requirements.txt"
+    req.write_text("# comment\nnumpy>=1.0  # present\n"
+                   "no-such-package-qsmplanner==1.0; python_version >= '3.0'\n"
+                   "other-python-only==2.0; python_version < '3.0'\n"
+                   "scikit-image==0.1\n", encoding="utf-8")
+    monkeypatch.setattr(env.module, "REQUIREMENTS", str(req))
+    assert env.module.QSMPlannerLogic.missingRequirements() == [
+        "no-such-package-qsmplanner==1.0; python_version >= '3.0'"]
+    assert not env.widget.logic.ensureDependencies(ask=True)      # pip (faked) installed nothing
+    assert env.calls["pip"] == ['"no-such-package-qsmplanner==1.0; python_version >= \'3.0\'"']
+
+
 def test_panel_flow_from_nodes_to_saved_plan(env):
     patient = synthetic_patient()
     planner = env.widget.logic.planner()

@@ -29,6 +29,11 @@ from ..workflow.jobs import Job, run_stage
 SIDES_LETTERS = P.SIDE_LETTERS
 
 
+def _qc_key(transform_name: str) -> str:
+    """The plan document's name of a registration (as the command line writes it) from its transform node's."""
+    return {P.T1_FROM_GRE: "gre_to_t1", P.T1_FROM_CT: "ct_to_t1"}.get(transform_name, transform_name)
+
+
 class StageTask:
     """One stage of the panel: ``stage`` (a ``workflow.jobs`` stage name) run with ``kwargs``, then
     ``apply(result)`` on the caller's thread turns the result into nodes.
@@ -372,8 +377,8 @@ class PlannerLogic:
             stage, kwargs = "register_to_t1", {"t1": fixed, "image": moving}
 
         def apply(result):
-            self.registration_qc[transform_name] = result.qc
             node = self.set_transform(moving_node, result.fixed_from_moving, transform_name, moved_nodes, harden)
+            self.registration_qc[_qc_key(transform_name)] = result.qc
             node.SetAttribute("QSMPlanner.MetricFinal", repr(float(result.metric_final)))
             return node
         return self.task(f"registration {transform_name}", stage, kwargs, apply)
@@ -394,6 +399,7 @@ class PlannerLogic:
         ``moving_node``, ``moved_nodes`` and their QSM masks, or hardened into them (a frame pose stored on
         a hardened node follows it). Also for known transforms (e.g. ``registration.read_transform``)."""
         fixed_from_moving = np.asarray(fixed_from_moving, float)
+        self.registration_qc[_qc_key(transform_name)] = {"given": True}   # until a registration's QC replaces it
         node = mrml.add_transform(self.scene, fixed_from_moving, transform_name)
         nodes = [n for n in (moving_node, *moved_nodes) if n is not None]
         for n in list(nodes):

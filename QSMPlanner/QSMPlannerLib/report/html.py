@@ -28,6 +28,9 @@ figure{margin:10px 0}figcaption{font-size:12px;color:#444}img{max-width:100%}
 """
 
 
+REGISTRATION_NAMES = {"gre_to_t1": "GRE -> T1", "ct_to_t1": "CT -> T1", "t1_to_mni": "T1 -> MNI"}
+
+
 def _esc(x) -> str:
     return html.escape(str(x))
 
@@ -202,6 +205,11 @@ def write_report(path, plan: dict, *, qsm: Volume | None = None, world_from_qsm=
         parts.append("<p>Frame registration: " + ", ".join(
             f"{_esc(k)} = {_num(v, 3) if isinstance(v, (int, float)) else _esc(v)}" for k, v in fr.items()
             if k in ("fre_mm", "n_points", "n_rejected", "plates_found", "predicted_tre_mm", "method")) + "</p>")
+    checks = [[_esc(REGISTRATION_NAMES.get(name, name)), _esc(q.get("summary") or ("given by the user" if
+                                                                                 q.get("given") else ""))]
+              for name, q in (plan.get("registration_qc") or {}).items() if isinstance(q, dict)]
+    if checks:
+        parts.append("<h3>Registrations</h3>" + _table(["registration", "quality check"], checks))
     lm = plan.get("landmarks_RAS_mm")
     if lm:
         parts.append(_table(["landmark", "R (RAS mm)", "A (RAS mm)", "S (RAS mm)"],

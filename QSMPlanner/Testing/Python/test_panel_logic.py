@@ -413,7 +413,7 @@ def test_stage_results_become_nodes_observed_or_hardened(patient):
     np.testing.assert_allclose(mrml.ras_from_ijk_of(qsm), patient.gre.ras_from_ijk, atol=1e-9)
     np.testing.assert_allclose(mrml.volume_from_node(qsm, world=True).ras_from_ijk, t @ patient.gre.ras_from_ijk,
                                atol=1e-6)
-    assert logic.registration_qc["T1_from_GRE"] == {"restart_disagreement_mm": 0.1}
+    assert logic.registration_qc["gre_to_t1"] == {"restart_disagreement_mm": 0.1}
     t_ct = patient.transforms["t1_from_ct"]
     logic.set_frame(ct, patient.transforms["xyz_from_ct"])       # frame known in the CT's own RAS
     reg_ct = logic.registration_task(t1, ct, "T1_from_CT", harden=True)

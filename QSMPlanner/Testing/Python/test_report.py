@@ -79,7 +79,12 @@ def test_report_without_images(tmp_path):
                                "statement": "x"}}}
     out = write_report(tmp_path / "r.html", plan)
     text = out.read_text()
-    assert "-12.00" in text and "data:image/png" not in text
+    assert "-12.00" in text and "data:image/png" not in text and "Registrations" not in text
+    plan["registration_qc"] = {"gre_to_t1": {"summary": "restarts end 0.08 mm apart", "seconds": 3.0},
+                               "ct_to_t1": {"given": True}}
+    text = write_report(tmp_path / "r.html", plan).read_text()
+    assert '<td class="l">GRE -&gt; T1</td><td class="">restarts end 0.08 mm apart</td>' in text
+    assert '<td class="l">CT -&gt; T1</td><td class="">given by the user</td>' in text
 
 
 def test_surgeon_overrides_are_scored(planned):

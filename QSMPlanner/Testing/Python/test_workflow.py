@@ -184,6 +184,7 @@ def test_command_line_and_panel_give_the_same_plan(tmp_path, capsys):
 
     assert set(panel["sides"]) == set(cli["sides"]) == {"left", "right"}
     assert panel["settings"] == cli["settings"]
+    assert panel["registration_qc"] == cli["registration_qc"] == {"gre_to_t1": {"given": True}, "ct_to_t1": {"given": True}}
     for side in ("left", "right"):
         a, b = panel["sides"][side], cli["sides"][side]
         for key in ("target", "entry"):

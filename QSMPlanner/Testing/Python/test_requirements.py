@@ -24,7 +24,8 @@ REQUIREMENTS = MODULE_DIR / "Resources" / "requirements.txt"
 
 # Python packages 3D Slicer 5.8 and 5.12 bundle (SuperBuild/External_python-*.cmake, External_VTK.cmake,
 # External_SimpleITK.cmake): the module must never install other versions of these.
-SLICER_BUNDLED = {"numpy", "scipy", "simpleitk", "vtk", "pydicom", "pillow"}
+SLICER_BUNDLED = {"numpy", "scipy", "simpleitk", "vtk", "pydicom", "pillow",
+                  "pip", "packaging"}   # External_python-pip.cmake, External_python-packaging.cmake
 # Modules that exist only inside the Slicer application (or come with the slicer-core wheel outside it).
 SLICER_APPLICATION = {"slicer", "qt", "ctk", "SampleData", "vtkmodules"}
 # Import name -> distribution name, where they differ.

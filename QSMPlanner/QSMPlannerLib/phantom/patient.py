@@ -375,7 +375,8 @@ def make_patient(seed: int = 0, small: bool = False, tilt_deg: float = 0.0, voxe
         hardware = Clutter(head=False, vessels=0, dental_metal=False, head_holder=False)
         ct = render_frame_ct(ct_m, shape_ct, frame_from_ct, system, background=hu, clutter=hardware,
                              noise_hu=8.0, rng=rng)
-    ct.name = "CT"
+    # whole-number HU stored as int16, as scanners store them (rendered in float: same noise as before)
+    ct = ct.with_data(np.clip(np.rint(ct.data), -1024, np.iinfo(np.int16).max).astype(np.int16), "CT")
     del hu
 
     # ---- truth: landmarks, transforms, centroids, veins ---------------------------------------------------

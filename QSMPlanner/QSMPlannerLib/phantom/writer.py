@@ -65,7 +65,7 @@ def write_patient(patient, out_dir, subject=None, progress=None) -> dict:
               "brain_mask": np.uint8, "labels_gre": np.int16, "labels_t1": np.int16}
     jobs = [("t1", patient.t1, anat / f"sub-{label}_T1w.nii.gz", np.float32)]
     if patient.ct is not None:
-        jobs.append(("ct", patient.ct, anat / f"sub-{label}_ct.nii.gz", np.float32))
+        jobs.append(("ct", patient.ct, anat / f"sub-{label}_ct.nii.gz", np.int16))
     for name, dt in dtypes.items():
         vol = patient.labels_t1 if name == "labels_t1" else patient.truth[name]
         jobs.append((name, vol, truth_dir / f"{name}.nii.gz", dt))
@@ -83,7 +83,9 @@ def write_patient(patient, out_dir, subject=None, progress=None) -> dict:
                                                       "Description": "planning T1 (digital patient)"}))
     if patient.ct is not None:
         write_text(anat / f"sub-{label}_ct.json", _json({
-            "Modality": "CT", "Units": "HU", "Localizer": "Leksell G N-localizer (right, left, anterior plates)"}))
+            "Modality": "CT", "Units": "HU",
+            "Localizer": f"{patient.ct.meta.get('localizer', 'N-localizer')} "
+                         f"({', '.join(patient.ct.meta.get('plates', ()))} plates)"}))
     write_text(out_dir / "derivatives" / "truth" / "dataset_description.json", _json({
         "Name": "Ground truth of the QSMPlanner digital patient", "BIDSVersion": "1.9.0",
         "DatasetType": "derivative", "GeneratedBy": [{"Name": GENERATOR}]}))

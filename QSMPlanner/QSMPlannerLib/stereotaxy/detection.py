@@ -2,13 +2,14 @@
 
 1. Candidates, slab by slab (16 slices at a time, in the image's own dtype): small bright blobs of a
    rod's cross-section (area and extent limits) in each slice, with a partial-volume centroid (intensity
-   above the local background, over the blob grown by 2 pixels) for sub-pixel positions. At most
+   above the local background, over the blob grown by 2 pixels) for sub-pixel positions; where a plate,
+   skin or bone lies beside the blob, the background follows it (a grey opening by lines). At most
    ``max_per_slice`` per slice (the brightest) and ``max_candidates`` in all.
 2. Tracks: candidates of neighbouring slices (gaps of up to 2 slices) joined when each is the other's
    nearest within the distance a rod tilted up to 70 degrees from the slice normal can move.
-3. Lines: each track is fitted as a 3-D line, robustly (RANSAC start, then iterative rejection at three
-   robust SDs), so that blobs of a vessel, a pin or a crossing rod beside it fall out; what is left of a
-   track is fitted again (a track can run from one rod onto another where they meet). Collinear pieces
+3. Lines: each track is fitted as a 3-D line, robustly (a deterministic MSAC start from points spread
+   along the track, then iterative rejection at three robust SDs), so that blobs of a vessel, a pin or a
+   crossing rod beside it fall out; what is left of a track is fitted again (a track can run from one rod onto another where they meet). Collinear pieces
    of one rod are merged and refitted.
 
 Everything is capped (candidates per slice and in all, tracks, lines), so clutter costs time
@@ -19,6 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
+from numba import njit
 
 from ..errors import InputError
 from ..progress import as_progress
@@ -164,12 +166,39 @@ def find_candidates(ct: Volume, threshold: float, polarity: str = "bright", prog
                       rows[:, 4], axis, normal, dz, nk, float(threshold), offsets, capped)
 
 
+@njit(cache=True)
+def _line_opening(img, length, r0, r1, c0, c1):
+    """Over rows r0..r1-1 and columns c0..c1-1 of ``img``: the largest grey opening by a flat line of
+    ``length`` pixels along the rows, the columns and both diagonals (per pixel, the highest minimum of
+    the ``length``-pixel segments through it; segments clamped at the image border)."""
+    nu, nv = img.shape
+    out = np.full((r1 - r0, c1 - c0), -np.inf)
+    ero = np.empty((nu, nv))
+    for du, dv in ((1, 0), (0, 1), (1, 1), (1, -1)):
+        for u in range(nu):                       # minimum of the segment starting at (u, v)
+            for v in range(nv):
+                m = np.inf
+                for t in range(length):
+                    m = min(m, img[min(max(u + t * du, 0), nu - 1), min(max(v + t * dv, 0), nv - 1)])
+                ero[u, v] = m
+        for u in range(r0, r1):                   # highest of the segments through (u, v)
+            for v in range(c0, c1):
+                m = -np.inf
+                for s in range(length):
+                    m = max(m, ero[min(max(u - s * du, 0), nu - 1), min(max(v - s * dv, 0), nv - 1)])
+                out[u - r0, v - c0] = max(out[u - r0, v - c0], m)
+    return out
+
+
 def _blob_centroids(block, lab, objs, ids, area, sign, grow: int = 2) -> np.ndarray:
     """Rows (slice, u, v, area px, peak contrast) of the blobs ``ids`` of one slab: ``block`` (u, v,
     slice) image values, ``lab`` (slice, u, v) its in-slice labels, ``objs`` their boxes. The centroid
-    weighs the intensity above the background (median of a frame of pixels 3-4 px outside the blob's
-    box) over the box grown by ``grow`` pixels, leaving out pixels of other structures: partial volume
-    gives sub-pixel positions."""
+    weighs the intensity above the local background over the blob's box grown by ``grow`` pixels,
+    leaving out pixels of other structures: partial volume gives sub-pixel positions. The background is
+    the median of a frame of pixels 3-4 px outside the box, raised wherever something else lies there (a
+    plate around the rod, skin or bone beside it, which would pull the centroid toward them): to the
+    largest grey opening of the image by a line longer than the blob and its partial-volume rim, in four
+    directions, which keeps a band or an edge of any direction and removes the rod."""
     nu, nv = lab.shape[1:]
     rows = []
     for idx in ids:
@@ -182,19 +211,29 @@ def _blob_centroids(block, lab, objs, ids, area, sign, grow: int = 2) -> np.ndar
         win = sign * np.asarray(block[u0:u1, v0:v1, k], np.float64)
         other = (lw != 0) & ~own
         frame = np.ones(win.shape, bool)
-        iu0, iu1 = max(su.start - u0 - grow, 0), su.stop - u0 + grow
-        iv0, iv1 = max(sv.start - v0 - grow, 0), sv.stop - v0 + grow
+        iu0, iu1 = max(su.start - u0 - grow, 0), min(su.stop - u0 + grow, win.shape[0])
+        iv0, iv1 = max(sv.start - v0 - grow, 0), min(sv.stop - v0 + grow, win.shape[1])
         frame[iu0:iu1, iv0:iv1] = False
         frame &= ~other
-        bg = float(np.median(win[frame])) if frame.any() else float(win.min())
-        w = np.clip(win[iu0:iu1, iv0:iv1] - bg, 0.0, None)
+        ring = win[frame]
+        bg = float(np.median(ring)) if len(ring) else float(win.min())
+        peak = float(win[own].max()) - bg
+        background = bg
+        if len(ring) and ring.max() - bg > 0.1 * peak:
+            length = max(su.stop - su.start, sv.stop - sv.start) + 3
+            U0, U1 = max(u0 + iu0 - length, 0), min(u0 + iu1 + length, nu)
+            V0, V1 = max(v0 + iv0 - length, 0), min(v0 + iv1 + length, nv)
+            big = sign * np.asarray(block[U0:U1, V0:V1, k], np.float64)
+            opened = _line_opening(big, length, u0 + iu0 - U0, u0 + iu1 - U0, v0 + iv0 - V0, v0 + iv1 - V0)
+            background = np.maximum(opened, bg)
+        w = np.clip(win[iu0:iu1, iv0:iv1] - background, 0.0, None)
         w[other[iu0:iu1, iv0:iv1]] = 0.0
         total = w.sum()
         if total <= 0:
             continue
         cu = (w.sum(1) @ np.arange(u0 + iu0, u0 + iu0 + w.shape[0])) / total
         cv = (w.sum(0) @ np.arange(v0 + iv0, v0 + iv0 + w.shape[1])) / total
-        rows.append((k, cu, cv, area[idx - 1], float(win[own].max()) - bg))
+        rows.append((k, cu, cv, area[idx - 1], peak))
     return np.array(rows, float).reshape(-1, 5)
 
 
@@ -252,26 +291,34 @@ def _distances(p, c, d):
     return np.linalg.norm(q - (q @ d)[:, None] * d, axis=1)
 
 
-def robust_line(points, rng=None, inlier_mm: float = 0.8, n_samples: int = 24):
-    """(centre, unit direction, inlier mask) of the dominant straight line through ``points`` (N, 3):
-    the best of ``n_samples`` two-point RANSAC lines (inliers within ``inlier_mm``), refined by least
-    squares with iterative rejection beyond three robust SDs (0.3..1.5 mm)."""
+def robust_line(points, inlier_mm: float = 0.8, n_anchors: int = 32):
+    """(centre, unit direction, inlier mask) of the dominant straight line through ``points`` (N, 3).
+    Start: of the lines through pairs of up to ``n_anchors`` points spread evenly along the points'
+    principal axis (each pair at least a quarter of that spread apart), the one with the least truncated
+    squared distance sum(min(d, inlier_mm)^2) (MSAC: tight inliers beat many loose ones). Then least
+    squares with iterative rejection beyond three robust SDs (0.3..1.5 mm). Deterministic: the same points
+    give the same line in any order, whatever else the image holds."""
     p = np.asarray(points, float)
     n = len(p)
-    rng = rng if rng is not None else np.random.default_rng(0)
-    best = (-1, None)
-    if n > 2:
-        for _ in range(n_samples):
-            i, j = rng.choice(n, 2, replace=False)
-            d = p[j] - p[i]
-            norm = np.linalg.norm(d)
-            if norm < 1e-6:
-                continue
-            d = d / norm
-            cnt = int((_distances(p, p[i], d) <= inlier_mm).sum())
-            if cnt > best[0]:
-                best = (cnt, (p[i], d))
-    c, d = best[1] if best[1] is not None else _pca_line(p)
+    if n < 3:
+        c, d = _pca_line(p) if n == 2 else (p.mean(0), np.array([0.0, 0.0, 1.0]))
+        return c, d, np.ones(n, bool)
+    c0, axis = _pca_line(p)
+    order = np.argsort((p - c0) @ axis, kind="stable")
+    m = min(n, n_anchors)
+    anchors = p[order[np.round(np.linspace(0, n - 1, m)).astype(int)]]
+    i, j = np.triu_indices(m, k=max(1, m // 4))
+    d = anchors[j] - anchors[i]
+    norm = np.linalg.norm(d, axis=1)
+    ok = norm > 1e-6
+    i, d = i[ok], d[ok] / norm[ok, None]
+    if len(i):
+        q = p[None, :, :] - anchors[i][:, None, :]                      # (hypotheses, points, 3)
+        dist2 = np.einsum("hnk,hnk->hn", q, q) - np.einsum("hnk,hk->hn", q, d) ** 2
+        best = int(np.argmin(np.minimum(dist2, inlier_mm ** 2).sum(1)))
+        c, d = anchors[i[best]], d[best]
+    else:
+        c, d = c0, axis
     inl = _distances(p, c, d) <= inlier_mm
     if inl.sum() < 2:
         return c, d, inl
@@ -286,8 +333,8 @@ def robust_line(points, rng=None, inlier_mm: float = 0.8, n_samples: int = 24):
     return c, d, inl
 
 
-def _make_line(c: Candidates, ids, normal, rng, inlier_mm):
-    centre, d, inl = robust_line(c.ras[ids], rng, inlier_mm)
+def _make_line(c: Candidates, ids, normal, inlier_mm):
+    centre, d, inl = robust_line(c.ras[ids], inlier_mm)
     if d @ normal < 0:
         d = -d
     ids_in = ids[inl]
@@ -300,7 +347,6 @@ def _make_line(c: Candidates, ids, normal, rng, inlier_mm):
 def fit_lines(c: Candidates, chains, min_points: int = 6, min_span_mm: float = 15.0,
               max_rms_mm: float = 0.6, max_lines: int = 400, inlier_mm: float = 0.8) -> list:
     """Straight rod-like lines from the tracks ``chains`` of candidates ``c``, merged across gaps."""
-    rng = np.random.default_rng(0)
     cos_max = np.cos(np.radians(MAX_TILT_DEG + 5.0))
     lines = []
     chains = sorted((ch for ch in chains if len(ch) >= min_points), key=len, reverse=True)
@@ -309,19 +355,19 @@ def fit_lines(c: Candidates, chains, min_points: int = 6, min_span_mm: float = 1
             continue
         rest = ch
         for _ in range(3):                      # a track may run from one rod onto another
-            line, rest = _make_line(c, rest, c.slice_normal_ras, rng, inlier_mm)
+            line, rest = _make_line(c, rest, c.slice_normal_ras, inlier_mm)
             if len(line.points) >= min_points and line.span_mm >= min_span_mm / 2:
                 lines.append(line)
             if len(rest) < min_points:
                 break
-    lines = _merge_collinear(c, lines, rng, inlier_mm)
+    lines = _merge_collinear(c, lines, inlier_mm)
     lines = [ln for ln in lines if len(ln.points) >= min_points and ln.span_mm >= min_span_mm
              and ln.rms_mm <= max_rms_mm and abs(ln.direction @ c.slice_normal_ras) >= cos_max]
     lines.sort(key=lambda ln: len(ln.points), reverse=True)
     return lines[:max_lines]
 
 
-def _merge_collinear(c: Candidates, lines, rng, inlier_mm, angle_deg: float = 3.0, dist_mm: float = 1.0):
+def _merge_collinear(c: Candidates, lines, inlier_mm, angle_deg: float = 3.0, dist_mm: float = 1.0):
     """Merge pieces of one rod: nearly parallel lines whose points lie on each other's line."""
     lines = sorted(lines, key=lambda ln: len(ln.points), reverse=True)
     cos_tol = np.cos(np.radians(angle_deg))
@@ -337,7 +383,7 @@ def _merge_collinear(c: Candidates, lines, rng, inlier_mm, angle_deg: float = 3.
                 if np.median(a.distance(b.points)) > dist_mm or np.median(b.distance(a.points)) > 2 * dist_mm:
                     continue
                 ids = np.unique(np.concatenate([a.candidate_ids, b.candidate_ids]))
-                new, _ = _make_line(c, ids, c.slice_normal_ras, rng, inlier_mm)
+                new, _ = _make_line(c, ids, c.slice_normal_ras, inlier_mm)
                 if len(new.points) >= 0.9 * (len(a.points) + len(b.points)) - 2:
                     lines[i] = new
                     del lines[j]

@@ -285,7 +285,6 @@ def _refit_rods(cands: Candidates, system: FrameSystem, frame_from_ras, min_poin
     left out."""
     q = apply(frame_from_ras, cands.ras)
     out = {}
-    rng = np.random.default_rng(1)
     for name, model in system.plates.items():
         rods = []
         segs = model.rods()
@@ -296,7 +295,7 @@ def _refit_rods(cands: Candidates, system: FrameSystem, frame_from_ras, min_poin
             ids = np.flatnonzero(near)
             if len(ids) < min_points:
                 break
-            centre, d, inl = robust_line(cands.ras[ids], rng, inlier_mm=0.8)
+            centre, d, inl = robust_line(cands.ras[ids], inlier_mm=0.8)
             ids = ids[inl]
             if len(ids) < min_points:
                 break

@@ -353,28 +353,30 @@ def make_patient(seed: int = 0, small: bool = False, tilt_deg: float = 0.0, voxe
 
     # ---- CT with the N-localizer ----------------------------------------------------------------------
     progress.update(0.86, "CT and localizer")
-    from ..stereotaxy.synthetic import Clutter, render_frame_ct, render_localizer_ct
+    from ..stereotaxy.synthetic import Clutter, clutter_extent_s, render_frame_ct
     from ..stereotaxy.frames import get_system
     system = get_system(frame)
     ct_voxel = CT_VOXEL_MM * (2.0 if small else 1.0)
+    # the box around the localizer (rods + 20 mm; Leksell: CT_BOX_FRAMERAS), from the frame's base ring up
+    # to the head's top
     box = np.array(CT_BOX_FRAMERAS)
-    if system.key != "leksell":     # the box around this localizer (rods + 20 mm), up to the head's top
+    if system.key != "leksell":
         rods = np.array([p for name in system.required_plates for rod in system.plates[name].rods() for p in rod])
         box = np.array([[rods[:, 0].min() - 20.0, rods[:, 0].max() + 20.0],
                         [rods[:, 1].min() - 20.0, rods[:, 1].max() + 20.0],
-                        [rods[:, 2].min() - 8.0, CT_BOX_FRAMERAS[2][1]]])
+                        [0.0, CT_BOX_FRAMERAS[2][1]]])
+    box[2, 0] = clutter_extent_s(system) - 2.0
     shape_ct = tuple(int(np.ceil((b[1] - b[0]) / v)) + 1 for b, v in zip(box, ct_voxel))
     centre_ct = _apply(ct_from_frameras, box.mean(1))[0]
     ct_m = _grid_matrix(ct_voxel, np.eye(3), centre_ct, shape_ct)
     hu = sampler(model.hu, ct_m, shape_ct, pose_ct, fill=-1000.0)
     frame_from_ct = np.linalg.inv(ct_from_frameras)
     xyz_from_ct = system.native_from_ras(frame_from_ct)
-    if system.key == "leksell":
-        ct = render_localizer_ct(ct_m, shape_ct, xyz_from_ct, head_hu=hu, noise_hu=8.0, rng=rng)
-    else:
-        hardware = Clutter(head=False, vessels=0, dental_metal=False, head_holder=False)
-        ct = render_frame_ct(ct_m, shape_ct, frame_from_ct, system, background=hu, clutter=hardware,
-                             noise_hu=8.0, rng=rng)
+    # the clinical hardware of every frame: pins, posts, base ring, localizer plates, head holder and table
+    # (the head is the patient's own; no contrast vessels or dental metal)
+    hardware = Clutter(head=False, vessels=0, dental_metal=False)
+    ct = render_frame_ct(ct_m, shape_ct, frame_from_ct, system, background=hu, clutter=hardware,
+                         noise_hu=8.0, rng=rng)
     # whole-number HU stored as int16, as scanners store them (rendered in float: same noise as before)
     ct = ct.with_data(np.clip(np.rint(ct.data), -1024, np.iinfo(np.int16).max).astype(np.int16), "CT")
     del hu

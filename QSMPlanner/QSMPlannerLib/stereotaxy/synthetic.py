@@ -8,7 +8,7 @@ Everything is placed in frame RAS (see ``frames.py``) and moved into the image b
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 from numba import njit
@@ -21,6 +21,7 @@ AIR_HU = -1000.0
 ROD_HU = 1500.0          # CT localizer rods appear far brighter than bone in most protocols
 ROD_RADIUS_MM = 1.0
 PIN_HU = 3000.0
+BACKGROUND_AIR_HU = -300.0   # a given background below this is air: the frame's hardware may fill it
 ROD_STYLE = {"leksell": (1500.0, 1.0), "crw": (1300.0, 1.0), "brw": (1800.0, 1.0)}   # (HU, radius mm)
 
 
@@ -137,6 +138,15 @@ def _smooth_path(rng, start, direction, length, step=3.0, wiggle=0.25):
     return np.array(pts)
 
 
+RING_BELOW_RODS_MM = (8.0, 22.0)     # the base ring's top and bottom below the rods' lower ends
+
+
+def clutter_extent_s(system) -> float:
+    """Frame RAS S (mm) of the lowest hardware: the base ring's underside."""
+    system = get_system(system)
+    return min(p[2] for plate in system.plates.values() for rod in plate.rods() for p in rod) - RING_BELOW_RODS_MM[1]
+
+
 def clutter_segments(system, clutter: Clutter, rng) -> tuple:
     """(capsules [(a, b, radius_mm, hu)] in frame RAS, dental metal centres [(centre, radius)]) for
     ``clutter`` around a head in the frame of ``system``."""
@@ -198,12 +208,13 @@ def clutter_segments(system, clutter: Clutter, rng) -> tuple:
 def _background_kernel(out, frame_from_ijk, k0, params, boxes):  # pragma: no cover (compiled)
     """Analytic background into ``out`` (I, J, nk) at frame RAS = frame_from_ijk @ (i, j, k0 + kk).
     params: flags head, ring, holder; head centre (3) and axes (3); scalp, skull mm; ring radius;
-    rods' lower end S. boxes (n, 13): centre (3), three unit axes (9), HU; half sizes in the axes' norms
+    rods' lower end S; the ring's top and bottom below it (mm). boxes (n, 13): centre (3), three unit axes (9), HU; half sizes in the axes' norms
     (axis k scaled by 1 / half size k), for the localizer's plastic plates."""
     head, ring, holder = params[0] > 0, params[1] > 0, params[2] > 0
     cr, ca, cs = params[3], params[4], params[5]
     ar, aa, as_ = params[6], params[7], params[8]
     scalp, skull, ring_r, s_bottom = params[9], params[10], params[11], params[12]
+    ring_below = (params[13], params[14])
     br, ba, bs = ar - scalp, aa - scalp, as_ - scalp
     nr, na, ns = br - skull, ba - skull, bs - skull
     ni, nj, nk = out.shape
@@ -233,7 +244,7 @@ def _background_kernel(out, frame_from_ijk, k0, params, boxes):  # pragma: no co
                                     v = 6.0
                         else:
                             v = 1250.0
-                if ring and s_bottom - 22.0 < s < s_bottom - 8.0:
+                if ring and s_bottom - ring_below[1] < s < s_bottom - ring_below[0]:
                     rr = np.sqrt(r * r + (0.9 * (a - ca)) ** 2)
                     if abs(rr - ring_r) < 6.0:
                         v = 1900.0
@@ -274,7 +285,7 @@ def _background_slab(out, frame_from_ijk, k0, clutter: Clutter | None, ring_radi
         out[...] = AIR_HU
         return
     params = np.array([clutter.head, clutter.ring, clutter.head_holder, *HEAD_CENTRE, *HEAD_AXES, SCALP_MM,
-                       SKULL_MM, ring_radius, s_bottom], np.float64)
+                       SKULL_MM, ring_radius, s_bottom, *RING_BELOW_RODS_MM], np.float64)
     _background_kernel(out, np.ascontiguousarray(frame_from_ijk, np.float64), k0, params, boxes)
 
 
@@ -332,7 +343,7 @@ def render_frame_ct(ras_from_ijk, shape, frame_from_ras, system="leksell", *, cl
 
     ``plates``: which plates (default the system's CT localizer). ``clutter``: a ``Clutter`` (head, vessels,
     dental metal, pins, posts, ring, head holder), or None for rods in air. ``background`` (same grid,
-    optional) replaces the analytic background. ``extra_segments``: more capsules (a, b, radius_mm, hu),
+    optional) replaces the analytic head; the clutter's ring, head holder, table and plates fill its air. ``extra_segments``: more capsules (a, b, radius_mm, hu),
     frame RAS. ``psf_mm``: in-plane Gaussian blur (SD, mm) of the scanner's point spread function.
     ``rod_jitter_mm``: each rod end moved by Gaussian noise of this SD (mm, per coordinate), as a real
     localizer departs from its drawing (the pose ``frame_from_ras`` stays that of the nominal model).
@@ -366,11 +377,18 @@ def render_frame_ct(ras_from_ijk, shape, frame_from_ras, system="leksell", *, cl
     caps = _prepare(segments, ras_from_ijk)
     boxes = plate_boxes(system, plates) if clutter is not None and clutter.plates else np.zeros((0, 13))
     streak_seed = int(rng.integers(1 << 30)) if metal else 0
+    hardware = None     # the analytic hardware drawn over a given background (its head is the background's)
+    if background is not None and clutter is not None and (clutter.ring or clutter.head_holder or len(boxes)):
+        hardware = replace(clutter, head=False)
     out = np.empty(shape, dtype)
     for k0 in range(0, shape[2], slab_slices):
         k1 = min(k0 + slab_slices, shape[2])
         if background is not None:
             slab = np.array(background[:, :, k0:k1], np.float32)
+            if hardware is not None:      # ring, head holder, table, plates: only where the background is air
+                fixed = np.empty_like(slab)
+                _background_slab(fixed, frame_from_ijk, k0, hardware, ring_radius, s_bottom, boxes)
+                np.copyto(slab, fixed, where=(fixed > AIR_HU) & (slab < BACKGROUND_AIR_HU))
         else:
             slab = np.empty((shape[0], shape[1], k1 - k0), np.float32)
             _background_slab(slab, frame_from_ijk, k0, clutter, ring_radius, s_bottom, boxes)

@@ -29,7 +29,7 @@ def register(sub):
     p.add_argument("--fiducials", metavar="RODS.mrk.json",
                    help="also write the fitted rods' end points and diagonal fiducials as a Slicer point list (RAS)")
     p.add_argument("--threshold", type=float,
-                   help="rod intensity threshold (default 400, 1000, 250, 150 HU for a CT; automatic for other images)")
+                   help="rod intensity threshold (default 400, 1000, 250, 150 HU for a CT, 250 first for pixels over 1.2 mm; automatic for other images)")
     p.add_argument("--polarity", choices=["bright", "dark"], default="bright",
                    help="fiducials brighter (CT, most MR boxes) or darker than their surroundings")
     p.add_argument("--clicks", metavar="RODS.mrk.json",

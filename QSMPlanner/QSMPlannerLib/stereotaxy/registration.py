@@ -631,15 +631,22 @@ def _disjoint(plates) -> list:
     return out
 
 
+COARSE_PIXEL_MM = 1.2    # above it a localizer rod's peak in HU depends on where it falls in its pixel
+
+
 def _default_thresholds(ct: Volume, polarity: str) -> list:
     """Thresholds to try, best guess first: for a CT in HU (air at -1000) 400, 1000, 250 and 150 HU (faint
-    rods in coarse voxels; acrylic plates are ~120 HU); for other
+    rods in coarse voxels; acrylic plates are ~120 HU), 250 first when the in-plane pixels are coarser than
+    ``COARSE_PIXEL_MM`` (a 1 mm rod centred on a pixel corner puts a quarter of its section in each of
+    four pixels: at 1.6 mm its peak falls to ~-300 HU and at 400 HU each rod breaks into short pieces
+    whose plates fit no frame model); for other
     images (MR boxes, unscaled data) fractions of the range between the median and the 99.99th
     percentile."""
     sign = -1.0 if polarity == "dark" else 1.0
     sample = np.asarray(ct.data[::4, ::4, ::4], np.float32)
     if polarity == "bright" and ct.meta.get("modality", "CT") == "CT" and np.percentile(sample, 5) < -500:
-        return [400.0, 1000.0, 250.0, 150.0]
+        pixel_mm = float(np.sqrt(np.prod(np.sort(ct.voxel_mm)[:2])))
+        return [250.0, 400.0, 150.0, 1000.0] if pixel_mm > COARSE_PIXEL_MM else [400.0, 1000.0, 250.0, 150.0]
     lo, hi = np.percentile(sign * sample, [50.0, 99.99])
     return [float(sign * (lo + f * (hi - lo))) for f in (0.4, 0.25, 0.6)]
 

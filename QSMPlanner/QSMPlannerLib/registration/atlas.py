@@ -1,7 +1,8 @@
 """T1 -> MNI ICBM152 normalisation (affine MI + symmetric-forces demons) and CIT168 label warping.
 
-Both images brain-masked with the same recipe; affine MI with central-difference derivatives; the
-T1's bias field relative to the template divided out (smooth ratio of local means) and the affinely
+Both images brain-masked with the same recipe (``brain_mask``: works on T1s with skull, neck and bias
+field); the T1's receive bias divided out (N4); affine MI with central-difference derivatives of the
+T1 as it is (samples in the brain mask) to the masked template; the T1's remaining bias field relative to the template divided out (smooth ratio of local means) and the affinely
 warped template histogram-matched to the T1 (both again before the 1 mm level); demons (field sigma
 2.5 voxels at 2 mm) at half then full working resolution (template blurred as the T1); then, on T1s
 of about 1 mm, a last demons level at 1 mm (field sigma 4 mm) on the box of the CIT168 deep-grey
@@ -37,16 +38,47 @@ ROI_FIELD_SIGMA_MM = 4.0
 BIAS_SIGMA_MM = 20.0           # scale of the intensity drift matched to the template before demons
 
 
-def brain_mask(t1: Volume) -> Volume:
-    """Simple brain mask: Otsu foreground, erosion to cut skull, largest component, dilation back."""
+def brain_mask(t1: Volume, work_mm: float = 2.0, erode_mm: float = 4.0, close_mm: float = 6.0) -> Volume:
+    """Brain mask of a T1 with or without skull (uint8, same grid). On a ``work_mm`` grid: the head
+    (Otsu foreground, holes filled); brain tissue = head voxels above the darkest of three Otsu classes
+    of the head (CSF, bone and air out; grey, white matter and fat in); eroded by ``erode_mm`` (cuts the
+    tissue bridges to scalp, muscle and marrow), the largest component, grown back within the tissue,
+    closed by ``close_mm`` and filled (sulci and ventricles in)."""
     import SimpleITK as sitk
+    from skimage.filters import threshold_multiotsu
     img = t1.to_sitk(np.float32)
-    fg = sitk.OtsuThreshold(img, 0, 1)
-    r = [max(1, int(round(4.0 / s))) for s in img.GetSpacing()]
-    er = sitk.BinaryErode(fg, r)
-    cc = sitk.RelabelComponent(sitk.ConnectedComponent(er), sortByObjectSize=True) == 1
-    m = sitk.BinaryFillhole(sitk.BinaryDilate(cc, r))
-    return Volume.from_sitk(m).with_data(Volume.from_sitk(m).data.astype(np.uint8), name="brain_mask")
+    sp = np.array(img.GetSpacing())
+    ref = sitk.Image([max(4, int(np.ceil(n * s / work_mm))) for n, s in zip(img.GetSize(), sp)], sitk.sitkFloat32)
+    ref.SetSpacing([work_mm] * 3)
+    ref.SetDirection(img.GetDirection())
+    ref.SetOrigin(img.TransformContinuousIndexToPhysicalPoint(((work_mm / sp - 1.0) / 2.0).tolist()))
+    small = sitk.Resample(sitk.SmoothingRecursiveGaussian(img, work_mm / 2), ref)
+    head = sitk.BinaryFillhole(sitk.OtsuThreshold(small, 0, 1))
+    a = sitk.GetArrayFromImage(_n4_corrected(small, head))
+    inside = sitk.GetArrayFromImage(head) > 0
+    values = a[inside]
+    tissue = inside & (a > threshold_multiotsu(values[:: max(1, values.size // 500000)], classes=3)[0])
+    t = sitk.GetImageFromArray(tissue.astype(np.uint8))
+    t.CopyInformation(small)
+    r = max(1, int(round(erode_mm / work_mm)))
+    core = sitk.RelabelComponent(sitk.ConnectedComponent(sitk.BinaryErode(t, [r] * 3)), sortByObjectSize=True) == 1
+    grown = sitk.And(sitk.BinaryDilate(core, [r + 1] * 3), t)
+    closed = sitk.BinaryMorphologicalClosing(grown, [max(1, int(round(close_mm / work_mm)))] * 3)
+    m = sitk.Resample(sitk.BinaryFillhole(closed), img, sitk.Transform(), sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
+    return t1.with_data((sitk.GetArrayFromImage(m).transpose(2, 1, 0) > 0).astype(np.uint8), name="brain_mask")
+
+
+def _n4_corrected(img, mask, shrink: int = 3, iterations=(40, 40, 30)):
+    """``img`` divided by its N4 bias field (estimated inside ``mask`` on a ``shrink``-times coarser
+    grid): tissue classes by global thresholds need a flat receive field."""
+    import SimpleITK as sitk
+    small = sitk.Shrink(img, [shrink] * 3)
+    small_mask = sitk.Shrink(mask, [shrink] * 3)
+    n4 = sitk.N4BiasFieldCorrectionImageFilter()
+    n4.SetMaximumNumberOfIterations(list(iterations))
+    n4.Execute(sitk.Cast(small, sitk.sitkFloat32) + 1e-3, small_mask)
+    log_field = n4.GetLogBiasFieldAsImage(img)
+    return sitk.Cast(sitk.Divide(img, sitk.Exp(log_field)), sitk.sitkFloat32)
 
 
 @dataclass
@@ -94,12 +126,14 @@ def cit168_labels() -> Volume:
     return labels.with_data(np.rint(labels.data).astype(np.int16), name="CIT168")
 
 
-def _prep(img, mask):
+def _prep(img, mask, keep_outside=False):
+    """``img`` scaled to 0..1 between the 1st and 99th percentiles inside ``mask``, zero outside it
+    (unless ``keep_outside``)."""
     import SimpleITK as sitk
     a = sitk.GetArrayFromImage(img).astype(np.float32)
     m = sitk.GetArrayFromImage(mask) > 0
     lo, hi = np.percentile(a[m], [1, 99])
-    a = np.clip((a - lo) / max(hi - lo, 1e-6), 0, 1) * m
+    a = np.clip((a - lo) / max(hi - lo, 1e-6), 0, 1) * (1 if keep_outside else m)
     out = sitk.GetImageFromArray(a.astype(np.float32))
     out.CopyInformation(img)
     return out
@@ -235,6 +269,11 @@ def normalize_to_mni(t1: Volume, t1_mask: Volume | None = None, progress=None,
     ref.SetOrigin(fixed_full.TransformIndexToPhysicalPoint([int(v) for v in lo]))
     fixed = sitk.Resample(sitk.SmoothingRecursiveGaussian(fixed_full, voxel_mm / 2), ref)
     fmask = sitk.Resample(mask_s, ref, sitk.Transform(), sitk.sitkNearestNeighbor)
+    # the receive bias divided out (N4) first: it moved the affine optimum (and the STN) by millimetres
+    fixed = _n4_corrected(fixed, fmask)
+    # the affine compares the T1 as it is (skull and scalp kept, samples in the brain mask): a T1 zeroed
+    # outside its mask adds the mask's outline, which changes with the recipe, the pose and the bias
+    fixed_affine = _prep(fixed, sitk.Cast(fixed * 0 + 1, sitk.sitkUInt8), keep_outside=True)
     fixed = _prep(fixed, fmask)
     moving = _template()
     prog.update(0.1, "affine")
@@ -255,7 +294,7 @@ def normalize_to_mni(t1: Volume, t1_mask: Volume | None = None, progress=None,
     r.SetSmoothingSigmasPerLevel([2, 1, 0])
     affine = sitk.AffineTransform(init)
     r.SetInitialTransform(affine, inPlace=True)
-    r.Execute(fixed, moving)
+    r.Execute(fixed_affine, moving)
     prog.update(0.5, "nonlinear")
     # the template blurred as the T1 was before demons: like compared with like at voxel_mm
     blurred = sitk.SmoothingRecursiveGaussian(moving, voxel_mm / 2)

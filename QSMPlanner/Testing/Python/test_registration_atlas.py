@@ -64,3 +64,38 @@ def test_deep_grey_refinement_recovers_local_shift():
     assert 0.75 < d_stn[0] < 1.9 and np.abs(d_stn[1:]).max() < 0.4, d_stn
     corner = tuple(float(v) for v in lo + 0.5)
     np.testing.assert_allclose(found.TransformPoint(corner), corner, atol=1e-3)  # tapered to zero
+
+
+def test_atlas_on_real_head_with_skull_neck_and_bias():
+    """A real head (skull, scalp fat, face, neck; Testing/Data/real-head) and the same head moved by a
+    known affine under a receive bias field: the warped STNs follow the affine within 1 mm, and lie
+    beside the midbrain (below the thalamus, not in the pons or the neck)."""
+    from pathlib import Path
+    from QSMPlannerLib.phantom import realistic
+    from QSMPlannerLib.registration.atlas import brain_mask
+
+    t1 = read_volume(Path(__file__).resolve().parents[1] / "Data" / "real-head" / "mean_head_2mm.nii.gz")
+    t1 = t1.with_data(np.asarray(t1.data, np.float32))
+    moved_from_t1 = realistic.pose_matrix((6.0, -4.0, 5.0), (5.0, -6.0, 4.0))
+    moved_from_t1[:3, :3] = moved_from_t1[:3, :3] @ np.diag([1.04, 0.97, 1.02])
+    moved = resample(t1, t1, moved_from_t1)
+    field = realistic.bias_field(t1.shape3, np.random.default_rng(3), 0.4)
+    assert field.max() / field.min() > 1.5
+    moved = moved.with_data((moved.data * field).astype(np.float32))
+    masks = [np.asarray(brain_mask(image).data) > 0 for image in (t1, moved)]
+    volumes_ml = [m.sum() * np.prod(t1.voxel_mm) / 1000 for m in masks]
+    assert all(900 < v < 1300 for v in volumes_ml), volumes_ml  # the brain, not the neck
+    stn = []
+    for image in (t1, moved):
+        labels = normalize_to_mni(image).warp_labels(t1)
+        stn.append([t1.ijk_to_ras(np.argwhere(labels.data == v).mean(0)) for v in (16, 116)])
+    for before, after in zip(*stn):
+        expected = moved_from_t1[:3, :3] @ before + moved_from_t1[:3, 3]
+        assert np.linalg.norm(after - expected) <= 1.0, (before, after, expected)
+    # anatomy of the unmoved head: left and right of the midline by 7-13 mm, at one height
+    (left, right) = stn[0]
+    assert 14.0 < right[0] - left[0] < 26.0 and abs(right[2] - left[2]) < 3.0, (left, right)
+    ijk = np.round(t1.ras_to_ijk((left + right) / 2)).astype(int)
+    column = masks[0][ijk[0], ijk[1], :]
+    depth_mm = (np.flatnonzero(column).max() - ijk[2]) * t1.voxel_mm[2]
+    assert 55.0 < depth_mm < 80.0, depth_mm  # below the brain's top as the STN is (~65 mm)

@@ -2,11 +2,12 @@
 
 Both images brain-masked with the same recipe (``brain_mask``: works on T1s with skull, neck and bias
 field); the T1's receive bias divided out (N4); affine MI with central-difference derivatives of the
-T1 as it is (samples in the brain mask) to the masked template; the T1's remaining bias field relative to the template divided out (smooth ratio of local means) and the affinely
-warped template histogram-matched to the T1 (both again before the 1 mm level); demons (field sigma
-2.5 voxels at 2 mm) at half then full working resolution (template blurred as the T1); then, on T1s
-of about 1 mm, a last demons level at 1 mm (field sigma 4 mm) on the box of the CIT168 deep-grey
-labels, its correction tapered to zero at the box faces.
+T1 as it is (samples in the brain mask) to the masked template; the T1's remaining bias field relative
+to the template divided out (smooth ratio of local means) and the affinely warped template
+histogram-matched to the T1 (both again before the 1 mm level); demons (field sigma 2.5 voxels at
+2 mm) at half then full working resolution (template blurred as the T1); then, on T1s of about 1 mm,
+a last demons level at 1 mm (field sigma 4 mm) on the box of the CIT168 deep-grey labels, its
+correction tapered to zero at the box faces.
 
 ITK convention inside: the composite transform maps patient T1 LPS points -> MNI LPS points (the
 resampling direction for pulling atlas images into the patient space). Public API is RAS mm.

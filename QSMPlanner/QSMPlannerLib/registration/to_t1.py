@@ -92,15 +92,18 @@ def register_gre_to_t1(t1: Volume, gre_magnitude: Volume, gre_brain_mask: Volume
 
     ``gre_brain_mask``: the QSM's brain mask on the GRE grid (the strongest cue); ``t1_brain``: the T1's
     brain mask if already computed (else made here). Both grown by BRAIN_MARGIN_MM (brain and skull:
-    the skull's edges hold the pose, jaw and neck are left out); then, as the one fallback, the reversed
-    registration on head masks."""
+    the skull's edges hold the pose, jaw and neck are left out); without the GRE's brain mask, no masks;
+    then, as the one fallback, the reversed registration on head masks."""
     t1_head = head_mask(t1, opening=1)
     if t1_brain is None:
         t1_brain = t1_brain_mask(t1)
     mag_head = head_mask(gre_magnitude)
-    brain = gre_brain_mask if gre_brain_mask is not None else mag_head
-    attempts = [dict(moving_mask=with_margin(brain, BRAIN_MARGIN_MM),
-                     fixed_mask=with_margin(t1_brain, BRAIN_MARGIN_MM) if t1_brain is not None else t1_head),
+    # without the GRE's brain mask, no masks: the T1's brain mask alone restricts the samples on one side
+    # only (the GRE's head is in them), which misleads a thin slab and fails the overlap check
+    first = {} if gre_brain_mask is None else \
+        dict(moving_mask=with_margin(gre_brain_mask, BRAIN_MARGIN_MM),
+             fixed_mask=with_margin(t1_brain, BRAIN_MARGIN_MM) if t1_brain is not None else t1_head)
+    attempts = [first,
                 dict(moving_mask=mag_head, fixed_mask=t1_head, reverse=True)]
     return register_with_attempts(t1, gre_magnitude, attempts, progress, "GRE magnitude -> T1", messages)
 

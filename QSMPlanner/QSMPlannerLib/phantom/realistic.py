@@ -103,18 +103,21 @@ def gre_like(t1: Volume, grid: Volume, t1_from_gre: np.ndarray, rng, snr: float 
 
 
 def ct_like(t1: Volume, grid: Volume, t1_from_ct: np.ndarray, rng, brain: np.ndarray,
-            noise_hu: float = 12.0) -> Volume:
-    """CT-like image (HU) of the head in ``t1`` (``brain``: its brain mask, bool on t1's grid): the
-    skull is a 5-8 mm shell starting 1.5 mm outside the brain mask, inside the head (750-1400 HU, brighter
-    where the T1 is darker); soft tissue 20-45 HU, fat -90 HU, air and sinuses -1000 HU."""
+            noise_hu: float = 12.0, csf_mm: float = 2.5) -> Volume:
+    """CT-like image (HU) of the head in ``t1`` (``brain``: its brain mask, bool on t1's grid): CSF
+    (8 HU) for ``csf_mm`` outside the brain mask where the T1 is dark, then the skull, a 5-8 mm shell
+    inside the head (750-1400 HU, brighter where the T1 is darker); soft tissue 20-45 HU, fat -90 HU,
+    air and sinuses -1000 HU."""
     from scipy import ndimage
     n = normalised_t1(t1)
     head = ndimage.binary_fill_holes(ndimage.binary_closing(n > 0.08, iterations=3))
     head = ndimage.binary_opening(head, iterations=2)
     dist = ndimage.distance_transform_edt(~brain, sampling=t1.voxel_mm)
     thick = 6.5 + 1.5 * np.tanh(ndimage.gaussian_filter(rng.standard_normal(n.shape).astype(np.float32), 8.0) * 40)
-    skull = head & (dist > 1.5) & (dist < 1.5 + thick)
+    csf = head & (dist > 0) & (dist <= csf_mm) & (n < 0.3)
+    skull = head & (dist > csf_mm) & (dist < csf_mm + thick)
     hu = np.where(head, 35.0 - 20.0 * np.clip((n - 0.3) / 0.5, 0, 1), -1000.0).astype(np.float32)
+    hu[csf] = 8.0
     hu[head & ~brain & (n > 0.9)] = -90.0                          # fat is the brightest on T1
     hu[head & ~brain & ~skull & (n < 0.06)] = -1000.0             # sinuses, airways
     hu[skull] = 750.0 + 650.0 * np.clip((0.6 - n[skull]) / 0.5, 0, 1)

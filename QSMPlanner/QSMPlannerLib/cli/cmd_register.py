@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 
@@ -23,7 +24,8 @@ def register(sub):
 def run(args) -> int:
     from ..errors import InputError
     from ..io.volumes import read_volume, write_volume
-    from ..registration import register_rigid, resample, write_transform
+    from ..registration import register_ct_to_t1, register_rigid, resample, write_transform
+    from ..registration.to_t1 import looks_like_ct
     from ..registration.qc import qc_checkerboard
     from .common import progress_bar
     if bool(args.apply) != bool(args.apply_out):
@@ -33,7 +35,15 @@ def run(args) -> int:
     fmask = read_volume(args.fixed_mask) if args.fixed_mask else None
     mmask = read_volume(args.moving_mask) if args.moving_mask else None
     applied = read_volume(args.apply) if args.apply else None
-    result = register_rigid(fixed, moving, fmask, mmask, init=args.init, progress=progress_bar("register"))
+    if fmask is None and mmask is None and args.init == "moments" and min(moving.shape3) > 1 \
+            and looks_like_ct(moving):
+        # a CT (HU) without masks: the workflow's CT path (head masks; one fallback, HU window clipped)
+        messages = []
+        result = register_ct_to_t1(fixed, moving, progress=progress_bar("register"), messages=messages)
+        for line in messages:
+            print(line, file=sys.stderr)
+    else:
+        result = register_rigid(fixed, moving, fmask, mmask, init=args.init, progress=progress_bar("register"))
     out = Path(args.out_transform)
     write_transform(out, result.fixed_from_moving)
     mov = moving if moving.data.ndim == 3 else moving.with_data(moving.data[..., 0])

@@ -107,6 +107,21 @@ def test_ct_like_to_t1(head):
     assert tre.mean() <= 0.3 and tre.max() <= 0.6, (tre.mean(), tre.max())
 
 
+def test_cli_registers_a_ct_without_masks(tmp_path, capsys, head):
+    """``qsmplanner register`` with a CT (HU) and no masks takes the CT path (head masks)."""
+    from QSMPlannerLib.registration import read_transform
+    t1, brain, pts = head
+    pose, centre = _posed(t1, pts, (-6.0, 4.0, -5.0), (-8.0, 9.0, -6.0), (0.0, 0.0, -10.0))
+    grid = realistic.slab_grid(centre, (1.2, 1.2, 2.0), (250.0, 250.0, 200.0))
+    ct = realistic.ct_like(t1, grid, pose, np.random.default_rng(8), brain)
+    fixed, moving = write_volume(t1, tmp_path / "t1.nii.gz"), write_volume(ct, tmp_path / "ct.nii.gz")
+    out = tmp_path / "ct_to_t1.h5"
+    code, err = _cli(["--fixed", fixed, "--moving", moving, "--out-transform", out], capsys)
+    assert code == 0, err
+    tre = _tre(read_transform(out), pose, _inside(ct, pose, pts))
+    assert tre.mean() <= 0.3 and tre.max() <= 0.6, (tre.mean(), tre.max())
+
+
 def _cli(args, capsys):
     from QSMPlannerLib.cli import main
     code = main(["register"] + [str(a) for a in args])

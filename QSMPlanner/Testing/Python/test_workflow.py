@@ -229,7 +229,6 @@ class _Holder:
 def test_worker_results_come_in_vtk_memory_order_with_the_same_values(tmp_path):
     """A worker hands its volumes over i-fastest (VTK's order) so the GUI adds them without a transpose;
     values, nesting and small arrays are untouched."""
-    from QSMPlannerLib.scene import mrml
     from QSMPlannerLib.volume import Volume
     from QSMPlannerLib.workflow import jobs
     rng = np.random.default_rng(1)
@@ -246,6 +245,7 @@ def test_worker_results_come_in_vtk_memory_order_with_the_same_values(tmp_path):
     assert back["pair"][1].flags.c_contiguous and back["same"] is back["h"].vol
     # the scene reads the same voxels back from a node made of the Fortran-ordered volume
     pytest.importorskip("slicer")
+    from QSMPlannerLib.scene import mrml
     node = mrml.add_volume(mrml.new_scene(), back["h"].vol, "v")
     np.testing.assert_array_equal(mrml.volume_from_node(node).data, expect[0])
 

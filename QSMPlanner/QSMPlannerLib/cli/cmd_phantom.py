@@ -21,9 +21,10 @@ def register(sub) -> None:
         "phantom", help="build a digital DBS patient (BIDS GRE/T1/CT + ground truth)",
         description="Build a realistic digital patient from the MNI ICBM152 template and the CIT168 atlas "
                     "(random deformation and pose per seed; veins, skull, air; multi-echo GRE from the dipole "
-                    "forward model; planning T1; stereotactic CT with a Leksell N-localizer) and write it to OUT "
-                    "as BIDS (sub-phantom<seed>/anat) with the ground truth under derivatives/truth/. "
-                    "Coordinates in the truth files are RAS mm (Leksell XYZ where named).")
+                    "forward model; planning T1; stereotactic CT with the N-localizer, pins, posts, ring and head "
+                    "holder of a Leksell G, CRW or BRW frame) and write it to OUT as BIDS (sub-phantom<seed>/anat) "
+                    "with the ground truth under derivatives/truth/. Coordinates in the truth files are RAS mm, "
+                    "and the frame's own coordinates (Leksell X, Y, Z or CRW/BRW LAT, AP, VERT) where named.")
     p.add_argument("out", metavar="OUT", help="output BIDS directory (created; replaced only if it is a "
                                                "previous QSMPlanner phantom)")
     p.add_argument("--seed", type=int, default=0, help="patient seed (deterministic; default 0)")
@@ -40,6 +41,8 @@ def register(sub) -> None:
     p.add_argument("--echoes", type=_positive(int), default=5, help="number of echoes (default 5)")
     p.add_argument("--snr", type=_positive(float), default=100.0, metavar="S",
                    help="first-echo SNR in the brain (default 100)")
+    p.add_argument("--frame", choices=["leksell", "crw", "brw"], default="leksell",
+                   help="stereotactic frame on the CT (default leksell: Leksell G)")
     p.set_defaults(func=run)
 
 
@@ -57,12 +60,13 @@ def run(args) -> int:
     progress = progress_bar("phantom")
     patient = make_patient(seed=args.seed, small=args.small, tilt_deg=args.tilt, voxel_mm=voxel,
                            field_t=args.field, n_echoes=args.echoes, snr=args.snr, slab_mm=args.slab,
-                           progress=progress.sub(0.0, 0.85))
+                           frame=args.frame, progress=progress.sub(0.0, 0.85))
     t1 = time.time()
     paths = write_patient_atomic(patient, args.out, progress=progress.sub(0.85, 1.0))
     progress.update(1.0, "done")
     print(f"digital patient seed {args.seed}: GRE {patient.gre.shape3} x {patient.gre.n_echoes} echoes, "
-          f"T1 {patient.t1.shape3}, CT {patient.ct.shape3} -> {args.out} "
+          f"T1 {patient.t1.shape3}, CT {patient.ct.shape3} with a {patient.ct.meta.get('localizer')} "
+          f"-> {args.out} "
           f"(built in {t1 - t0:.1f} s, written in {time.time() - t1:.1f} s)")
     print(f"truth: {paths['truth_dir']}")
     return 0

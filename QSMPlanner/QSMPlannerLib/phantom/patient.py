@@ -422,7 +422,7 @@ def make_patient(seed: int = 0, small: bool = False, tilt_deg: float = 0.0, voxe
               "field_t": float(field_t), "n_echoes": int(n_echoes), "snr": float(snr),
               "noise_sd": float(sigma), "te_s": te.tolist(), "b0_dir_ijk": np.asarray(b0_dir).tolist(),
               "veins_on_standard_trajectory": bool(veins_on_standard_trajectory),
-              "slab_mm": None if slab_mm is None else float(slab_mm),
+              "slab_mm": None if slab_mm is None else float(slab_mm), "frame": system.key,
               "shim_coefficients_ppm": np.asarray(coef, float).tolist(),
               "landmark_definition": "centres of the anterior and posterior commissures",
               "field_grid_shape": list(shape_field), "model_spacing_mm": h,

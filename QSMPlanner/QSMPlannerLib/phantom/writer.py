@@ -8,7 +8,7 @@ Layout (``<id>`` = ``phantom<seed>`` unless ``subject`` is given)::
     derivatives/truth/dataset_description.json
     derivatives/truth/sub-<id>/ chi_ppm, local_field_ppm, total_field_ppm, brain_mask, labels_gre,
         labels_t1 (.nii.gz), labels.tsv, landmarks.mrk.json (T1 RAS), transforms.json (4x4 RAS,
-        a_from_b maps points of b to a; xyz_from_ct maps CT RAS to Leksell XYZ), stn_centroids.json,
+        a_from_b maps points of b to a; xyz_from_ct maps CT RAS to the frame's own coordinates), stn_centroids.json,
         veins.json, patient.json (parameters)
 """
 from __future__ import annotations
@@ -96,8 +96,12 @@ def write_patient(patient, out_dir, subject=None, progress=None) -> dict:
     paths["landmarks"] = write_points(truth_dir / "landmarks.mrk.json", dict(patient.landmarks), "RAS",
                                       name="AC-PC-MS")
     paths["transforms"] = truth_dir / "transforms.json"
+    frame_note = "the frame's native coordinates, mm"
+    if patient.ct is not None and patient.ct.meta.get("frame_system"):
+        from ..stereotaxy import get_system
+        frame_note = get_system(patient.ct.meta["frame_system"]).native_note
     write_text(paths["transforms"], _json({
-        "coordinate_system": "RAS mm (Leksell XYZ mm for xyz_*)",
+        "coordinate_system": f"RAS mm ({frame_note} for xyz_*)",
         "convention": "a_from_b is a 4x4 matrix mapping points of space b to space a",
         **{k: np.asarray(v, float) for k, v in patient.transforms.items()}}))
     paths["stn_centroids"] = truth_dir / "stn_centroids.json"

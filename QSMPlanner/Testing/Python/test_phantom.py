@@ -268,3 +268,28 @@ def test_cli_slab_gre_covers_the_stns_and_registers_to_the_t1(tmp_path, capsys):
         assert 1 <= k <= mag.shape3[2] - 2
     assert main(["phantom", str(tmp_path / "bad"), "--small", "--slab", "200"]) == 2
     assert "--slab" in capsys.readouterr().err
+
+
+def test_cli_phantom_with_a_crw_frame_registers_as_crw(tmp_path):
+    """``phantom --frame crw``: the CT carries a CRW localizer; ``qsmplanner frame`` recognises it without
+    being told and gives the STNs' CRW LAT, AP, VERT within 0.3 mm of the truth written beside the CT, and
+    the truth names the CRW coordinates."""
+    from QSMPlannerLib.cli import main
+    out = tmp_path / "bids"
+    assert main(["phantom", str(out), "--small", "--seed", "1", "--frame", "crw", "--echoes", "2"]) == 0
+    truth_dir = out / "derivatives/truth/sub-phantom1"
+    truth = json.loads((truth_dir / "transforms.json").read_text())
+    assert "CRW LAT, AP, VERT" in truth["coordinate_system"]
+    assert json.loads((truth_dir / "patient.json").read_text())["frame"] == "crw"
+    ct_from_t1 = np.linalg.inv(np.array(truth["t1_from_ct"]))
+    stn_t1 = json.loads((truth_dir / "stn_centroids.json").read_text())["STN_L"]
+    stn_ct = ct_from_t1[:3, :3] @ np.asarray(stn_t1, float)[:3] + ct_from_t1[:3, 3]
+    frame_json = tmp_path / "frame.json"
+    assert main(["frame", "--ct", str(out / "sub-phantom1/anat/sub-phantom1_ct.nii.gz"), "--out", str(frame_json),
+                 "--target=" + ",".join(f"{v:.4f}" for v in stn_ct)]) == 0
+    frame = json.loads(frame_json.read_text())
+    assert frame["system"] == "CRW"
+    xyz_from_ct = np.array(truth["xyz_from_ct"])
+    expected = xyz_from_ct[:3, :3] @ stn_ct + xyz_from_ct[:3, 3]
+    got = np.array([frame["target"]["frame"][k] for k in ("LAT", "AP", "VERT")])
+    assert np.linalg.norm(got - expected) <= 0.3, (got, expected)

@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 SYSPKGS := libegl1 libegl-mesa0 libgl1-mesa-dri libglu1-mesa libxrender1 libxt6
 DEMO_OUT ?= demo-out
-PYTEST_ARGS ?= -n 2 --dist loadfile -q -p no:cacheprovider QSMPlanner/Testing/Python
+PYTEST_ARGS ?= -n 2 --dist loadfile --no-loadscope-reorder -q -p no:cacheprovider QSMPlanner/Testing/Python
 export VTK_DEFAULT_OPENGL_WINDOW := vtkEGLRenderWindow
 
 PYENV_ROOT ?= $(HOME)/.pyenv

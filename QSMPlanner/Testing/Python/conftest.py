@@ -22,3 +22,15 @@ def real_phase_dir() -> Path:
 @pytest.fixture
 def rng():
     return np.random.default_rng(12345)
+
+
+# The longest files first: with --no-loadscope-reorder, pytest-xdist hands whole files (--dist loadfile) to
+# the workers in collection order, so a long file collected last would leave the other worker idle.
+LONGEST_FILES = ("test_module_widget.py", "test_workflow.py", "test_registration_atlas.py",
+                 "test_registration_heads.py", "test_stereotaxy_frame.py", "test_segmentation_robust.py",
+                 "test_registration_rigid.py", "test_phantom.py")
+
+
+def pytest_collection_modifyitems(session, config, items):
+    rank = {name: i for i, name in enumerate(LONGEST_FILES)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(LONGEST_FILES)))

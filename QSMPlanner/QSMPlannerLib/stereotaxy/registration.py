@@ -324,6 +324,89 @@ def _raw_points(plate: NPlate, min_sep_mm: float):
     return a[far], b[far], c[far]
 
 
+# ---- the pose on the rods ---------------------------------------------------------------------------
+ROD_LOSS_MM = 0.3            # soft-L1 scale of the rod fit: beyond it a point counts less than squared
+
+
+def _rod_axes(system: FrameSystem, plates: dict):
+    """[(fitted RodLine, model start, model unit axis, two unit normals of the axis)] of every rod."""
+    out = []
+    for name, p in plates.items():
+        for ln, (a, b) in zip((p.first, p.diagonal, p.second), system.plates[name].rods()):
+            u = (b - a) / np.linalg.norm(b - a)
+            e1 = np.cross(u, [1.0, 0.0, 0.0] if abs(u[0]) < 0.9 else [0.0, 1.0, 0.0])
+            e1 /= np.linalg.norm(e1)
+            out.append((ln, a, u, np.array([e1, np.cross(u, e1)])))
+    return out
+
+
+def _small_motion(x, centre) -> np.ndarray:
+    """4x4 rotation by the rotation vector x[:3] (rad) about ``centre``, then translation x[3:] (mm)."""
+    from scipy.spatial.transform import Rotation
+    m = np.eye(4)
+    m[:3, :3] = Rotation.from_rotvec(x[:3]).as_matrix()
+    m[:3, 3] = centre - m[:3, :3] @ centre + x[3:]
+    return m
+
+
+def fit_pose_to_rods(system: FrameSystem, plates: dict, frame_from_ras, outlier_mm: float = OUTLIER_MM):
+    """The pose (4x4 image RAS -> frame RAS) that puts every rod's points (``plates``: {name: NPlate},
+    parallel rods and diagonals alike) on its model rod: robust least squares (soft L1, scale
+    ``ROD_LOSS_MM``) of the points' distances from the model rod lines over the six pose parameters,
+    from ``frame_from_ras``; points farther than ``outlier_mm`` from their rod there are left out. A rod
+    bent or placed off its drawing then pulls the pose by its share of all the rods, not through the
+    diagonal fiducials alone."""
+    from scipy.optimize import least_squares
+    pts, starts, normals = [], [], []
+    for ln, a, u, nn in _rod_axes(system, plates):
+        q = apply(frame_from_ras, ln.points) - a
+        near = np.linalg.norm(q @ nn.T, axis=1) <= outlier_mm
+        pts.append(ln.points[near])
+        starts.append(np.repeat(a[None], near.sum(), 0))
+        normals.append(np.repeat(nn[None], near.sum(), 0))
+    pts, starts, normals = np.concatenate(pts), np.concatenate(starts), np.concatenate(normals)
+    if len(pts) < 12:
+        return np.asarray(frame_from_ras, float)
+    q0 = apply(frame_from_ras, pts)
+    centre = q0.mean(0)
+
+    def residuals(x):
+        m = _small_motion(x, centre)
+        d = q0 @ m[:3, :3].T + m[:3, 3] - starts
+        return np.einsum("nij,nj->ni", normals, d).ravel()
+
+    fit = least_squares(residuals, np.zeros(6), loss="soft_l1", f_scale=ROD_LOSS_MM, x_scale=[0.01] * 3 + [1.0] * 3)
+    return _small_motion(fit.x, centre) @ np.asarray(frame_from_ras, float)
+
+
+def rod_pose_tre_mm(ends_frame, axes_frame, offsets_frame, target_frame) -> float:
+    """Error (RMS mm) at ``target_frame`` of a pose fitted to rods whose seen ends ``ends_frame`` (k, 3)
+    lie ``offsets_frame`` (k, 3) off their model rods (unit axes ``axes_frame``) under that pose:
+    least-squares error propagation in which each end gives its two distances across its rod, with the
+    variance each distance shows (White's heteroscedasticity-consistent estimate, scaled by n / (n - 6)
+    for the six fitted parameters), so that one rod far off its model weighs on the directions only it
+    and its like constrain (a diagonal: the height)."""
+    ends, axes, offsets = (np.asarray(a, float) for a in (ends_frame, axes_frame, offsets_frame))
+    centre = ends.mean(0)
+    rows, res = [], []
+    for x, u, off in zip(ends, axes, offsets):
+        e1 = np.cross(u, [1.0, 0.0, 0.0] if abs(u[0]) < 0.9 else [0.0, 1.0, 0.0])
+        e1 /= np.linalg.norm(e1)
+        for e in (e1, np.cross(u, e1)):
+            rows.append(np.r_[np.cross(x - centre, e), e])
+            res.append(off @ e)
+    jac, res = np.array(rows), np.array(res)
+    n = len(jac)
+    if n <= 6:
+        return float("nan")
+    bread = np.linalg.pinv(jac.T @ jac)
+    cov = n / (n - 6.0) * bread @ (jac.T * res ** 2) @ jac @ bread
+    y = np.asarray(target_frame, float) - centre
+    skew = np.array([[0.0, -y[2], y[1]], [y[2], 0.0, -y[0]], [-y[1], y[0], 0.0]])
+    a = np.hstack([-skew, np.eye(3)])          # target displacement = w x y + t
+    return float(np.sqrt(max(np.trace(a @ cov @ a.T), 0.0)))
+
+
 # ---- result ----------------------------------------------------------------------------------------
 @dataclass
 class FrameRegistration:
@@ -352,6 +435,9 @@ class FrameRegistration:
     rods: list = field(default_factory=list)     # [{"plate", "rod", "start_ras", "end_ras", "n_points", "rms_mm"}]
     system_costs_mm: dict = field(default_factory=dict)
     n_lines: int = 0
+    rod_ends_frame: np.ndarray = None           # fitted rods' seen ends (frame RAS mm, final pose), for TRE
+    rod_axes_frame: np.ndarray = None           # their model rods' unit axes
+    rod_offsets_frame: np.ndarray = None        # and their offsets across the model rods
 
     @property
     def frame_system(self) -> FrameSystem:
@@ -396,28 +482,18 @@ class FrameRegistration:
         """Predicted TRE (mm) at a target (image RAS, or native frame coordinates; default the frame's
         coordinate origin). Two parts added in quadrature: the per-slice fiducials with their FLE
         (Fitzpatrick, West & Maurer 1998, independent errors), and the rods' own departures from the model,
-        which every point of a rod shares: each plate's fitted diagonal counts as two fiducials (its seen
-        ends) whose FLE is the line fiducials' FRE (corrected for N = 2 per plate)."""
+        which every point of a rod shares: the pose's error propagated from the fitted rods' ends, each off
+        its model rod by the RMS distance seen under the final pose (``rod_pose_tre_mm``)."""
         system = self.frame_system
         if target_xyz is None:
             target_xyz = (system.native(np.zeros(3)) if target_ras is None
                           else apply(self.xyz_from_ras, target_ras))
+        if self.rod_ends_frame is not None and len(self.rod_ends_frame) >= 6:
+            target_frame = apply(system.frameras_from_native, target_xyz)
+            return rod_pose_tre_mm(self.rod_ends_frame, self.rod_axes_frame, self.rod_offsets_frame, target_frame)
         raw = self.raw_frame_points_xyz is not None and len(self.raw_frame_points_xyz) >= 6
         pts = self.raw_frame_points_xyz if raw else self.frame_points_xyz
-        tre2 = predicted_tre_mm(pts, self.fle_mm, target_xyz) ** 2
-        if raw and self.method != "manual":
-            ends = []
-            names = np.array(self.plate_of_point)
-            for p in dict.fromkeys(self.plate_of_point):
-                q = self.frame_points_xyz[names == p]
-                d = q[-1] - q[0]
-                t = (q - q[0]) @ d
-                ends += [q[np.argmin(t)], q[np.argmax(t)]]
-            n = len(ends)
-            if n >= 6:
-                fle_rods = self.fre_mm * np.sqrt(n / (n - 2.0))
-                tre2 += predicted_tre_mm(np.array(ends), fle_rods, target_xyz) ** 2
-        return float(np.sqrt(tre2))
+        return predicted_tre_mm(pts, self.fle_mm, target_xyz)
 
     def fiducial_markups(self) -> dict:
         """{label: RAS mm} of the rods' fitted end points and the diagonal fiducials (every 10th), for a
@@ -543,7 +619,9 @@ def _finish(system: FrameSystem, plates: dict, cands: Candidates, method: str,
     if len(ras) < 6:
         raise ProcessingError(f"no {system.name} N-localizer: too few fiducials on the fitted rods ({len(ras)})")
     m, keep = robust_rigid_fit(ras, frame)
+    m = fit_pose_to_rods(system, plates, m)
     res = np.linalg.norm(apply(m, ras) - frame, axis=1)
+    keep &= res <= OUTLIER_MM
     per_plate = {p: int(sum(1 for n, k in zip(names, keep) if k and n == p)) for p in plates}
     plates_ok = [p for p, n in per_plate.items() if n >= 3]
     if len(plates_ok) < min_plates:
@@ -564,12 +642,21 @@ def _finish(system: FrameSystem, plates: dict, cands: Candidates, method: str,
             s, e = ln.ends
             rods.append({"plate": name, "rod": rod, "start_ras": s, "end_ras": e, "n_points": int(len(ln.points)),
                          "rms_mm": float(ln.rms_mm)})
+    ends, starts, axes = [], [], []          # the fitted rods' seen ends against the model rods
+    for ln, a, u, _ in _rod_axes(system, {p: plates[p] for p in plates_ok}):
+        ends.append(apply(m, np.array(ln.ends)))
+        starts += [a, a]
+        axes += [u, u]
+    ends, axes = np.concatenate(ends), np.array(axes)
+    off = ends - np.array(starts)
+    off -= np.sum(off * axes, 1)[:, None] * axes
     native_from_ras = system.native_from_ras(m)
     reg = FrameRegistration(native_from_ras, fre, fre_pp, int(keep.sum()), int((~keep).sum()), per_plate,
                             ras[keep], system.native(frame[keep]), [n for n, k in zip(names, keep) if k],
                             method=method, slice_axis=cands.slice_axis, system=system.key,
                             residuals_mm=res[keep], raw_frame_points_xyz=raw_pts, raw_residuals_mm=raw_res,
-                            rods=rods, **extra)
+                            rods=rods, rod_ends_frame=ends, rod_axes_frame=axes,
+                            rod_offsets_frame=off, **extra)
     reg.box_measured = _measure_box(system, plates, m)
     if fre > max_fre_mm:
         raise ProcessingError(f"{system.name} localizer fit is poor: FRE {fre:.2f} mm > {max_fre_mm} mm over "

@@ -464,12 +464,14 @@ def frame_ct_grid(system, voxel_mm, shape=None, s_range_mm=None, tilt_deg=0.0, m
 
 
 def analytic_candidates(frame_from_ras, system="leksell", slice_normal_ras=(0.0, 0.0, 1.0), spacing_mm: float = 1.0,
-                        plates=None, noise_mm: float = 0.0, rng=None, n_clutter: int = 0, rod_jitter_mm: float = 0.0):
+                        plates=None, noise_mm: float = 0.0, rng=None, n_clutter: int = 0, rod_jitter_mm: float = 0.0,
+                        rod_offsets_mm=None):
     """Rod candidates as a detector would report them from a CT with slices ``spacing_mm`` apart and
     normal ``slice_normal_ras``: the exact crossings of ``system``'s rods (pose ``frame_from_ras``) with
     every slice plane, moved in-plane by Gaussian noise of ``noise_mm`` SD per coordinate, plus
     ``n_clutter`` random points per slice within the localizer's reach; ``rod_jitter_mm`` moves each rod
-    end by Gaussian noise of that SD (a localizer departing from its drawing). Returns a
+    end by Gaussian noise of that SD (a localizer departing from its drawing) and ``rod_offsets_mm``
+    {(plate, rod 0 first / 1 diagonal / 2 second): (R, A, S) mm} moves whole rods (frame RAS). Returns a
     ``detection.Candidates``."""
     from .detection import Candidates
     system = get_system(system)
@@ -478,9 +480,10 @@ def analytic_candidates(frame_from_ras, system="leksell", slice_normal_ras=(0.0,
     ras_from_frame = np.linalg.inv(np.asarray(frame_from_ras, float))
     n = np.asarray(slice_normal_ras, float)
     n = n / np.linalg.norm(n)
-    rods = [(apply(ras_from_frame, np.asarray(a, float) + rng.normal(0.0, rod_jitter_mm, 3)),
-             apply(ras_from_frame, np.asarray(b, float) + rng.normal(0.0, rod_jitter_mm, 3)))
-            for name in plates for a, b in system.plates[name].rods()]
+    moved = rod_offsets_mm or {}
+    rods = [(apply(ras_from_frame, a + moved.get((name, r), 0.0) + rng.normal(0.0, rod_jitter_mm, 3)),
+             apply(ras_from_frame, b + moved.get((name, r), 0.0) + rng.normal(0.0, rod_jitter_mm, 3)))
+            for name in plates for r, (a, b) in enumerate(system.plates[name].rods())]
     ends = np.array([p for rod in rods for p in rod])
     proj = ends @ n
     offsets = np.arange(np.floor(proj.min()) - 2.0, np.ceil(proj.max()) + 2.0, spacing_mm)

@@ -11,13 +11,16 @@
 5. Fiducials from the lines: on every CT slice plane the three fitted lines of a plate cross at a, b, c;
    Brown's ratio f = (b - a).(c - a) / |c - a|^2 gives the diagonal's point in frame space, paired with
    b (exact on oblique slices, sub-voxel). A rigid least-squares fit of all of them (Kabsch with the
-   reflection guard; points > 2 mm rejected iteratively) is the pose. FRE, per plate and worst, come
-   from these points; the per-slice centroids (the same ratio from the raw blobs) give the fiducial
-   localisation error and the predicted TRE at a target (Fitzpatrick, West & Maurer).
+   reflection guard; points > 2 mm rejected iteratively) is the starting pose.
+6. The pose on the rods (``fit_pose_to_rods``), the final pose: every rod's points, parallel rods and
+   diagonals alike, put on their model rods by a robust fit of the six pose parameters. FRE, per plate
+   and worst, are the diagonal fiducials' residuals under this final pose; the predicted TRE at a target
+   is propagated from the fitted rods' ends off their model rods (``rod_pose_tre_mm``).
 
 References: Brown RA, J Neurosurg 1979;50:715-720 (N-localizer); Brown RA, Cureus 2013;5(10):e142
 (the N-localizer's mathematics); Arun KS, Huang TS, Blostein SD, IEEE PAMI 1987 and Umeyama S, IEEE PAMI
-1991 (rigid fit, reflection guard); Fitzpatrick JM, West JB, Maurer CR, IEEE TMI 1998 (predicted TRE).
+1991 (rigid fit, reflection guard); Fitzpatrick JM, West JB, Maurer CR, IEEE TMI 1998 (predicted TRE of
+point fits); White H, Econometrica 1980;48:817-838 (heteroscedasticity-consistent covariance).
 """
 from __future__ import annotations
 
@@ -328,15 +331,20 @@ def _raw_points(plate: NPlate, min_sep_mm: float):
 ROD_LOSS_MM = 0.3            # soft-L1 scale of the rod fit: beyond it a point counts less than squared
 
 
+def _across(u) -> np.ndarray:
+    """(2, 3) unit vectors across the unit axis ``u`` (the two directions a distance from a rod has)."""
+    e1 = np.cross(u, [1.0, 0.0, 0.0] if abs(u[0]) < 0.9 else [0.0, 1.0, 0.0])
+    e1 /= np.linalg.norm(e1)
+    return np.array([e1, np.cross(u, e1)])
+
+
 def _rod_axes(system: FrameSystem, plates: dict):
     """[(fitted RodLine, model start, model unit axis, two unit normals of the axis)] of every rod."""
     out = []
     for name, p in plates.items():
         for ln, (a, b) in zip((p.first, p.diagonal, p.second), system.plates[name].rods()):
             u = (b - a) / np.linalg.norm(b - a)
-            e1 = np.cross(u, [1.0, 0.0, 0.0] if abs(u[0]) < 0.9 else [0.0, 1.0, 0.0])
-            e1 /= np.linalg.norm(e1)
-            out.append((ln, a, u, np.array([e1, np.cross(u, e1)])))
+            out.append((ln, a, u, _across(u)))
     return out
 
 
@@ -390,9 +398,7 @@ def rod_pose_tre_mm(ends_frame, axes_frame, offsets_frame, target_frame) -> floa
     centre = ends.mean(0)
     rows, res = [], []
     for x, u, off in zip(ends, axes, offsets):
-        e1 = np.cross(u, [1.0, 0.0, 0.0] if abs(u[0]) < 0.9 else [0.0, 1.0, 0.0])
-        e1 /= np.linalg.norm(e1)
-        for e in (e1, np.cross(u, e1)):
+        for e in _across(u):
             rows.append(np.r_[np.cross(x - centre, e), e])
             res.append(off @ e)
     jac, res = np.array(rows), np.array(res)
@@ -412,8 +418,9 @@ def rod_pose_tre_mm(ends_frame, axes_frame, offsets_frame, target_frame) -> floa
 class FrameRegistration:
     """A registered frame. ``xyz_from_ras`` (4x4) maps image RAS mm to the system's native coordinates
     (Leksell XYZ; CRW/BRW LAT, AP, VERT), ``frame_from_ras`` to frame RAS (origin at the frame's
-    coordinate origin). FRE values are RMS mm over the diagonal fiducials kept (from the fitted lines);
-    ``image_points_ras``/``frame_points_xyz`` are those pairs (native coordinates)."""
+    coordinate origin). FRE values are RMS mm over the diagonal fiducials kept (from the fitted lines)
+    under the final pose (fitted to every rod, not to these fiducials alone); ``image_points_ras``/
+    ``frame_points_xyz`` are those pairs (native coordinates)."""
     xyz_from_ras: np.ndarray
     fre_mm: float
     fre_per_plate: dict
@@ -541,6 +548,8 @@ class FrameRegistration:
             "slice_axis": int(self.slice_axis),
             "threshold": None if self.threshold is None else float(self.threshold),
             "predicted_tre_mm_at_frame_centre": self.predicted_tre_mm(),
+            "rod_ends_rms_off_model_mm": (None if self.rod_offsets_frame is None else
+                                          float(np.sqrt(np.mean(np.sum(self.rod_offsets_frame ** 2, 1))))),
             "box_measured_mm": self.box_measured,
             "system_fit_cost_mm": {k: (None if not np.isfinite(v) else float(v))
                                    for k, v in self.system_costs_mm.items()},

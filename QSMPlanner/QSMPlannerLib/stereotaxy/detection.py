@@ -198,11 +198,15 @@ def _blob_centroids(block, lab, objs, ids, area, sign, grow: int = 2) -> np.ndar
     the median of a frame of pixels 3-4 px outside the box, raised wherever something else lies there (a
     plate around the rod, skin or bone beside it, which would pull the centroid toward them): to the
     largest grey opening of the image by a line longer than the blob and its partial-volume rim, in four
-    directions, which keeps a band or an edge of any direction and removes the rod."""
+    directions, which keeps a band or an edge of any direction and removes the rod. A blob whose grown
+    box crosses the image's edge is left out: part of its section may lie outside the field of view,
+    and its centroid would be pulled inward."""
     nu, nv = lab.shape[1:]
     rows = []
     for idx in ids:
         sk, su, sv = objs[idx - 1]
+        if su.start < grow or sv.start < grow or su.stop > nu - grow or sv.stop > nv - grow:
+            continue
         k = sk.start
         u0, u1 = max(su.start - grow - 2, 0), min(su.stop + grow + 2, nu)
         v0, v1 = max(sv.start - grow - 2, 0), min(sv.stop + grow + 2, nv)

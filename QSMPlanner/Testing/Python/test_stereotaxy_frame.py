@@ -170,6 +170,28 @@ def test_cut_rods_and_failures(rng):
         register_frame(head)
 
 
+@pytest.mark.parametrize("angles, registers", [((0.0, 0.0, 0.0), False), ((0.0, 6.0, 0.0), True)])
+def test_plate_at_the_edge_of_the_field_of_view(angles, registers, rng):
+    """A 350 mm field of view (0.68 mm pixels) whose edge runs 0.5 mm short of the right plate's rods:
+    their cut blobs (centroids pulled inward) are not rods, so the CT exits with its line instead of a
+    pose 0.2 mm off; tilted 6 degrees the plate enters the field of view over part of its height and the
+    frame registers from what is whole."""
+    truth = frame_pose(angles, [0.0, 0.0, 0.0])
+    pixel = 350.0 / 512
+    ras_from_ijk, shape = frame_ct_grid("leksell", (pixel, pixel, 2.0), shape=(300, 300, 66))
+    edge = max(apply(ras_from_ijk, [i, j, 0])[0] for i in (0, shape[0] - 1) for j in (0, shape[1] - 1)) + pixel / 2
+    ras_from_ijk[:2, 3] += [94.5 - edge, 27.5]        # the right plate's rods are at R = 95; A -75..130
+    ct = render_frame_ct(ras_from_ijk, shape, truth, "leksell", clutter=Clutter(), noise_hu=15.0, rng=rng,
+                         dtype=np.int16, psf_mm=0.4)
+    if registers:
+        reg = register_frame(ct)
+        assert set(reg.plates_found) == {"right", "left", "anterior"}
+        assert _target_error(reg.frame_from_ras, truth, STN_FRAME) < 0.05
+    else:
+        with pytest.raises(ProcessingError, match="no N-localizer: 2 of 3 plates"):
+            register_frame(ct)
+
+
 def test_speckled_image_is_bounded(rng):
     """Thousands of bright specks per slice: candidates are capped, the answer is a one-line refusal."""
     data = rng.normal(0.0, 20.0, (128, 128, 24)).astype(np.float32) - 1000.0

@@ -487,10 +487,10 @@ class FrameRegistration:
 
     def predicted_tre_mm(self, target_ras=None, target_xyz=None) -> float:
         """Predicted TRE (mm) at a target (image RAS, or native frame coordinates; default the frame's
-        coordinate origin). Two parts added in quadrature: the per-slice fiducials with their FLE
-        (Fitzpatrick, West & Maurer 1998, independent errors), and the rods' own departures from the model,
-        which every point of a rod shares: the pose's error propagated from the fitted rods' ends, each off
-        its model rod by the RMS distance seen under the final pose (``rod_pose_tre_mm``)."""
+        coordinate origin), an RMS estimate: the final pose's error propagated from the fitted rods' seen
+        ends, each off its model rod by what is seen under that pose (the rod's departure from its drawing
+        and what per-slice noise leaves in the line; ``rod_pose_tre_mm``). Without fitted rods (manual
+        clicks): Fitzpatrick, West & Maurer (1998) with the fiducials and their FLE."""
         system = self.frame_system
         if target_xyz is None:
             target_xyz = (system.native(np.zeros(3)) if target_ras is None

@@ -202,9 +202,16 @@ def write_report(path, plan: dict, *, qsm: Volume | None = None, world_from_qsm=
                          f"{_num(base.get('AP'), 2)}, LAT {_num(base.get('LAT'), 2)}, VERT {_num(base.get('VERT'), 2)} mm.</p>")
     fr = plan.get("frame_registration")
     if fr:
-        parts.append("<p>Frame registration: " + ", ".join(
-            f"{_esc(k)} = {_num(v, 3) if isinstance(v, (int, float)) else _esc(v)}" for k, v in fr.items()
-            if k in ("fre_mm", "n_points", "n_rejected", "plates_found", "predicted_tre_mm", "method")) + "</p>")
+        worst = fr.get("worst_fiducial") or {}
+        tre = "; ".join(f"{_esc(side)} target {_num((sp.get('frame') or {}).get('predicted_tre_mm'), 3)} mm"
+                        for side, sp in sides.items() if (sp.get("frame") or {}).get("predicted_tre_mm") is not None)
+        parts.append(
+            f"<p>Frame registration ({_esc(fr.get('system'))}, {_esc(fr.get('method'))}): FRE "
+            f"{_num(fr.get('fre_mm'), 3)} mm over {_esc(fr.get('n_points'))} diagonal fiducials "
+            f"({_esc(fr.get('n_rejected'))} rejected; plates {_esc(', '.join(fr.get('plates_found') or []))}), "
+            f"worst fiducial {_num(worst.get('residual_mm'), 3)} mm ({_esc(worst.get('plate'))}), rods off the "
+            f"model {_num(fr.get('rod_ends_rms_off_model_mm'), 3)} mm RMS; predicted TRE "
+            f"{tre + '; ' if tre else ''}frame centre {_num(fr.get('predicted_tre_mm_at_frame_centre'), 3)} mm.</p>")
     checks = [[_esc(REGISTRATION_NAMES.get(name, name)), _esc(q.get("summary") or ("given by the user" if
                                                                                  q.get("given") else ""))]
               for name, q in (plan.get("registration_qc") or {}).items() if isinstance(q, dict)]

@@ -56,7 +56,7 @@ def plan_document(sides: dict, settings: PlanSettings, landmarks: dict | None, l
                        "xyz_from_t1": _matrix(xyz_from_t1)},
         "registration_qc": registration_qc or {},
         "frame_registration": None if frame is None else frame.to_dict(),
-        "sides": {side: sp.plan for side, sp in sides.items()},
+        "sides": {side: _with_predicted_tre(sp.plan, frame, xyz_from_t1) for side, sp in sides.items()},
         "messages": list(messages or []),
     }
     if lm and all(k in lm for k in ("AC", "PC", "MS")):
@@ -68,6 +68,18 @@ def plan_document(sides: dict, settings: PlanSettings, landmarks: dict | None, l
         doc["timings_s"] = dict(timings)
         doc["peak_memory_mb"] = peak_memory_mb()
     return doc
+
+
+def _with_predicted_tre(side_plan: dict, frame, xyz_from_t1) -> dict:
+    """The side plan with the frame registration's predicted TRE at its target (mm; the localizer's part
+    of the error only, not the CT -> T1 registration's) in its frame settings."""
+    if frame is None or xyz_from_t1 is None or not side_plan.get("frame"):
+        return side_plan
+    target_xyz = apply(xyz_from_t1, side_plan["target"]["RAS_mm"])
+    settings = dict(side_plan["frame"], predicted_tre_mm=frame.predicted_tre_mm(target_xyz=target_xyz),
+                    predicted_tre_note="frame registration's predicted target registration error at the "
+                                       "target (localizer only; the CT -> T1 registration adds its own)")
+    return dict(side_plan, frame=settings)
 
 
 def write_plan_files(out_dir, doc: dict, *, qsm=None, t1_from_gre=None, labels=None, vessels=None,

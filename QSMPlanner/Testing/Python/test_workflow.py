@@ -337,11 +337,16 @@ def test_a_crw_frame_gives_crw_coordinates_in_every_output(tmp_path):
         expected = truth[:3, :3] @ np.array(sp["target"]["RAS_mm"]) + truth[:3, 3]      # LAT, AP, VERT = frame R, A, S
         np.testing.assert_allclose([crw["LAT"], crw["AP"], crw["VERT"]], expected, atol=0.3)
         assert sp["frame"]["phantom_base"]["AP"] == pytest.approx(crw["AP"])
+        # the frame registration's predicted TRE at this target, from the registration itself
+        assert sp["frame"]["predicted_tre_mm"] == pytest.approx(
+            res.frame.predicted_tre_mm(target_xyz=[crw["LAT"], crw["AP"], crw["VERT"]]), rel=1e-6)
+        assert 0.0 < sp["frame"]["predicted_tre_mm"] < 0.5
     rows = list(csv.DictReader(open(tmp_path / "plan.csv")))
     assert {"LAT_CRW_mm", "AP_CRW_mm", "VERT_CRW_mm"} <= set(rows[0]) and "X_Leksell_mm" not in rows[0]
     assert float(rows[0]["AP_CRW_mm"]) == pytest.approx(doc["sides"]["left"]["target"]["CRW_mm"]["AP"], abs=1e-3)
     report = (tmp_path / "report.html").read_text()
     assert "LAT (CRW mm)" in report and "CRW arc settings not provided" in report and "Phantom base" in report
+    assert "Frame registration (CRW, automatic): FRE" in report and "predicted TRE left target" in report
 
 
 @pytest.mark.slow

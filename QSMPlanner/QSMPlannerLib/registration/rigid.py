@@ -43,7 +43,7 @@ MAX_SHIFT_MM = 80.0
 MAX_ANGLE_DEG = 60.0
 MIN_LEVEL_VOXELS = 5.0
 SLAB_SHIFT_FRACTION = 0.33   # slab search: shifts along its normal, this fraction of its thickness apart
-BIAS_SIGMA_MM = 15.0         # scale of the receive-bias estimate (smooth; anatomy is finer)
+BIAS_SIGMA_MM = 25.0         # scale of the receive-bias estimate (smooth; anatomy is finer)
 LEVEL_KEYS = ("levels_mm", "level_iters", "level_step_mm", "level_min_step_mm", "level_samples")
 
 # The validated configuration (bench/registration.py; test_registration_rigid.py). Do not tune casually.
@@ -64,6 +64,7 @@ CONFIG = {
     "level_samples": (None, None, 20000, 20000),   # None = every voxel
     "final_samples": 120000,
     "final_edge_percentile": 75.0,           # full-res samples where |grad fixed| is in the top 25 %
+    "final_edge_percentile_ct": 50.0,        # ... top 50 % with a CT: its top quarter is bone and air only
     "final_iters": 200,
     "final_relaxation": 0.6,
     "final_step_mm": 0.15,
@@ -617,15 +618,16 @@ def register_rigid(fixed: Volume, moving: Volume, fixed_mask: Volume | None = No
     if init not in ("moments", "geometry"):
         raise ValueError("init must be 'moments' or 'geometry'")
     check_inputs(fixed, moving, fixed_mask, moving_mask)
+    ct = _is_ct(moving) or _is_ct(fixed)
     if _is_slab(moving, fixed):
         # a partial-coverage slab is the fixed image inside: every metric sample then lies in the
         # slab and maps into the whole head (no overlap change with the pose)
         result, problems = _register(moving, fixed, moving_mask, fixed_mask, init, progress,
-                                     None if _is_ct(moving) else "fixed")
+                                     None if _is_ct(moving) else "fixed", ct)
         result = _inverted(result, moving, moving_mask)
     else:
         result, problems = _register(fixed, moving, fixed_mask, moving_mask, init, progress,
-                                     None if _is_ct(moving) else "moving")
+                                     None if _is_ct(moving) else "moving", ct)
     result.qc["summary"] = qc_line(result.qc)
     if problems:
         raise ProcessingError(
@@ -719,8 +721,8 @@ def _inverted(result: RigidResult, moving: Volume, moving_mask: Volume | None) -
                        dict(result.qc, shift_mm=shift, angle_deg=angle, slab_as_fixed=True))
 
 
-def _register(fixed, moving, fixed_mask, moving_mask, init, progress, debias=None):
-    """The registration proper: (RigidResult, list of detected problems)."""
+def _register(fixed, moving, fixed_mask, moving_mask, init, progress, debias=None, ct=False):
+    """The registration proper: (RigidResult, list of detected problems). ``ct``: one image is a CT."""
     import SimpleITK as sitk
     cfg = CONFIG
     prog = as_progress(progress)
@@ -872,7 +874,8 @@ def _register(fixed, moving, fixed_mask, moving_mask, init, progress, debias=Non
     full = _Level(f_img, m_img, f_mask, m_mask, None)
     prog.update(0.7, "full resolution")
     tx, start = sitk.Euler3DTransform(tx2), base
-    full.with_moving_mask_fixed(tx).with_edge_mask(cfg["final_edge_percentile"], tx, cfg["final_samples"])
+    edge_percentile = cfg["final_edge_percentile_ct" if ct else "final_edge_percentile"]
+    full.with_moving_mask_fixed(tx).with_edge_mask(edge_percentile, tx, cfg["final_samples"])
     full.with_fixed_cropped()
     metric_initial = _evaluate(full, start, cfg["final_samples"])  # same samples as the final metric
     full.with_moving_cropped(tx)

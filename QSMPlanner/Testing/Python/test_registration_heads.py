@@ -104,7 +104,9 @@ def test_ct_like_to_t1(head):
     result = register_ct_to_t1(t1, moving, messages=messages)
     assert messages == []
     tre = _tre(result.fixed_from_moving, pose, _inside(moving, pose, pts))
-    assert tre.mean() <= 0.3 and tre.max() <= 0.6, (tre.mean(), tre.max())
+    # full-resolution samples on the top half of the CT's edges (not only bone and air): 0.08 / 0.16 mm
+    # here (0.13 / 0.26 mm on the top quarter)
+    assert tre.mean() <= 0.11 and tre.max() <= 0.22, (tre.mean(), tre.max())
 
 
 def test_cli_registers_a_ct_without_masks(tmp_path, capsys, head):

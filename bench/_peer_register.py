@@ -9,6 +9,7 @@ import numpy as np
 
 LPS = np.diag([-1.0, -1.0, 1.0, 1.0])
 ANTS_ITERATIONS = (1000, 500, 250, 0)
+ANTS_SEED = 20240607
 
 
 def _ras(a, t, c):
@@ -40,6 +41,9 @@ def elastix(fixed, moving):
 def ants(fixed, moving):
     import ants as an
     import SimpleITK as sitk
+    # antspyx's deterministic mode: antsRegistration --random-seed and ITK on one thread (seeded but
+    # multithreaded, its poses still differ by ~0.2 mm run to run); its wall time is single-threaded
+    an.config.set_ants_deterministic(True, seed_value=ANTS_SEED)
     # ANTs' standard rigid stage as antsRegistrationSyNQuick.sh runs it (1000x500x250x0 iterations:
     # no full-resolution level), Mattes MI 32 bins, 20 % random samples
     out = an.registration(an.image_read(fixed), an.image_read(moving), type_of_transform="Rigid",

@@ -10,7 +10,9 @@ profile, receive bias field, Rician noise; CT-like (skull from the T1). Known po
 between the true and the estimated position of brain points (inside the moving field of view) and of
 both STNs, in T1 RAS mm. "t/elx" = wall time / elastix's on the same case.
 ANTs: antspyx ``registration(type_of_transform="Rigid")`` with the rigid stage of
-antsRegistrationSyNQuick.sh (1000x500x250x0 iterations) instead of its 2100x1200x1200x10 default.
+antsRegistrationSyNQuick.sh (1000x500x250x0 iterations) instead of its 2100x1200x1200x10 default,
+seeded and on one thread (antspyx ``config.set_ants_deterministic``: its rows repeat run to run; its
+wall time is single-threaded).
 Atlas rows: ``normalize_to_mni`` on T1s with skull, neck and bias field: the digital patients (STN
 centroid vs their true labels) and the real head (2 mm copy) warped by a known affine with a bias
 field (STN centroid vs the unwarped head's, carried by the known affine).

@@ -64,9 +64,9 @@ CONFIG = {
     "level_samples": (None, None, 20000, 20000),   # None = every voxel
     "final_samples": 120000,
     "final_edge_percentile": 75.0,           # full-res samples where |grad fixed| is in the top 25 %
-    "final_edge_percentile_ct": 50.0,        # ... top 50 % with a CT: its top quarter is bone and air only
+    "final_edge_percentile_ct": 25.0,        # ... top 75 % with a CT: its top quarter is bone and air only
     "final_iters": 200,
-    "final_relaxation": 0.6,
+    "final_relaxation": 0.85,    # slow step decay: noisy MI gradients otherwise stop the descent early
     "final_step_mm": 0.15,
     "final_min_step_mm": 0.01,
     "final_passes": 2,           # the full-resolution descent restarted with half the step (kept if better)

@@ -104,8 +104,8 @@ def test_ct_like_to_t1(head):
     result = register_ct_to_t1(t1, moving, messages=messages)
     assert messages == []
     tre = _tre(result.fixed_from_moving, pose, _inside(moving, pose, pts))
-    # full-resolution samples on the top half of the CT's edges (not only bone and air): 0.08 / 0.16 mm
-    # here (0.13 / 0.26 mm on the top quarter)
+    # full-resolution samples on the top 75 % of the CT's edges (not only bone and air) and a slowly
+    # relaxed final descent: 0.07 / 0.12 mm here (0.13 / 0.26 mm on the top 25 %, relaxation 0.6)
     assert tre.mean() <= 0.11 and tre.max() <= 0.22, (tre.mean(), tre.max())
 
 

@@ -21,6 +21,8 @@ Pinned, validated configuration (``CONFIG``; fixed seeds, deterministic):
    in the slab (roles swapped at full resolution: the T1 contains it).
 Metric derivatives by central differences: SimpleITK's default gradient-image filter gave wrong
 derivatives on oriented (rotated-direction) images and stalled the optimiser 1-3 mm off the optimum.
+5. a pose that fails the checks below: the whole search once more with three times the refined starts
+   (``WIDE_SEARCH``); its pose is judged by the same checks.
 Failure detection: optimiser stop, metric not improved / no MI, implausible motion, poor mask overlap,
 restarts that disagree at 4 mm, and a full-resolution result far from the 2 mm one (pyramid
 consistency); any of these raises ProcessingError with the numbers.
@@ -75,6 +77,8 @@ CONFIG = {
     "restart_tolerance_mm": 1.5,
     "pyramid_tolerance_mm": 1.5,
 }
+# the second search after a pose failed the checks: three times the refined grid points / slab starts
+WIDE_SEARCH = {"search_refine": 24, "slab_starts": 12}
 
 
 @dataclass
@@ -619,19 +623,31 @@ def register_rigid(fixed: Volume, moving: Volume, fixed_mask: Volume | None = No
         raise ValueError("init must be 'moments' or 'geometry'")
     check_inputs(fixed, moving, fixed_mask, moving_mask)
     ct = _is_ct(moving) or _is_ct(fixed)
-    if _is_slab(moving, fixed):
-        # a partial-coverage slab is the fixed image inside: every metric sample then lies in the
-        # slab and maps into the whole head (no overlap change with the pose)
-        result, problems = _register(moving, fixed, moving_mask, fixed_mask, init, progress,
-                                     None if _is_ct(moving) else "fixed", ct)
-        result = _inverted(result, moving, moving_mask)
-    else:
-        result, problems = _register(fixed, moving, fixed_mask, moving_mask, init, progress,
-                                     None if _is_ct(moving) else "moving", ct)
+    prog = as_progress(progress)
+    slab = _is_slab(moving, fixed)
+    result, problems = None, None
+    for wide in (False, True):
+        # a pose that fails the checks is searched again more widely (more starts refined): a start
+        # grid 20 deg apart can leave the true basin out of the few best raw scores; the same checks
+        # judge the second search, and its numbers are reported either way
+        part = prog.sub(0.5, 1.0) if wide else prog.sub(0.0, 0.5)
+        if slab:
+            # a partial-coverage slab is the fixed image inside: every metric sample then lies in the
+            # slab and maps into the whole head (no overlap change with the pose)
+            result, problems = _register(moving, fixed, moving_mask, fixed_mask, init, part,
+                                         None if _is_ct(moving) else "fixed", ct, wide)
+            result = _inverted(result, moving, moving_mask)
+        else:
+            result, problems = _register(fixed, moving, fixed_mask, moving_mask, init, part,
+                                         None if _is_ct(moving) else "moving", ct, wide)
+        result.qc["wide_search"] = wide
+        if not problems:
+            break
+    prog.update(1.0, "done")
     result.qc["summary"] = qc_line(result.qc)
     if problems:
         raise ProcessingError(
-            "rigid registration failed (" + "; ".join(problems) + f"): {result.qc['summary']}; metric (mutual "
+            "rigid registration failed (" + "; ".join(problems) + f") after a second, wider search: {result.qc['summary']}; metric (mutual "
             f"information, nats) {-result.metric_initial:.4f} -> {-result.metric_final:.4f}; optimiser: "
             f"{result.qc['stop']}")
     return result
@@ -721,10 +737,11 @@ def _inverted(result: RigidResult, moving: Volume, moving_mask: Volume | None) -
                        dict(result.qc, shift_mm=shift, angle_deg=angle, slab_as_fixed=True))
 
 
-def _register(fixed, moving, fixed_mask, moving_mask, init, progress, debias=None, ct=False):
-    """The registration proper: (RigidResult, list of detected problems). ``ct``: one image is a CT."""
+def _register(fixed, moving, fixed_mask, moving_mask, init, progress, debias=None, ct=False, wide=False):
+    """The registration proper: (RigidResult, list of detected problems). ``ct``: one image is a CT;
+    ``wide``: the wider start search (WIDE_SEARCH)."""
     import SimpleITK as sitk
-    cfg = CONFIG
+    cfg = dict(CONFIG, **WIDE_SEARCH) if wide else CONFIG
     prog = as_progress(progress)
     t0 = time.perf_counter()
     c0 = time.process_time()

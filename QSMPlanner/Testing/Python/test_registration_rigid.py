@@ -121,7 +121,8 @@ def test_rigid_brain_masked_partial_coverage_centre_of_mass_offset(template):
     """Brain-masked GRE-like 100 mm slab onto a brain-masked whole head with neck, 23 deg / 30 mm, moments
     init: the centres of mass of the two masks do not correspond (~17 mm), so no centring is close; the
     rotation grid alone left the truth's basin out of the best starts, and the brain-masked coarse metric
-    preferred wrong poses (both failed with "restarts disagree")."""
+    preferred wrong poses (both failed with "restarts disagree"). On some CPUs the first search still
+    leaves the true basin out of its 8 refined starts (caught by the checks): the wider search holds it."""
     atlas = {k: read_volume(ATLAS_DIR / f"mni_icbm152_{k}_tal_nlin_sym_09a_converted.nii.gz") for k in ("gm", "wm")}
     brain = atlas["gm"].with_data(((atlas["gm"].data + atlas["wm"].data) > 0.5).astype(np.float32))
     fixed = resample(template, _grid((2, 2, 2), z=(-90, 90)))

@@ -37,7 +37,7 @@ syspkgs:
 
 $(STAMP): pyproject.toml | syspkgs
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
-	$(BIN)/python -m pip install -q -e ".[test]"
+	$(BIN)/python -m pip install -q --no-compile -e ".[test]"
 	touch $(STAMP)
 
 setup: $(STAMP)
@@ -49,7 +49,7 @@ setup: $(STAMP)
 	  "make test MATRIX= skips the Slicer Pythons"; exit 2; }
 	rm -rf .venv-$*
 	$(PYTHON_$*) -m venv .venv-$*
-	.venv-$*/bin/python -m pip install -q -r $(PINS_$*)
+	.venv-$*/bin/python -m pip install -q --no-compile -r $(PINS_$*)
 	.venv-$*/bin/python -m pip install -q --no-deps -e .
 	touch $@
 

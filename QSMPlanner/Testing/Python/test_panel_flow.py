@@ -24,7 +24,7 @@ from QSMPlannerLib.panel.logic import PlannerLogic  # noqa: E402
 from QSMPlannerLib.scene import mrml  # noqa: E402
 
 NUCLEI = ["STN_L", "STN_R", "SN_L", "SN_R", "RN_L", "RN_R", "GPi_L", "GPi_R", "GPe_L", "GPe_R"]
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.main_leg]
 
 
 from QSMPlannerLib.volume import apply as _apply  # noqa: E402

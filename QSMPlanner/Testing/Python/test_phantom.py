@@ -239,6 +239,7 @@ def test_cli_writes_an_oblique_7t_patient_and_refuses_foreign_dirs(tmp_path, cap
     assert "not a QSMPlanner digital patient" in capsys.readouterr().err
 
 
+@pytest.mark.main_leg
 def test_cli_slab_gre_covers_the_stns_and_registers_to_the_t1(tmp_path, capsys):
     """``phantom --slab 40 --tilt 15``: a 40 mm oblique GRE slab over both STNs; its magnitude registers to
     the patient's T1 (head with neck, bias field, Rician noise): on these 2 x 2 x 4 mm voxels within 0.35 mm

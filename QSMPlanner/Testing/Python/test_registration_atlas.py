@@ -1,5 +1,6 @@
 """Atlas normalisation of the template onto a posed, scaled copy: warped STN lands near the truth."""
 import numpy as np
+import pytest
 
 from QSMPlannerLib import ATLAS_DIR
 from QSMPlannerLib.io.volumes import read_volume
@@ -66,6 +67,7 @@ def test_deep_grey_refinement_recovers_local_shift():
     np.testing.assert_allclose(found.TransformPoint(corner), corner, atol=1e-3)  # tapered to zero
 
 
+@pytest.mark.main_leg
 def test_atlas_on_real_head_with_skull_neck_and_bias():
     """A real head (skull, scalp fat, face, neck; Testing/Data/real-head) and the same head moved by a
     known affine under a receive bias field: the warped STNs follow the affine within 1 mm, and lie

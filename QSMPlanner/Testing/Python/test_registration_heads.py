@@ -46,6 +46,7 @@ def _inside(moving, pose, pts, inset_mm=4.0):
     return pts[np.all((ijk >= inset) & (ijk <= np.array(moving.shape3) - 1 - inset), axis=1)]
 
 
+@pytest.mark.main_leg
 def test_gre_with_neck_bias_and_rician_noise_15deg_20mm(head):
     t1, _, pts = head
     pose, centre = _posed(t1, pts, (10.0, 8.0, -7.0), (-12.0, 12.0, 10.0), (0.0, 0.0, -10.0))
@@ -64,6 +65,7 @@ def test_gre_with_neck_bias_and_rician_noise_15deg_20mm(head):
     json.dumps(result.to_dict(), allow_nan=False)  # plan.json's registration_qc
 
 
+@pytest.mark.main_leg
 def test_bias_correction_is_what_holds_the_pose(head):
     """The same image with and without its receive bias registers to the same pose (the relative bias
     is divided out), both close to the truth."""
@@ -94,6 +96,7 @@ def test_thin_oblique_slab(head):
     assert result.qc.get("slab_as_fixed") is True
 
 
+@pytest.mark.main_leg
 def test_ct_like_to_t1(head):
     t1, brain, pts = head
     pose, centre = _posed(t1, pts, (8.0, -5.0, 4.0), (10.0, -8.0, 7.0), (0.0, 0.0, -10.0))
@@ -109,6 +112,7 @@ def test_ct_like_to_t1(head):
     assert tre.mean() <= 0.11 and tre.max() <= 0.22, (tre.mean(), tre.max())
 
 
+@pytest.mark.main_leg
 def test_cli_registers_a_ct_without_masks(tmp_path, capsys, head):
     """``qsmplanner register`` with a CT (HU) and no masks takes the CT path (head masks)."""
     from QSMPlannerLib.registration import read_transform

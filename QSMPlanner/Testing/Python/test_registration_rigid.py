@@ -88,6 +88,7 @@ def test_rigid_detects_ambiguous_solution():
     assert "restarts disagree" in str(err.value) or "far from" in str(err.value)
 
 
+@pytest.mark.main_leg
 def test_rigid_frame_ct_to_t1_forward():
     """Frame CT (Leksell box, soft tissue, bone; no neck) onto the planning T1 (with neck), forward: the
     coarse 16 mm search level finds the basin the moments centring (pulled down by the neck) misses."""
@@ -103,6 +104,7 @@ def test_rigid_frame_ct_to_t1_forward():
     assert result.qc["restart_disagreement_mm"] < CONFIG["restart_tolerance_mm"]
 
 
+@pytest.mark.main_leg
 def test_rigid_gre_brain_masked_forward():
     """First-echo GRE magnitude onto the T1, both brain-masked (the pipeline's first attempt): a small
     masked blob at 16 mm pulled this start away; the 8 mm level now vetoes that move."""
@@ -117,6 +119,7 @@ def test_rigid_gre_brain_masked_forward():
     assert tre.mean() <= 0.3 and tre.max() <= 0.5, (tre.mean(), tre.max())
 
 
+@pytest.mark.main_leg
 def test_rigid_brain_masked_partial_coverage_centre_of_mass_offset(template):
     """Brain-masked GRE-like 100 mm slab onto a brain-masked whole head with neck, 23 deg / 30 mm, moments
     init: the centres of mass of the two masks do not correspond (~17 mm), so no centring is close; the

@@ -146,6 +146,7 @@ def _write_inputs(p, root):
     return files
 
 
+@pytest.mark.main_leg
 @pytest.mark.slow
 def test_command_line_and_panel_give_the_same_plan(tmp_path, capsys):
     """``qsmplanner run`` on files, and the Slicer panel's logic on MRML nodes read from the same files (its
@@ -316,6 +317,7 @@ def test_packages_only_import_downwards_and_never_in_a_circle():
     assert "slicer" not in {m.split(".")[0] for ms in modules.values() for m in ms}
 
 
+@pytest.mark.main_leg
 @pytest.mark.slow
 def test_a_crw_frame_gives_crw_coordinates_in_every_output(tmp_path):
     """The frame recognised on the CT is the frame of every output: the CRW's LAT, AP, VERT (not Leksell
@@ -349,6 +351,7 @@ def test_a_crw_frame_gives_crw_coordinates_in_every_output(tmp_path):
     assert "Frame registration (CRW, automatic): FRE" in report and "predicted TRE left target" in report
 
 
+@pytest.mark.main_leg
 @pytest.mark.slow
 def test_gpi_and_vim_sides_through_every_output(tmp_path, capsys):
     """A GPi on the left, a VIM on the right: the left target lies in the patient's true GPi, the VIM is the

@@ -74,6 +74,11 @@ def read_volume(path, *, allow_4d: bool = False, require_finite: bool = True) ->
     if data.ndim < 3 or (data.ndim > 3 and not allow_4d) or data.ndim > 4:
         want = "3-D or 4-D" if allow_4d else "3-D"
         raise InputError(f"expected a {want} image, got shape {tuple(data.shape)}", path)
+    axes = np.asarray(vol.ras_from_ijk, float)[:3, :3]
+    sizes = np.linalg.norm(axes, axis=0) if np.isfinite(axes).all() else np.zeros(3)
+    if sizes.min() < 1e-3 or abs(np.linalg.det(axes)) < 1e-9 * np.prod(np.maximum(sizes, 1e-3)):
+        raise InputError(f"the header's voxel-to-world matrix is singular (voxel sizes "
+                         f"{np.round(sizes, 4).tolist()} mm): the image has no valid geometry", path)
     if require_finite and np.issubdtype(data.dtype, np.floating) and not np.isfinite(data).all():
         n = int((~np.isfinite(data)).sum())
         raise InputError(f"{n} voxels are NaN or Inf", path)

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .. import ATLAS_DIR
+from ..errors import InputError, ProcessingError
 from ..io.volumes import read_volume
 from ..progress import as_progress
 from ..volume import LPS_FROM_RAS, Volume
@@ -58,6 +59,8 @@ def brain_mask(t1: Volume, work_mm: float = 2.0, erode_mm: float = 4.0, close_mm
     a = sitk.GetArrayFromImage(_n4_corrected(small, head))
     inside = sitk.GetArrayFromImage(head) > 0
     values = a[inside]
+    if values.size < 1000 or float(values.max()) <= float(values.min()):  # no head: noise or a blank image
+        return t1.with_data(np.zeros(t1.shape3, np.uint8), name="brain_mask")
     tissue = inside & (a > threshold_multiotsu(values[:: max(1, values.size // 500000)], classes=3)[0])
     t = sitk.GetImageFromArray(tissue.astype(np.uint8))
     t.CopyInformation(small)
@@ -241,6 +244,24 @@ def _refine_deep_grey(fixed_full, moving_full, comp, affine):
     return sitk.DisplacementFieldTransform(out)
 
 
+MIN_BRAIN_ML = 300.0    # a brain mask smaller than this is not a brain (noise, a slab, a blank image)
+MIN_T1_EXTENT_MM = 60.0  # the T1 must span the brain's deep grey matter on every axis
+
+
+def _check_t1(t1: Volume) -> None:
+    """Refuse a T1 that cannot be normalised (InputError naming the file): fewer than 4 voxels or less than
+    MIN_T1_EXTENT_MM along an axis, non-finite or constant values."""
+    source = t1.meta.get("path") or t1.name or "T1"
+    extent = np.array(t1.shape3) * np.array(t1.voxel_mm)
+    if min(t1.shape3) < 4 or extent.min() < MIN_T1_EXTENT_MM:
+        raise InputError(f"the T1 (shape {tuple(t1.shape3)}, {np.round(extent, 1).tolist()} mm) is not a head "
+                         f"volume: atlas normalisation needs at least {MIN_T1_EXTENT_MM:.0f} mm and 4 voxels "
+                         f"along every axis", source)
+    data = np.asarray(t1.data)
+    if not np.isfinite(data).all() or float(data.max()) <= float(data.min()):
+        raise InputError("the T1 is blank (constant) or not finite", source)
+
+
 def normalize_to_mni(t1: Volume, t1_mask: Volume | None = None, progress=None,
                      voxel_mm: float = 2.0, refine: bool = True) -> AtlasNormalization:
     """Register the MNI template to the patient T1 (affine then demons). Returns the mapping.
@@ -250,8 +271,13 @@ def normalize_to_mni(t1: Volume, t1_mask: Volume | None = None, progress=None,
     """
     import SimpleITK as sitk
     prog = as_progress(progress)
+    _check_t1(t1)
     prog.update(0.0, "brain mask")
     mask = t1_mask if t1_mask is not None else brain_mask(t1)
+    brain_ml = float((np.asarray(mask.data) > 0).sum() * np.prod(t1.voxel_mm) / 1000.0)
+    if brain_ml < MIN_BRAIN_ML:
+        raise ProcessingError(f"no brain found in the T1: its brain mask holds {brain_ml:.0f} ml "
+                              f"(an adult brain is 1000-1600 ml; at least {MIN_BRAIN_ML:.0f} ml are needed)")
     # working grid: the brain mask's bounding box (+ CROP_MARGIN_MM) at voxel_mm; outside it the
     # prepared T1 is zero anyway (neck, scalp): no demons work there
     fixed_full = t1.to_sitk(np.float32)

@@ -205,3 +205,20 @@ def test_command_line_exits_2_naming_the_file_and_writes_nothing(echoes, rng, ca
     assert status == 2, err
     assert name in err and problem in err, err
     assert not out.exists() and not out.parent.exists()
+
+
+def test_a_header_with_singular_geometry_is_refused(tmp_path):
+    """An sform of rank 2 (two voxel axes along one direction) has no world geometry: InputError naming
+    the file, not a volume every later stage would misplace."""
+    from QSMPlannerLib.io.volumes import read_volume
+    header = nib.Nifti1Header()
+    header.set_data_shape(SHAPE)
+    header.set_data_dtype(np.float32)
+    header.set_sform(np.array([[1.0, 1, 0, 0], [1, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]]), code=1)
+    header.set_qform(None, code=0)
+    path = tmp_path / "rank2.nii.gz"
+    nib.save(nib.Nifti1Image(np.ones(SHAPE, np.float32), None, header=header), str(path))
+    with pytest.raises(InputError, match="rank2.nii.gz.*singular"):
+        read_volume(path)
+    path = save(tmp_path / "good.nii.gz", np.ones(SHAPE, np.float32), ras_from_ijk_matrix([1.0, 1.0, 1.5]))
+    assert read_volume(path).shape3 == SHAPE

@@ -101,3 +101,23 @@ def test_atlas_on_real_head_with_skull_neck_and_bias():
     column = masks[0][ijk[0], ijk[1], :]
     depth_mm = (np.flatnonzero(column).max() - ijk[2]) * t1.voxel_mm[2]
     assert 55.0 < depth_mm < 80.0, depth_mm  # below the brain's top as the STN is (~65 mm)
+
+
+def test_normalize_cli_refuses_what_is_not_a_head(tmp_path, capsys):
+    """A T1 that is not a head volume exits 2 naming the file (too thin, blank); one without a brain (noise)
+    exits 3 saying so; no transform is written."""
+    from QSMPlannerLib.cli import main
+    from QSMPlannerLib.io.volumes import write_volume
+    rng = np.random.default_rng(0)
+    grid = ras_from_ijk_matrix((2, 2, 2), origin=(-100, -120, -100))
+    cases = {"slab.nii.gz": (rng.random((100, 120, 20)) * 1000, 2, "not a head volume"),
+             "blank.nii.gz": (np.zeros((100, 120, 100)), 2, "blank"),
+             "noise.nii.gz": (rng.random((100, 120, 100)) * 1000, 3, "no brain found")}
+    for name, (data, expected, words) in cases.items():
+        path = write_volume(Volume(data.astype(np.float32), grid), tmp_path / name)
+        out = tmp_path / f"{name}.h5"
+        code = main(["normalize", "--t1", str(path), "--out-transform", str(out)])
+        err = capsys.readouterr().err
+        assert code == expected and words in err, (name, code, err)
+        assert expected == 3 or name in err
+        assert not out.exists()

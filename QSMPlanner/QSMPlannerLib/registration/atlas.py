@@ -25,6 +25,7 @@ from ..io.volumes import read_volume
 from ..progress import as_progress
 from ..volume import LPS_FROM_RAS, Volume
 from .resample import resample
+from .rigid import check_image
 from .transform_io import write_transform
 
 TEMPLATE = "mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz"
@@ -249,17 +250,14 @@ MIN_T1_EXTENT_MM = 60.0  # the T1 must span the brain's deep grey matter on ever
 
 
 def _check_t1(t1: Volume) -> None:
-    """Refuse a T1 that cannot be normalised (InputError naming the file): fewer than 4 voxels or less than
-    MIN_T1_EXTENT_MM along an axis, non-finite or constant values."""
-    source = t1.meta.get("path") or t1.name or "T1"
+    """Refuse a T1 that cannot be normalised (InputError naming the file): 2-D, blank, or less than
+    MIN_T1_EXTENT_MM along an axis."""
+    check_image(t1, "the T1", "atlas normalisation")
     extent = np.array(t1.shape3) * np.array(t1.voxel_mm)
-    if min(t1.shape3) < 4 or extent.min() < MIN_T1_EXTENT_MM:
+    if extent.min() < MIN_T1_EXTENT_MM:
         raise InputError(f"the T1 (shape {tuple(t1.shape3)}, {np.round(extent, 1).tolist()} mm) is not a head "
-                         f"volume: atlas normalisation needs at least {MIN_T1_EXTENT_MM:.0f} mm and 4 voxels "
-                         f"along every axis", source)
-    data = np.asarray(t1.data)
-    if not np.isfinite(data).all() or float(data.max()) <= float(data.min()):
-        raise InputError("the T1 is blank (constant) or not finite", source)
+                         f"volume: atlas normalisation needs at least {MIN_T1_EXTENT_MM:.0f} mm along every "
+                         f"axis", t1.meta.get("path") or t1.name or "T1")
 
 
 def normalize_to_mni(t1: Volume, t1_mask: Volume | None = None, progress=None,

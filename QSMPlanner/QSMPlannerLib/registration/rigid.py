@@ -625,7 +625,6 @@ def register_rigid(fixed: Volume, moving: Volume, fixed_mask: Volume | None = No
     ct = _is_ct(moving) or _is_ct(fixed)
     prog = as_progress(progress)
     slab = _is_slab(moving, fixed)
-    result, problems = None, None
     for wide in (False, True):
         # a pose that fails the checks is searched again more widely (more starts refined): a start
         # grid 20 deg apart can leave the true basin out of the few best raw scores; the same checks
@@ -647,9 +646,9 @@ def register_rigid(fixed: Volume, moving: Volume, fixed_mask: Volume | None = No
     result.qc["summary"] = qc_line(result.qc)
     if problems:
         raise ProcessingError(
-            "rigid registration failed (" + "; ".join(problems) + f") after a second, wider search: {result.qc['summary']}; metric (mutual "
-            f"information, nats) {-result.metric_initial:.4f} -> {-result.metric_final:.4f}; optimiser: "
-            f"{result.qc['stop']}")
+            "rigid registration failed (" + "; ".join(problems) + ") after a second, wider search: "
+            f"{result.qc['summary']}; metric (mutual information, nats) {-result.metric_initial:.4f} -> "
+            f"{-result.metric_final:.4f}; optimiser: {result.qc['stop']}")
     return result
 
 
@@ -682,18 +681,23 @@ def _world_box(vol: Volume) -> np.ndarray:
     return np.array([ras.min(0), ras.max(0)])
 
 
+def check_image(vol: Volume, role: str, stage: str) -> None:
+    """Refuse an image ``stage`` cannot use (InputError naming the file): 2-D (fewer than 4 voxels along
+    an axis), blank or not finite."""
+    if min(vol.shape3) < 4:
+        raise InputError(f"{role} is 2-D (shape {vol.shape3}): {stage} needs a 3-D volume", _source(vol, role))
+    data = np.asarray(vol.data)
+    if not np.isfinite(data).all() or float(data.max()) <= float(data.min()):
+        raise InputError(f"{role} is blank (constant) or not finite", _source(vol, role))
+
+
 def check_inputs(fixed: Volume, moving: Volume, fixed_mask: Volume | None = None,
                  moving_mask: Volume | None = None) -> None:
     """Refuse what cannot be registered (InputError naming the file): a 2-D image (fewer than 4
     voxels along an axis), a blank image, a mask on another grid or empty, fields of view that do not
     overlap at all (RAS boxes)."""
     for vol, role in ((fixed, "fixed image"), (moving, "moving image")):
-        if min(vol.shape3) < 4:
-            raise InputError(f"{role} is 2-D (shape {vol.shape3}): rigid registration needs a 3-D volume",
-                             _source(vol, role))
-        data = np.asarray(vol.data)
-        if not np.isfinite(data).all() or float(data.max()) <= float(data.min()):
-            raise InputError(f"{role} is blank (constant) or not finite", _source(vol, role))
+        check_image(vol, role, "rigid registration")
     for vol, mask, role in ((fixed, fixed_mask, "fixed mask"), (moving, moving_mask, "moving mask")):
         if mask is None:
             continue

@@ -6,7 +6,6 @@ header, and its selection is in the coordinates of its sort proxy — the panel'
 after the .ui, and the MRML scene, PlannerLogic and the worker processes are real. Buttons are "clicked"
 through the connections the widget made; the results are checked on the nodes and files."""
 import importlib.util
-import os
 import sys
 import time
 import types
@@ -496,8 +495,7 @@ def test_read_gre_folder_button(env):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(bool(os.environ.get("QSMPLANNER_SLICER_PINS")),
-                    reason="once per make test: the Slicer legs run the same stages in the panel tests")
+@pytest.mark.main_leg  # once per make test: the Slicer legs run the same stages in the panel tests
 def test_the_modules_self_test_runs_here(env):
     """The self test Slicer runs (Reload and Test): sample data registration through Slicer's SampleData
     (skipped where it is absent), then the whole flow with every long stage in a worker process, MNI
